@@ -78,6 +78,12 @@ def _finite_float(text: str) -> float:
     return value
 
 
+# Deep enough for any connection info (Cinder's are 3 or 4 levels); the
+# limit keeps recursive code after the parser (validation, redaction, the
+# DB's JSON encoder) from ever meeting Python's recursion limit.
+MAX_DEPTH = 64
+
+
 def loads(data: bytes) -> Any:
     """Parse one message: UTF-8 JSON without NaN, Infinity or overflow."""
     try:
@@ -87,23 +93,56 @@ def loads(data: bytes) -> Any:
             f"parse error: message is not valid UTF-8 (byte {e.start})"
         ) from None
     try:
-        return json.loads(
+        value = json.loads(
             text, parse_constant=_reject_constant, parse_float=_finite_float
         )
     except RecursionError:
         raise ParseError("parse error: JSON nested too deeply") from None
     except ValueError as e:
         raise ParseError(f"parse error: {str(e)[:200]}") from None
+    # Counting brackets is a cheap upper bound on the depth; only a
+    # message that could be too deep is walked.
+    if data.count(b"[") + data.count(b"{") > MAX_DEPTH and (
+        _depth(value) > MAX_DEPTH
+    ):
+        raise ParseError(
+            f"parse error: JSON nested more than {MAX_DEPTH} levels deep"
+        )
+    return value
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of containers in ``value``, without recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            item = item.values()
+        elif not isinstance(item, list):
+            continue
+        deepest = max(deepest, level)
+        if deepest > MAX_DEPTH:
+            break
+        stack.extend((v, level + 1) for v in item)
+    return deepest
 
 
 def dumps(obj: Any) -> bytes:
     """Serialize one response line (with its newline)."""
-    return (
-        json.dumps(
-            obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-        ).encode()
-        + b"\n"
+    text = json.dumps(
+        obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False
     )
+    try:
+        return text.encode() + b"\n"
+    except UnicodeEncodeError:
+        # A lone surrogate ("\ud800" is legal JSON but has no UTF-8
+        # form) echoed back from a request, e.g. as its id: escaped, the
+        # line is still valid JSON and the client still gets its answer.
+        return (
+            json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
+            + b"\n"
+        )
 
 
 _ALLOWED = frozenset({"jsonrpc", "method", "params", "id"})

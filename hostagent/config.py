@@ -46,10 +46,13 @@ class ServerConfig:
     tls_cert: str = "/etc/pki/hostagent/cert.pem"
     tls_key: str = "/etc/pki/hostagent/key.pem"
     tls_ca: str = "/etc/pki/hostagent/ca.pem"
+    tls_allowed_subjects: list[str] = field(default_factory=list)
     max_message_bytes: int = 1048576
     max_connections: int = 1024
     max_in_flight: int = 64
     max_batch: int = 100
+    idle_timeout: float = 300.0
+    read_timeout: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -195,6 +198,16 @@ def _check(c: Config) -> None:
         raise ConfigError("server.unix_socket must be an absolute path")
     if s.tls_listen:
         parse_hostport("server.tls_listen", s.tls_listen)
+        for key in ("tls_cert", "tls_key", "tls_ca"):
+            if not os.path.isabs(getattr(s, key)):
+                raise ConfigError(f"server.{key} must be an absolute path")
+    for i, cn in enumerate(s.tls_allowed_subjects):
+        if not cn.strip():
+            raise ConfigError(f"server.tls_allowed_subjects[{i}] is empty")
+    if s.idle_timeout < 0:
+        raise ConfigError("server.idle_timeout must be >= 0 (0 = no limit)")
+    if s.read_timeout <= 0:
+        raise ConfigError("server.read_timeout must be > 0")
     for key in ("state_dir", "run_dir"):
         if not os.path.isabs(getattr(c.storage, key)):
             raise ConfigError(f"storage.{key} must be an absolute path")

@@ -18,7 +18,12 @@ from hostagent.brick import Brick
 from hostagent.config import Config, ConfigError
 from hostagent.db import Database, DatabaseError
 from hostagent.redact import ScrubFilter
-from hostagent.transport import ListenError, Server
+from hostagent.transport import (
+    ListenError,
+    Server,
+    raise_nofile_limit,
+    tls_context,
+)
 from hostagent.udev import Udev
 from hostagent.volumes import VolumeService
 
@@ -85,11 +90,14 @@ class Daemon:
             log.critical("cannot start: %s", e)
             return EXIT_STARTUP
         self.service.start_brick_load()
+        raise_nofile_limit(self.cfg.server.max_connections)
         try:
             if self.cfg.server.unix_socket:
                 await self.server.listen_unix(
                     self.cfg.server.unix_socket, self.cfg.server.socket_group
                 )
+            if self.cfg.server.tls_listen:
+                await self.server.listen_tls(self.cfg.server.tls_listen)
         except ListenError as e:
             log.critical("cannot start: %s", e)
             await self.service.close()
@@ -147,6 +155,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hostagentd: bad configuration: {e}", file=sys.stderr)
         return EXIT_CONFIG
     if args.check_config:
+        try:
+            if cfg.server.tls_listen:
+                tls_context(cfg.server)
+        except ListenError as e:
+            print(f"hostagentd: bad configuration: {e}", file=sys.stderr)
+            return EXIT_CONFIG
         print(f"hostagentd: {path or 'built-in defaults'}: OK")
         return 0
     setup_logging(cfg)

@@ -3,10 +3,24 @@
 Each connection reads lines and hands each one to the API as its own
 task, so a client may pipeline requests and a slow attach does not hold
 up a ping on the same connection; responses go back as they finish,
-matched by id.  The transport enforces the size limit (a longer line gets
--32600 and the connection is closed), the connection limit and the cap on
-requests in flight per connection (reading pauses at the cap, which
-pushes back on the client instead of queueing without bound).
+matched by id.  The transport enforces the limits that keep one client
+from hurting the others:
+
+* a line longer than ``max_message_bytes`` gets -32600 and the
+  connection is closed;
+* at most ``max_connections`` connections (later ones get -32600);
+* at most ``max_in_flight`` requests running per connection (reading
+  pauses at the cap, which pushes back on the client instead of queueing
+  without bound);
+* ``read_timeout``: a started line (or TLS handshake, or a response the
+  client does not take) must make it through within that many seconds,
+  so a slow-loris client cannot hold a connection slot;
+* ``idle_timeout``: a connection with nothing in flight and nothing
+  received for that long is closed.
+
+The TLS listener requires a client certificate that chains to
+``tls_ca`` and, when ``tls_allowed_subjects`` is set, whose subject CN is
+in that list.
 """
 
 from __future__ import annotations
@@ -17,14 +31,17 @@ import errno
 import grp
 import logging
 import os
+import resource
 import socket
+import ssl
 import stat
 import struct
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from hostagent.api import Peer, dumps, error_response
-from hostagent.config import ServerConfig
+from hostagent.config import ConfigError, ServerConfig, parse_hostport
 from hostagent.errors import InvalidRequest
 
 log = logging.getLogger(__name__)
@@ -32,6 +49,7 @@ log = logging.getLogger(__name__)
 Handler = Callable[[bytes, Peer], Awaitable[bytes | None]]
 
 _CRED = struct.Struct("3i")
+_READ_CHUNK = 65536
 
 
 class ListenError(Exception):
@@ -47,6 +65,7 @@ class Server:
         self._servers: list[asyncio.AbstractServer] = []
         self._connections: set[asyncio.Task[None]] = set()
         self._requests: set[asyncio.Task[None]] = set()
+        self._tls: ssl.SSLContext | None = None
         self.closing = False
 
     @property
@@ -56,7 +75,7 @@ class Server:
 
     @property
     def connection_count(self) -> int:
-        """Connections currently open."""
+        """Connections currently open (TLS handshakes included)."""
         return len(self._connections)
 
     async def listen_unix(self, path: str, group: str = "") -> None:
@@ -88,15 +107,114 @@ class Server:
         server = await asyncio.start_unix_server(
             self._on_unix,
             sock=sock,
-            limit=self.config.max_message_bytes + 1,
+            limit=_READ_CHUNK,
             backlog=min(self.config.max_connections, 4096),
         )
         self._servers.append(server)
 
+    async def listen_tls(self, hostport: str) -> None:
+        """Listen on ``HOST:PORT`` for TLS clients with certificates.
+
+        ``*`` as HOST means every address of the host (IPv4 and IPv6).
+        """
+        host, port = _listen_address(hostport)
+        self._tls = tls_context(self.config)
+        try:
+            server = await asyncio.start_server(
+                self._on_tcp,
+                None if host == "*" else host,
+                port,
+                limit=_READ_CHUNK,
+                backlog=min(self.config.max_connections, 4096),
+                reuse_address=True,
+            )
+        except OSError as e:
+            raise ListenError(
+                f"server.tls_listen: cannot listen on {hostport}: "
+                f"{e.strerror or e}"
+            ) from e
+        self._servers.append(server)
+        subjects = self.config.tls_allowed_subjects
+        log.info(
+            "listening on tls:%s (client certificates from %s; subjects: %s)",
+            hostport,
+            self.config.tls_ca,
+            ", ".join(subjects) if subjects else "any",
+        )
+
+    def _track(self) -> bool:
+        """Count the calling connection task; False when over the limit."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        task.add_done_callback(self._connections.discard)
+        return self.connection_count <= self.config.max_connections
+
     async def _on_unix(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
+        if not self._track():
+            await self._refuse(writer)
+            return
         await self._serve(reader, writer, unix_peer(writer))
+
+    async def _on_tcp(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        # The handshake starts at once, before anything awaits: data the
+        # client sends first must reach the TLS layer, not the reader.
+        within_limit = self._track()
+        address = _format_address(writer.get_extra_info("peername"))
+        assert self._tls is not None
+        try:
+            await writer.start_tls(
+                self._tls, ssl_handshake_timeout=self.config.read_timeout
+            )
+        except (OSError, TimeoutError) as e:
+            # Without a log line, a client with a bad or expired
+            # certificate is a silent mystery on both ends.
+            log.warning("TLS handshake with %s failed: %s", address, _why(e))
+            writer.transport.abort()
+            return
+        cn = subject_cn(writer.get_extra_info("peercert"))
+        peer = Peer("tls", address=address, subject=cn)
+        if not within_limit:
+            await self._refuse(writer)
+            return
+        allowed = self.config.tls_allowed_subjects
+        if allowed and cn not in allowed:
+            log.warning(
+                "TLS client %s: subject CN %r is not in "
+                "server.tls_allowed_subjects; closing",
+                address,
+                cn,
+            )
+            await _send_and_close(
+                writer,
+                InvalidRequest(
+                    f"client certificate subject CN {cn!r} is not allowed "
+                    "(server.tls_allowed_subjects); closing the connection",
+                    {"subject": cn},
+                ),
+            )
+            return
+        log.debug("TLS connection from %s cn=%r", address, cn)
+        await self._serve(reader, writer, peer)
+
+    async def _refuse(self, writer: asyncio.StreamWriter) -> None:
+        log.warning(
+            "refusing a connection: %d open, max_connections=%d",
+            self.connection_count - 1,
+            self.config.max_connections,
+        )
+        await _send_and_close(
+            writer,
+            InvalidRequest(
+                f"too many connections (max_connections="
+                f"{self.config.max_connections}); try again later",
+                {"max_connections": self.config.max_connections},
+            ),
+        )
 
     async def _serve(
         self,
@@ -104,52 +222,11 @@ class Server:
         writer: asyncio.StreamWriter,
         peer: Peer,
     ) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections.add(task)
-        task.add_done_callback(self._connections.discard)
-        if self.connection_count > self.config.max_connections:
-            await _send_and_close(
-                writer,
-                InvalidRequest(
-                    f"too many connections (max_connections="
-                    f"{self.config.max_connections}); try again later"
-                ),
-            )
-            return
         peer.notify = lambda obj: _write(writer, dumps(obj))
         in_flight = asyncio.Semaphore(self.config.max_in_flight)
         pending: set[asyncio.Task[None]] = set()
         try:
-            while not self.closing:
-                try:
-                    line = await reader.readuntil(b"\n")
-                except asyncio.IncompleteReadError as e:
-                    line = e.partial  # last line without a newline, or EOF
-                    if line.strip():
-                        await self._respond(line, peer, writer, None)
-                    break
-                except asyncio.LimitOverrunError:
-                    await _send_and_close(
-                        writer,
-                        InvalidRequest(
-                            "invalid request: message larger than "
-                            f"{self.limit} bytes (max_message_bytes); "
-                            "closing the connection",
-                            {"max_message_bytes": self.limit},
-                        ),
-                    )
-                    return
-                if not line.strip():
-                    continue
-                await in_flight.acquire()
-                task = asyncio.create_task(
-                    self._respond(line, peer, writer, in_flight)
-                )
-                pending.add(task)
-                self._requests.add(task)
-                task.add_done_callback(pending.discard)
-                task.add_done_callback(self._requests.discard)
+            await self._read_lines(reader, writer, peer, in_flight, pending)
         except (ConnectionError, OSError):
             pass
         finally:
@@ -163,6 +240,110 @@ class Server:
             with contextlib.suppress(ConnectionError, OSError):
                 await writer.wait_closed()
 
+    async def _read_lines(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        peer: Peer,
+        in_flight: asyncio.Semaphore,
+        pending: set[asyncio.Task[None]],
+    ) -> None:
+        """Split the stream into lines and start a request task for each.
+
+        Framing is done here rather than with ``readuntil`` so that the
+        two timeouts can tell an idle connection (nothing buffered) from
+        a stalled one (half a line buffered).
+        """
+        limit = self.limit
+        idle = self.config.idle_timeout or None
+        buf = bytearray()
+        start = 0  # where the next line begins in buf
+        scan = 0  # where to look for its newline
+        while not self.closing:
+            nl = buf.find(b"\n", scan)
+            if nl >= 0:
+                if nl - start > limit:
+                    await self._too_large(writer)
+                    return
+                line = bytes(buf[start:nl])
+                start = scan = nl + 1
+                if line.strip():
+                    await in_flight.acquire()
+                    self._start(line, peer, writer, in_flight, pending)
+                continue
+            if len(buf) - start > limit:
+                await self._too_large(writer)
+                return
+            del buf[:start]
+            start, scan = 0, len(buf)
+            started = bool(buf) and not buf.isspace()
+            try:
+                async with asyncio.timeout(
+                    self.config.read_timeout if started else idle
+                ):
+                    chunk = await reader.read(_READ_CHUNK)
+            except TimeoutError:
+                if started:
+                    await self._stalled(writer, peer, len(buf))
+                    return
+                if pending:
+                    continue  # waiting for our answers is not idling
+                log.debug("closing idle connection %s", peer.describe())
+                return
+            if not chunk:
+                if started:  # the last line may lack its newline
+                    await self._respond(bytes(buf), peer, writer, None)
+                return
+            buf += chunk
+
+    def _start(
+        self,
+        line: bytes,
+        peer: Peer,
+        writer: asyncio.StreamWriter,
+        in_flight: asyncio.Semaphore,
+        pending: set[asyncio.Task[None]],
+    ) -> None:
+        task = asyncio.create_task(
+            self._respond(line, peer, writer, in_flight)
+        )
+        pending.add(task)
+        self._requests.add(task)
+        task.add_done_callback(pending.discard)
+        task.add_done_callback(self._requests.discard)
+
+    async def _too_large(self, writer: asyncio.StreamWriter) -> None:
+        await _send_and_close(
+            writer,
+            InvalidRequest(
+                "invalid request: message larger than "
+                f"{self.limit} bytes (max_message_bytes); "
+                "closing the connection",
+                {"max_message_bytes": self.limit},
+            ),
+        )
+
+    async def _stalled(
+        self, writer: asyncio.StreamWriter, peer: Peer, size: int
+    ) -> None:
+        timeout = self.config.read_timeout
+        log.warning(
+            "closing %s: %d bytes of a request and no newline for %g s "
+            "(server.read_timeout)",
+            peer.describe(),
+            size,
+            timeout,
+        )
+        await _send_and_close(
+            writer,
+            InvalidRequest(
+                f"invalid request: incomplete message; the rest of the "
+                f"line did not arrive within {timeout:g} s "
+                "(read_timeout); closing the connection",
+                {"read_timeout": timeout},
+            ),
+        )
+
     async def _respond(
         self,
         line: bytes,
@@ -174,9 +355,20 @@ class Server:
             response = await self.handler(line, peer)
             if response is not None and not writer.is_closing():
                 writer.write(response)
-                await writer.drain()
+                # A client that stops reading its answers would otherwise
+                # hold this task, and with it a slot, forever.
+                async with asyncio.timeout(self.config.read_timeout):
+                    await writer.drain()
         except (ConnectionError, OSError):
             pass
+        except TimeoutError:
+            log.warning(
+                "closing %s: it did not take a response for %g s "
+                "(server.read_timeout)",
+                peer.describe(),
+                self.config.read_timeout,
+            )
+            writer.transport.abort()
         except Exception:
             log.exception("unexpected error answering %s", peer.describe())
         finally:
@@ -205,6 +397,145 @@ class Server:
             task.cancel()
         if self._connections:
             await asyncio.wait(set(self._connections), timeout=1.0)
+
+
+# -- TLS --------------------------------------------------------------------
+
+
+class _EncryptedKey(Exception):
+    pass
+
+
+def _no_password() -> str:
+    # Without this callback OpenSSL would prompt on the terminal and a
+    # daemon would hang at start-up.
+    raise _EncryptedKey
+
+
+def tls_context(cfg: ServerConfig) -> ssl.SSLContext:
+    """The server TLS context: TLS 1.2+, client certificate required.
+
+    Raises :class:`ListenError` naming the config key of a file that
+    cannot be used.
+    """
+    for key in ("tls_cert", "tls_key", "tls_ca"):
+        _readable(key, getattr(cfg, key))
+    cert, key, ca = cfg.tls_cert, cfg.tls_key, cfg.tls_ca
+    if b"-----BEGIN CERTIFICATE-----" not in Path(cert).read_bytes():
+        raise ListenError(f"server.tls_cert: {cert} holds no PEM certificate")
+    key_pem = Path(key).read_bytes()
+    if b"PRIVATE KEY-----" not in key_pem:
+        raise ListenError(f"server.tls_key: {key} holds no PEM private key")
+    if Path(key).stat().st_mode & stat.S_IROTH:
+        log.warning(
+            "server.tls_key: %s is readable by every user; chmod 0600 it",
+            key,
+        )
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.options |= ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    try:
+        ctx.load_cert_chain(cert, key, password=_no_password)
+    except _EncryptedKey:
+        raise ListenError(
+            f"server.tls_key: {key} is encrypted; hostagentd needs an "
+            "unencrypted key (protect it with mode 0600 instead)"
+        ) from None
+    except ssl.SSLError as e:
+        if "KEY_VALUES_MISMATCH" in str(e).upper().replace(" ", "_"):
+            raise ListenError(
+                f"server.tls_key: {key} is not the key of the certificate "
+                f"in server.tls_cert ({cert})"
+            ) from None
+        raise ListenError(
+            f"server.tls_cert/server.tls_key: cannot load {cert} with "
+            f"{key}: {_why(e)}"
+        ) from None
+    try:
+        ctx.load_verify_locations(cafile=ca)
+    except ssl.SSLError as e:
+        raise ListenError(
+            f"server.tls_ca: {ca} holds no usable CA certificate: {_why(e)}"
+        ) from None
+    if not ctx.cert_store_stats()["x509_ca"]:
+        raise ListenError(
+            f"server.tls_ca: {ca} holds no CA certificate (basicConstraints "
+            "CA:TRUE); client certificates could never be verified"
+        )
+    return ctx
+
+
+def _readable(key: str, path: str) -> None:
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        raise ListenError(
+            f"server.{key}: cannot read {path}: {e.strerror}"
+        ) from None
+
+
+def subject_cn(cert: Any) -> str:
+    """The subject commonName of a certificate from ``getpeercert()``."""
+    if not isinstance(cert, dict):
+        return ""
+    for rdn in cert.get("subject", ()):
+        for name, value in rdn:
+            if name == "commonName":
+                return str(value)
+    return ""
+
+
+def _why(e: BaseException) -> str:
+    """A one-line reason for a TLS failure, for logs and start-up errors."""
+    if isinstance(e, ssl.SSLCertVerificationError) and e.verify_message:
+        return f"certificate verify failed: {e.verify_message}"
+    if isinstance(e, ssl.SSLError) and e.reason:
+        return str(e.reason).lower().replace("_", " ")
+    if isinstance(e, TimeoutError):
+        return "no handshake within server.read_timeout"
+    return str(e) or type(e).__name__
+
+
+def _listen_address(hostport: str) -> tuple[str, int]:
+    try:
+        return parse_hostport("server.tls_listen", hostport)
+    except ConfigError as e:
+        raise ListenError(str(e)) from None
+
+
+def _format_address(peername: Any) -> str:
+    if isinstance(peername, tuple) and len(peername) >= 2:
+        host, port = peername[0], peername[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(peername or "")
+
+
+def raise_nofile_limit(max_connections: int) -> None:
+    """Raise the soft open-file limit to the hard one.
+
+    Each connection is a descriptor; the usual soft limit of 1024 would
+    refuse clients well below ``max_connections``.  A hard limit too low
+    for the configured connections is logged, since only the service
+    manager (``LimitNOFILE=``) can raise it.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    # Descriptors beyond connections: the DB, os-brick's tools, udev.
+    needed = max_connections + 128
+    if soft < needed:
+        log.warning(
+            "open-file limit is %d but server.max_connections=%d needs "
+            "about %d; raise LimitNOFILE",
+            soft,
+            max_connections,
+            needed,
+        )
 
 
 def unix_peer(writer: asyncio.StreamWriter) -> Peer:
