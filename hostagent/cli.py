@@ -141,6 +141,13 @@ def main(argv: list[str] | None = None) -> int:
         out = sys.stdout if args.help else sys.stderr
         out.write(help_text(parser, doc, src))
         return 0 if args.help else EXIT_USAGE
+    if args.host and not (args.cert and args.key):
+        print(
+            "hostagent-client: --host needs --cert and --key: the agent "
+            "accepts only clients with a certificate from its CA",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     method = f"{args.namespace}.{args.method}"
     try:
         file_text = None

@@ -44,6 +44,8 @@ class Client:
         self._ids = itertools.count(1)
         self.notifications: list[dict[str, Any]] = []
         self._buffer = b""
+        self._tls = host is not None
+        self._answered = False
         if host is None:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.settimeout(timeout)
@@ -90,9 +92,19 @@ class Client:
         while b"\n" not in self._buffer:
             chunk = self.sock.recv(65536)
             if not chunk:
-                raise ConnectionError("connection closed by the agent")
+                hint = ""
+                if self._tls and not self._answered:
+                    # The agent drops a refused TLS client without a
+                    # word once the handshake fails; say what it means.
+                    hint = (
+                        " before answering: it probably refused the client"
+                        " certificate (not signed by its tls_ca, expired,"
+                        " or missing); the agent's log says why"
+                    )
+                raise ConnectionError("connection closed by the agent" + hint)
             self._buffer += chunk
         line, _, self._buffer = self._buffer.partition(b"\n")
+        self._answered = True
         return json.loads(line)
 
     def request(self, method: str, params: Any = None) -> dict[str, Any]:

@@ -166,10 +166,14 @@ class Server:
         within_limit = self._track()
         address = _format_address(writer.get_extra_info("peername"))
         assert self._tls is not None
+        timeout = self.config.read_timeout
         try:
-            await writer.start_tls(
-                self._tls, ssl_handshake_timeout=self.config.read_timeout
-            )
+            # asyncio's own handshake timeout (a little later) is only a
+            # backstop: ours raises a TimeoutError that names the key.
+            async with asyncio.timeout(timeout):
+                await writer.start_tls(
+                    self._tls, ssl_handshake_timeout=timeout + 5
+                )
         except (OSError, TimeoutError) as e:
             # Without a log line, a client with a bad or expired
             # certificate is a silent mystery on both ends.

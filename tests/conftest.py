@@ -158,6 +158,19 @@ class Agent:
         except FileNotFoundError:
             return ""
 
+    def wait_log(self, text: str, timeout: float = 10.0) -> str:
+        """Wait until the log contains ``text``; return that line."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in self.log().splitlines():
+                if text in line:
+                    return line
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"{text!r} not in the log:\n" + self.log()
+                )
+            time.sleep(0.02)
+
     def links(self) -> list[str]:
         """Names of the managed symlinks."""
         vdir = self.run_dir / "volumes"
@@ -250,3 +263,11 @@ def loops(tmp_path: Path) -> Iterator[Loops]:
 def have(tool: str) -> bool:
     """True when ``tool`` is on PATH."""
     return shutil.which(tool) is not None
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Test CAs and certificates (see ``tests/pki.py``), made once."""
+    from pki import Pki
+
+    return Pki(tmp_path_factory.mktemp("pki"))
