@@ -363,9 +363,7 @@ class Server:
                 # hold this task, and with it a slot, forever.
                 async with asyncio.timeout(self.config.read_timeout):
                     await writer.drain()
-        except (ConnectionError, OSError):
-            pass
-        except TimeoutError:
+        except TimeoutError:  # before OSError, its base class
             log.warning(
                 "closing %s: it did not take a response for %g s "
                 "(server.read_timeout)",
@@ -373,6 +371,8 @@ class Server:
                 self.config.read_timeout,
             )
             writer.transport.abort()
+        except (ConnectionError, OSError):
+            pass
         except Exception:
             log.exception("unexpected error answering %s", peer.describe())
         finally:

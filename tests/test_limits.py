@@ -1,0 +1,277 @@
+"""Connection limits and timeouts, the Unix socket's access rules."""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import json
+import os
+import socket
+import stat
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from conftest import Agent, have, new_vol_id
+
+from hostagent.client import Client
+
+PING = b'{"jsonrpc":"2.0","id":1,"method":"Host.ping"}\n'
+
+
+def test_max_connections_is_enforced_and_slots_come_back(
+    agent_factory: Any,
+) -> None:
+    agent: Agent = agent_factory()
+    agent.configure(server={"max_connections": 20})
+    agent.start()
+    clients: list[Client] = []
+    try:
+        for _ in range(20):
+            clients.append(_accepted(agent))
+        with agent.client(timeout=10) as extra:
+            refusal = extra.recv()
+            assert refusal["error"]["code"] == -32600
+            assert "max_connections=20" in refusal["error"]["message"]
+            with pytest.raises(ConnectionError):
+                extra.recv()
+        for c in clients:  # the refusal broke nothing
+            assert c.call("Host.ping") is True
+        clients.pop().close()
+        _accepted(agent).close()
+    finally:
+        for c in clients:
+            c.close()
+    assert "refusing a connection: 20 open" in agent.log()
+
+
+def _accepted(agent: Agent) -> Client:
+    """A connection that answered a ping.
+
+    A slot freed by a closed connection comes back once the agent has
+    seen the EOF, a moment later: retry a refusal for a while.
+    """
+    deadline = time.monotonic() + 10
+    while True:
+        c = agent.client(timeout=10)
+        try:
+            if c.request("Host.ping").get("result") is True:
+                return c
+        except OSError:
+            pass
+        c.close()
+        assert time.monotonic() < deadline, "no connection slot came back"
+        time.sleep(0.05)
+
+
+def test_slow_loris_times_out_and_blocks_nobody(agent_factory: Any) -> None:
+    agent: Agent = agent_factory()
+    agent.configure(server={"read_timeout": 1.0, "idle_timeout": 60.0})
+    agent.start()
+    with socket.socket(socket.AF_UNIX) as loris:
+        loris.settimeout(30)
+        loris.connect(agent.socket)
+        loris.sendall(PING[:20])  # half a line, then nothing
+        started = time.monotonic()
+        with agent.client() as other:
+            while time.monotonic() - started < 0.8:
+                assert other.call("Host.ping") is True
+        data = b""
+        while chunk := loris.recv(4096):
+            data += chunk
+    (answer,) = [json.loads(x) for x in data.splitlines()]
+    assert answer["id"] is None
+    assert answer["error"]["code"] == -32600
+    assert (
+        "did not arrive within 1 s (read_timeout)"
+        in (answer["error"]["message"])
+    )
+    assert "20 bytes of a request and no newline" in agent.wait_log(
+        "server.read_timeout"
+    )
+
+
+def test_idle_connection_is_closed(agent_factory: Any) -> None:
+    agent: Agent = agent_factory()
+    agent.configure(server={"idle_timeout": 1.0})
+    agent.start()
+    with agent.client(timeout=30) as c:
+        assert c.call("Host.ping") is True
+        # A connection that keeps talking is never idle.
+        for _ in range(6):
+            time.sleep(0.3)
+            assert c.call("Host.ping") is True
+        with pytest.raises(ConnectionError):
+            c.recv()  # nothing sent for a second: the agent hangs up
+    agent.wait_log("closing idle connection")
+
+
+def test_idle_timeout_zero_keeps_connections(agent_factory: Any) -> None:
+    agent: Agent = agent_factory()
+    agent.configure(server={"idle_timeout": 0.0, "read_timeout": 0.5})
+    agent.start()
+    with agent.client(timeout=30) as c:
+        assert c.call("Host.ping") is True
+        time.sleep(1.5)
+        assert c.call("Host.ping") is True
+
+
+def _order(agent: Agent) -> list[Any]:
+    """Pipeline a slow call and two pings; the ids in answer order."""
+    with agent.client() as c:
+        c.send_raw(
+            b'{"jsonrpc":"2.0","id":"caps","method":"Host.getCapabilities"}\n'
+            + PING.replace(b'"id":1', b'"id":"p1"')
+            + PING.replace(b'"id":1', b'"id":"p2"')
+        )
+        return [c.recv()["id"] for _ in range(3)]
+
+
+def test_requests_in_flight_are_capped_per_connection(
+    agent_factory: Any,
+) -> None:
+    """With max_in_flight=1 the pings wait behind the slow call."""
+    capped: Agent = agent_factory("capped")
+    capped.configure(server={"max_in_flight": 1})
+    capped.start()
+    free: Agent = agent_factory("free")
+    free.configure(server={"max_in_flight": 2})
+    free.start()
+    # getCapabilities runs os-brick's tools: far slower than a ping.
+    assert _order(capped) == ["caps", "p1", "p2"]
+    order = _order(free)
+    assert order[0] == "p1"
+    assert order[-1] == "caps"
+    # The cap is per connection: another client is not held up.
+    with capped.client() as c, capped.client() as other:
+        c.send_raw(
+            b'{"jsonrpc":"2.0","id":"caps","method":"Host.getCapabilities"}\n'
+        )
+        assert other.call("Host.ping") is True
+        assert c.recv()["id"] == "caps"
+
+
+def test_client_that_does_not_read_is_dropped(agent_factory: Any) -> None:
+    agent: Agent = agent_factory()
+    agent.configure(server={"read_timeout": 1.0, "max_in_flight": 4})
+    agent.start()
+    discover = b'{"jsonrpc":"2.0","id":1,"method":"rpc.discover"}\n'
+    with socket.socket(socket.AF_UNIX) as hog:
+        hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        hog.connect(agent.socket)
+        hog.settimeout(30)
+        sent = 0
+        with contextlib.suppress(OSError):
+            # Far more answers than the socket buffers hold; never read.
+            while sent < 20000:
+                hog.sendall(discover)
+                sent += 1
+        agent.wait_log("did not take a response", timeout=30)
+        assert agent.call("Host.ping") is True
+    assert sent < 20000  # the agent stopped reading, then hung up
+
+
+def test_daemon_raises_its_open_file_limit(agent: Agent) -> None:
+    assert agent.proc is not None
+    with open(f"/proc/{agent.proc.pid}/limits") as f:
+        limits = f.read()
+    line = next(x for x in limits.splitlines() if "open files" in x)
+    soft, hard = line.split()[3:5]
+    assert soft == hard
+
+
+# -- the Unix socket: group access and peer credentials ---------------------
+
+NOBODY = 65534
+
+
+@pytest.fixture
+def test_group() -> Iterator[tuple[str, int]]:
+    """A group made for this test (groupadd), removed afterwards."""
+    if os.geteuid() != 0 or not have("groupadd"):
+        pytest.fail("socket group tests need root and groupadd")
+    name = "ha-" + uuid.uuid4().hex[:12]
+    subprocess.run(["groupadd", name], check=True)
+    try:
+        yield name, grp.getgrnam(name).gr_gid
+    finally:
+        subprocess.run(["groupdel", name], check=False)
+
+
+def _socat_as(
+    agent: Agent, gid: int, extra_groups: list[int], data: bytes
+) -> subprocess.CompletedProcess[bytes]:
+    """Talk to the socket as user nobody with the given groups."""
+    return subprocess.run(
+        ["socat", "-t", "5", "-", f"UNIX-CONNECT:{agent.socket}"],
+        input=data,
+        capture_output=True,
+        timeout=30,
+        user=NOBODY,
+        group=gid,
+        extra_groups=extra_groups,
+    )
+
+
+@pytest.mark.skipif(not have("socat"), reason="socat is installed by make")
+def test_socket_group_members_may_connect_others_may_not(
+    agent_factory: Any, test_group: tuple[str, int]
+) -> None:
+    name, gid = test_group
+    agent: Agent = agent_factory()
+    agent.configure(server={"socket_group": name})
+    os.chmod(agent.sock_dir, 0o755)  # let nobody reach the socket file
+    agent.start()
+    st = os.stat(agent.socket)
+    assert stat.S_IMODE(st.st_mode) == 0o660
+    assert st.st_gid == gid
+    assert st.st_uid == 0
+    member = _socat_as(agent, NOBODY, [gid], PING)
+    assert member.returncode == 0, member.stderr
+    assert json.loads(member.stdout)["result"] is True
+    outsider = _socat_as(agent, NOBODY, [], PING)
+    assert outsider.returncode != 0
+    assert b"Permission denied" in outsider.stderr
+    assert outsider.stdout == b""
+
+
+def test_unknown_socket_group_stops_start_up(agent_factory: Any) -> None:
+    agent: Agent = agent_factory()
+    group = "ha-no-such-" + uuid.uuid4().hex[:8]
+    agent.configure(server={"socket_group": group})
+    agent.start(wait=False)
+    assert agent.proc is not None
+    assert agent.proc.wait(30) == 1
+    assert f"server.socket_group: no such group '{group}'" in agent.log()
+
+
+@pytest.mark.skipif(not have("socat"), reason="socat is installed by make")
+def test_peer_uid_and_pid_are_logged_with_mutating_calls(
+    agent_factory: Any, test_group: tuple[str, int]
+) -> None:
+    name, gid = test_group
+    agent: Agent = agent_factory()
+    agent.configure(server={"socket_group": name})
+    os.chmod(agent.sock_dir, 0o755)
+    agent.start()
+    mine, theirs = new_vol_id(), new_vol_id()
+    with Client(agent.socket) as c:
+        c.call("ManagedVolume.detach_volume", [mine])
+        c.call("ManagedVolume.volumes_info")  # not mutating: not logged
+    request = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "ManagedVolume.detach_volume",
+        "params": [theirs],
+    }
+    out = _socat_as(agent, NOBODY, [gid], json.dumps(request).encode() + b"\n")
+    assert json.loads(out.stdout)["result"] is None
+    log = agent.log()
+    (line,) = [x for x in log.splitlines() if mine in x and " by " in x]
+    assert f"detach_volume by unix uid=0 pid={os.getpid()}" in line
+    (line,) = [x for x in log.splitlines() if theirs in x and " by " in x]
+    assert f"detach_volume by unix uid={NOBODY} pid=" in line
+    assert "volumes_info by" not in log
