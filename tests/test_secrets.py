@@ -1,0 +1,204 @@
+"""Secrets stay in the DB (0600) and nowhere else: logs, errors, results.
+
+Every daemon here logs at debug level, where os-brick and oslo log the
+commands they run and the arguments of each call; the whole log and every
+answer are searched for each secret value.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Agent, Loops, local_info, new_vol_id
+
+from hostagent.client import RpcError
+
+ATTACH = "ManagedVolume.attach_volume"
+DETACH = "ManagedVolume.detach_volume"
+INFO = "ManagedVolume.volumes_info"
+
+# Distinct values, so a hit names the key that leaked.
+SECRETS = {
+    "auth_username": "chapUser-7Kq2",
+    "auth_password": "chapPass-Zr81wq",
+    "discovery_auth_username": "discUser-3Hm5",
+    "discovery_auth_password": "discPass-Lx47ve",
+    "secret": "secret-Wn63",
+    "keyring": "keyring-AQBd9",
+    "token": "token-Pv58sj",
+    "AUTH_PASSWORD": "upperPass-Qa19",  # the key's case does not matter
+    "Token": "nestedToken-Ry40",  # nested one level down
+}
+
+
+def secret_data(device: str) -> dict[str, Any]:
+    """A local connection info carrying every kind of secret, nested."""
+    s = SECRETS
+    return local_info(
+        device,
+        auth_method="CHAP",
+        auth_username=s["auth_username"],
+        auth_password=s["auth_password"],
+        discovery_auth_method="CHAP",
+        discovery_auth_username=s["discovery_auth_username"],
+        discovery_auth_password=s["discovery_auth_password"],
+        secret=s["secret"],
+        extra={
+            "keyring": s["keyring"],
+            "AUTH_PASSWORD": s["AUTH_PASSWORD"],
+            "list": [{"Token": s["Token"]}],
+        },
+    ) | {"token": s["token"]}
+
+
+def masked(device: str) -> dict[str, Any]:
+    """What volumes_info must show for :func:`secret_data`."""
+    return local_info(
+        device,
+        auth_method="CHAP",
+        auth_username="***",
+        auth_password="***",
+        discovery_auth_method="CHAP",
+        discovery_auth_username="***",
+        discovery_auth_password="***",
+        secret="***",
+        extra={
+            "keyring": "***",
+            "AUTH_PASSWORD": "***",
+            "list": [{"Token": "***"}],
+        },
+    ) | {"token": "***"}
+
+
+def leaks(text: str) -> list[str]:
+    """The keys whose secret value appears in ``text``."""
+    return [k for k, v in SECRETS.items() if v in text]
+
+
+class Seen:
+    """Everything the agent said to us, to search at the end."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+
+    def call(self, agent: Agent, method: str, params: Any = None) -> Any:
+        with agent.client() as c:
+            response = c.request(method, params)
+        self.texts.append(json.dumps(response, ensure_ascii=False))
+        if "error" in response:
+            e = response["error"]
+            raise RpcError(e["code"], e["message"], e.get("data"))
+        return response["result"]
+
+    def error(self, agent: Agent, method: str, params: Any) -> RpcError:
+        with pytest.raises(RpcError) as e:
+            self.call(agent, method, params)
+        return e.value
+
+
+def db_connection_info(agent: Agent, vol_id: str) -> dict[str, Any]:
+    with sqlite3.connect(agent.db_path) as con:
+        (text,) = con.execute(
+            "SELECT connection_info FROM volume WHERE vol_id = ?", [vol_id]
+        ).fetchone()
+    return dict(json.loads(text))
+
+
+def private(path: Path) -> bool:
+    return stat.S_IMODE(path.stat().st_mode) & 0o077 == 0
+
+
+def test_secrets_of_a_local_attach(agent: Agent, loops: Loops) -> None:
+    seen = Seen()
+    dev = loops.create()
+    vid = new_vol_id()
+    info = secret_data(dev)
+    seen.call(agent, ATTACH, {"vol_id": vid, "connection_info": info})
+    seen.call(agent, ATTACH, [vid, info])  # idempotent re-attach
+    (got,) = seen.call(agent, INFO)
+    assert got["connection_info"] == masked(dev)
+    assert seen.call(agent, INFO, [[vid]])[0]["connection_info"] == (
+        masked(dev)
+    )
+    # Same volume, other secrets: refused without echoing either set.
+    changed = secret_data(dev)
+    changed["data"]["auth_password"] = "chapPass-other-Tt22"
+    err = seen.error(agent, ATTACH, [vid, changed])
+    assert err.code == 929
+    # Another volume on the same device: refused, nothing echoed.
+    err = seen.error(agent, ATTACH, [new_vol_id(), secret_data(dev)])
+    assert err.code == 927
+
+    # The DB keeps the real values (detach needs them), privately.
+    assert db_connection_info(agent, vid) == info
+    assert private(agent.db_path)
+    assert private(agent.state_dir)
+    for extra in ("-wal", "-shm"):
+        side = agent.db_path.with_name(agent.db_path.name + extra)
+        if side.exists():
+            assert private(side), side
+
+    # After a restart the agent has not been handed the secrets in this
+    # run: they come from the DB and must be kept out all the same.
+    agent.restart()
+    assert seen.call(agent, INFO)[0]["connection_info"] == masked(dev)
+    seen.call(agent, DETACH, [vid])  # os-brick logs the info it gets
+    assert seen.call(agent, INFO) == []
+
+    for text in seen.texts:
+        assert leaks(text) == [], text
+    assert "chapPass-other-Tt22" not in "".join(seen.texts)
+    log = agent.log()
+    assert "DEBUG" in log
+    assert leaks(log) == []
+    assert "chapPass-other-Tt22" not in log
+
+
+CHAP_PORTAL = {
+    "driver_volume_type": "iscsi",
+    "data": {
+        "target_portal": "127.0.0.1:3260",
+        "target_iqn": "iqn.2026-11.test.hostagent:chap-nothing",
+        "target_lun": 0,
+        "auth_method": "CHAP",
+        "auth_username": SECRETS["auth_username"],
+        "auth_password": SECRETS["auth_password"],
+        "discovery_auth_method": "CHAP",
+        "discovery_auth_username": SECRETS["discovery_auth_username"],
+        "discovery_auth_password": SECRETS["discovery_auth_password"],
+    },
+}
+
+
+@pytest.mark.parametrize("multipath", [True, False], ids=["mpath", "single"])
+def test_secrets_of_a_failing_iscsi_chap_attach(
+    agent_factory: Any, multipath: bool
+) -> None:
+    """os-brick puts CHAP values on iscsiadm command lines, and logs them.
+
+    Nothing listens on 127.0.0.1:3260, so the attach fails inside
+    os-brick after it has configured the node (or discovery) record with
+    the credentials.
+    """
+    agent: Agent = agent_factory()
+    agent.configure(brick={"multipath": multipath})
+    agent.start()
+    seen = Seen()
+    vid = new_vol_id()
+    err = seen.error(agent, ATTACH, [vid, CHAP_PORTAL])
+    assert err.code == 926
+    assert err.data["driver"] == "iscsi"
+    assert seen.call(agent, INFO) == []
+    for text in seen.texts:
+        assert leaks(text) == [], text
+    log = agent.log()
+    # The test is only worth something if os-brick did use the values.
+    assert "iscsiadm" in log
+    assert "auth.password -v ***" in log
+    assert leaks(log) == []
+    assert not list(Path("/etc/iscsi/nodes").glob("*chap-nothing*"))
