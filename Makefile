@@ -6,7 +6,7 @@ RUN_DIR := $(CURDIR)/.run
 STAMP := $(VENV)/.installed
 SYSDEPS := .cache/sysdeps.stamp
 
-.PHONY: all install run check lint test check-vm clean
+.PHONY: all install run check lint test fuzz check-vm clean
 
 all: install
 
@@ -53,6 +53,11 @@ test: install
 	$(BIN)/pytest -q tests --ignore=tests/vm
 
 check: lint test
+
+# A long fuzz campaign (not part of check): FUZZ_MESSAGES lines in all.
+FUZZ_MESSAGES ?= 100000
+fuzz: install
+	$(BIN)/python tests/fuzz_campaign.py --messages $(FUZZ_MESSAGES)
 
 clean:
 	rm -rf $(VENV) $(RUN_DIR) .cache .mypy_cache .ruff_cache .pytest_cache

@@ -36,7 +36,7 @@ import socket
 import ssl
 import stat
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -153,12 +153,19 @@ class Server:
     async def _on_unix(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        if not self._track():
-            await self._refuse(writer)
-            return
-        await self._serve(reader, writer, unix_peer(writer))
+        with _cancel_quietly(writer):
+            if not self._track():
+                await self._refuse(writer)
+                return
+            await self._serve(reader, writer, unix_peer(writer))
 
     async def _on_tcp(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        with _cancel_quietly(writer):
+            await self._accept_tls(reader, writer)
+
+    async def _accept_tls(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         # The handshake starts at once, before anything awaits: data the
@@ -540,6 +547,21 @@ def raise_nofile_limit(max_connections: int) -> None:
             max_connections,
             needed,
         )
+
+
+@contextlib.contextmanager
+def _cancel_quietly(writer: asyncio.StreamWriter) -> Iterator[None]:
+    """End a connection task cancelled by :meth:`Server.close` silently.
+
+    Python 3.11's streams call ``exception()`` on the finished handler
+    task, which raises for a cancelled one and logs a bogus traceback at
+    every shutdown with clients connected.  Nothing awaits these tasks,
+    so ending them normally loses nothing.
+    """
+    try:
+        yield
+    except asyncio.CancelledError:
+        writer.transport.abort()
 
 
 def unix_peer(writer: asyncio.StreamWriter) -> Peer:

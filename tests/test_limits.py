@@ -174,6 +174,24 @@ def test_client_that_does_not_read_is_dropped(agent_factory: Any) -> None:
     assert sent < 20000  # the agent stopped reading, then hung up
 
 
+def test_shutdown_with_clients_connected_is_clean(agent: Agent) -> None:
+    idle = agent.client()
+    busy = agent.client()
+    half = agent.client()
+    try:
+        assert idle.call("Host.ping") is True
+        busy.send_raw(PING * 50)
+        half.send_raw(PING[:10])
+        assert agent.stop() == 0
+    finally:
+        for c in (idle, busy, half):
+            c.close()
+    log = agent.log()
+    assert "Traceback" not in log
+    assert " ERROR " not in log
+    assert "stopped" in log
+
+
 def test_daemon_raises_its_open_file_limit(agent: Agent) -> None:
     assert agent.proc is not None
     with open(f"/proc/{agent.proc.pid}/limits") as f:
