@@ -6,6 +6,7 @@ import contextlib
 import grp
 import json
 import os
+import resource
 import socket
 import stat
 import subprocess
@@ -192,7 +193,19 @@ def test_shutdown_with_clients_connected_is_clean(agent: Agent) -> None:
     assert "stopped" in log
 
 
-def test_daemon_raises_its_open_file_limit(agent: Agent) -> None:
+def test_daemon_raises_its_open_file_limit(agent_factory: Any) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 1024:
+        pytest.fail(
+            f"the hard open-file limit ({hard}) leaves nothing to raise"
+        )
+    agent: Agent = agent_factory()
+    # The daemon inherits the usual default soft limit from us.
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+    try:
+        agent.start()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert agent.proc is not None
     with open(f"/proc/{agent.proc.pid}/limits") as f:
         limits = f.read()

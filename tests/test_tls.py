@@ -38,13 +38,16 @@ class TlsAgent:
 
 
 def start_tls_agent(
-    agent_factory: Any, pki: Pki, name: str = "agent", **server: Any
+    agent_factory: Any, pki: Pki, log_level: str = "debug", **server: Any
 ) -> TlsAgent:
     """Start an agent with TLS; retry if another test took the port."""
-    agent: Agent = agent_factory(name)
+    agent: Agent = agent_factory()
     for _ in range(5):
         port = free_port()
-        agent.configure(server=tls_server_config(pki, port, **server))
+        agent.configure(
+            server=tls_server_config(pki, port, **server),
+            log={"level": log_level},
+        )
         agent.start(wait=False)
         try:
             agent.wait_ready()
