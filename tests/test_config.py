@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -120,3 +121,47 @@ def test_check_config(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert "OK" in out.stdout
+
+
+def test_contrib_config_is_the_defaults() -> None:
+    """contrib/hostagent.toml documents every key with its default."""
+    path = Path(__file__).resolve().parent.parent / "contrib/hostagent.toml"
+    assert config.load(path) == config.Config()
+    text = path.read_text()
+    for section in ("server", "storage", "brick", "log"):
+        cls = type(getattr(config.Config(), section))
+        for key in cls.__dataclass_fields__:
+            assert f"\n{key} = " in text, f"{section}.{key}"
+
+
+@pytest.mark.parametrize(
+    ("text", "names"),
+    [
+        ("[server]\nidle_timeout = -1\n", "server.idle_timeout"),
+        ("[server]\nread_timeout = 0\n", "server.read_timeout"),
+        ("[server]\nread_timeout = 'x'\n", "server.read_timeout"),
+        ("[server]\ntls_allowed_subjects = 'a'\n", "tls_allowed_subjects"),
+        ("[server]\ntls_allowed_subjects = ['']\n", "tls_allowed_subjects[0]"),
+        ("[server]\ntls_allowed_subjects = [1]\n", "tls_allowed_subjects[0]"),
+        (
+            "[server]\ntls_listen = '*:54322'\ntls_cert = 'cert.pem'\n",
+            "server.tls_cert",
+        ),
+    ],
+)
+def test_hardening_keys_are_checked(
+    tmp_path: Path, text: str, names: str
+) -> None:
+    with pytest.raises(ConfigError, match=re.escape(names)):
+        load_text(tmp_path, text)
+
+
+def test_hardening_keys_load(tmp_path: Path) -> None:
+    c = load_text(
+        tmp_path,
+        "[server]\ntls_listen = '*:54322'\nidle_timeout = 0\n"
+        "read_timeout = 2.5\ntls_allowed_subjects = ['engine']\n",
+    )
+    assert c.server.idle_timeout == 0.0
+    assert c.server.read_timeout == 2.5
+    assert c.server.tls_allowed_subjects == ["engine"]
