@@ -85,6 +85,8 @@ class Daemon:
             log.critical("cannot start: %s", e)
             return EXIT_STARTUP
         self.service.start_brick_load()
+        # Before listening: no client may see a half-done attach or detach.
+        await self.service.reconcile()
         try:
             if self.cfg.server.unix_socket:
                 await self.server.listen_unix(
