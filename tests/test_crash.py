@@ -583,3 +583,44 @@ def test_random_kill_soak(agent_factory: Any, loops: Loops) -> None:
     assert done["ok"] > SOAK_KILLS
     # The kills landed inside flows: reconciliation had work to do.
     assert work
+
+
+def test_rows_wait_when_os_brick_is_missing(
+    agent_factory: Any, loops: Loops, tmp_path: Path
+) -> None:
+    """Without os-brick nothing can be torn down: rows stay, clearly.
+
+    The agent still starts (volumes_info works); the row says why it was
+    not finished; the next start with os-brick finishes it.
+    """
+    a: Agent = agent_factory()
+    dev = loops.create()
+    vid = new_vol_id()
+    set_failpoints(a, "attach.after_record=kill")
+    a.start()
+    call_until_killed(a, ATTACH, [vid, local_info(dev)])
+
+    # A host where os-brick cannot be imported.
+    shadow = tmp_path / "no-os-brick" / "os_brick"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text(
+        "raise ImportError('os-brick is not installed here')\n"
+    )
+    set_failpoints(a, None)
+    a.env["PYTHONPATH"] = str(shadow.parent)
+    a.start()
+    assert "failed 1" in reconcile_lines(a)[-1]
+    (info,) = a.call(INFO)
+    assert info["state"] == "detaching"
+    assert "not finished at start-up" in info["last_error"]
+    assert "os-brick is not installed here" in info["last_error"]
+    err = a.error(DETACH, [vid])
+    assert err.code == 925
+    assert db_rows(a)[vid][0] == "detaching"
+
+    a.stop()
+    del a.env["PYTHONPATH"]
+    a.start()
+    assert "finished_detach 1" in reconcile_lines(a)[-1]
+    assert a.call(INFO) == []
+    check_reusable(a, vid, dev)
