@@ -117,7 +117,7 @@ def test_busy_volume_waits_then_927(agent_factory: Any, loops: Loops) -> None:
     the volume's lock; another volume attaches meanwhile.
     """
     a: Agent = agent_factory(
-        env={FAILPOINTS: "attach.after_connect=1*sleep:5"}
+        env={FAILPOINTS: "attach.after_connect=1*sleep:3"}
     )
     a.configure(storage={"lock_timeout": 0.3})
     a.start()
