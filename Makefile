@@ -1,0 +1,58 @@
+# hostagent: `make run` and `make check` do everything from a fresh clone.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+RUN_DIR := $(CURDIR)/.run
+STAMP := $(VENV)/.installed
+SYSDEPS := .cache/sysdeps.stamp
+
+.PHONY: all install run check lint test check-vm clean
+
+all: install
+
+$(SYSDEPS): contrib/install-deps.sh
+	contrib/install-deps.sh
+	@mkdir -p $(@D) && touch $@
+
+$(STAMP): pyproject.toml $(SYSDEPS)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+install: $(STAMP)
+
+# The embedded default config: everything under ./.run, so the daemon
+# needs nothing from /etc, /run or /var/lib.
+define RUN_CONFIG
+[server]
+unix_socket = "$(RUN_DIR)/hostagent.sock"
+
+[storage]
+state_dir = "$(RUN_DIR)/state"
+run_dir = "$(RUN_DIR)"
+
+[log]
+level = "info"
+endef
+export RUN_CONFIG
+
+run: install
+	@mkdir -p $(RUN_DIR)
+	@printf '%s\n' "$$RUN_CONFIG" > $(RUN_DIR)/hostagent.toml
+	@echo "hostagentd on $(RUN_DIR)/hostagent.sock; try:"
+	@echo "  $(BIN)/hostagent-client --socket $(RUN_DIR)/hostagent.sock Host ping"
+	exec $(BIN)/hostagentd --config $(RUN_DIR)/hostagent.toml
+
+lint: install
+	$(BIN)/ruff check hostagent tests
+	$(BIN)/ruff format --check hostagent tests
+	$(BIN)/mypy hostagent
+
+test: install
+	$(BIN)/pytest -q tests --ignore=tests/vm
+
+check: lint test
+
+clean:
+	rm -rf $(VENV) $(RUN_DIR) .cache .mypy_cache .ruff_cache .pytest_cache

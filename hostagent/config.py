@@ -1,0 +1,243 @@
+"""Load and validate the TOML configuration.
+
+Every key has a default, so an empty file (or none at all for ``make run``)
+is a working configuration.  Anything unknown or ill-typed stops start-up
+with a message naming the key: a typo in a config that is silently ignored
+is how hosts end up running with defaults nobody chose.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import logging
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_PATH = "/etc/hostagent/hostagent.toml"
+
+KNOWN_DRIVERS = (
+    "iscsi",
+    "fibre_channel",
+    "nvmeof",
+    "rbd",
+    "nfs",
+    "local",
+)
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(Exception):
+    """A config file cannot be used; the message names the key."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """``[server]``: listeners and per-connection limits."""
+
+    unix_socket: str = "/run/hostagent/hostagent.sock"
+    socket_group: str = ""
+    tls_listen: str = ""
+    tls_cert: str = "/etc/pki/hostagent/cert.pem"
+    tls_key: str = "/etc/pki/hostagent/key.pem"
+    tls_ca: str = "/etc/pki/hostagent/ca.pem"
+    max_message_bytes: int = 1048576
+    max_connections: int = 1024
+    max_in_flight: int = 64
+    max_batch: int = 100
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """``[storage]``: where the DB, os-brick locks and symlinks live."""
+
+    state_dir: str = "/var/lib/hostagent"
+    run_dir: str = "/run/hostagent"
+    lock_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class BrickConfig:
+    """``[brick]``: which connectors may run and how."""
+
+    drivers: list[str] = field(default_factory=lambda: list(KNOWN_DRIVERS))
+    multipath: bool = True
+    enforce_multipath: bool = False
+    my_ip: str = ""
+    device_scan_attempts: int = 3
+    workers: int = 16
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """``[log]``: verbosity."""
+
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration, one attribute per TOML section."""
+
+    server: ServerConfig = field(default_factory=ServerConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    brick: BrickConfig = field(default_factory=BrickConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    @property
+    def db_path(self) -> Path:
+        """The SQLite file holding the volume records."""
+        return Path(self.storage.state_dir) / "hostagent.db"
+
+    @property
+    def lock_dir(self) -> Path:
+        """Where os-brick (oslo.concurrency) keeps its lock files."""
+        return Path(self.storage.state_dir) / "locks"
+
+    @property
+    def volumes_dir(self) -> Path:
+        """Where the managed ``<vol_id>`` symlinks live."""
+        return Path(self.storage.run_dir) / "volumes"
+
+
+def default_path() -> str:
+    """The config path used when ``--config`` is not given."""
+    return os.environ.get("HOSTAGENT_CONFIG", DEFAULT_PATH)
+
+
+def load(path: str | os.PathLike[str] | None) -> Config:
+    """Read ``path`` and return a validated :class:`Config`.
+
+    ``None`` means "no file": all defaults.  Raises :class:`ConfigError`
+    with the offending key in the message.
+    """
+    if path is None:
+        return Config()
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    return from_dict(raw)
+
+
+def from_dict(raw: dict[str, Any]) -> Config:
+    """Build a :class:`Config` from parsed TOML, checking every key."""
+    sections: dict[str, Any] = {}
+    hints = typing.get_type_hints(Config)
+    for name, value in raw.items():
+        if name not in hints:
+            raise ConfigError(f"unknown section [{name}]")
+        if not isinstance(value, dict):
+            raise ConfigError(f"[{name}] must be a table")
+        sections[name] = _build_section(name, hints[name], value)
+    config = Config(**sections)
+    _check(config)
+    return config
+
+
+def _build_section(name: str, cls: type[Any], raw: dict[str, Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in hints:
+            raise ConfigError(f"unknown key {name}.{key}")
+        values[key] = _coerce(f"{name}.{key}", hints[key], value)
+    return cls(**values)
+
+
+def _coerce(key: str, hint: Any, value: Any) -> Any:
+    if typing.get_origin(hint) is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be a list")
+        return [_coerce(f"{key}[{i}]", item, v) for i, v in enumerate(value)]
+    if isinstance(hint, types.UnionType):
+        raise AssertionError(f"unsupported type for {key}")
+    # TOML has distinct bool and int types; Python's bool is an int, so
+    # test bool first and never accept one for the other.
+    if hint is bool:
+        ok = isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, hint)
+    if not ok:
+        raise ConfigError(f"{key} must be of type {hint.__name__}")
+    return value
+
+
+def _check(c: Config) -> None:
+    """Range and format checks that types alone cannot express."""
+    s = c.server
+    _positive("server.max_message_bytes", s.max_message_bytes, minimum=1024)
+    _positive("server.max_connections", s.max_connections)
+    _positive("server.max_in_flight", s.max_in_flight)
+    _positive("server.max_batch", s.max_batch)
+    if not s.unix_socket and not s.tls_listen:
+        raise ConfigError(
+            "server.unix_socket: empty, and server.tls_listen is empty too; "
+            "the agent would have no listener"
+        )
+    if s.unix_socket and not os.path.isabs(s.unix_socket):
+        raise ConfigError("server.unix_socket must be an absolute path")
+    if s.tls_listen:
+        parse_hostport("server.tls_listen", s.tls_listen)
+    for key in ("state_dir", "run_dir"):
+        if not os.path.isabs(getattr(c.storage, key)):
+            raise ConfigError(f"storage.{key} must be an absolute path")
+    if c.storage.lock_timeout < 0:
+        raise ConfigError("storage.lock_timeout must be >= 0")
+    for i, d in enumerate(c.brick.drivers):
+        if d not in KNOWN_DRIVERS:
+            raise ConfigError(
+                f"brick.drivers[{i}]: unknown driver {d!r}; known: "
+                + ", ".join(KNOWN_DRIVERS)
+            )
+    if c.brick.my_ip:
+        try:
+            ipaddress.ip_address(c.brick.my_ip)
+        except ValueError:
+            raise ConfigError(
+                "brick.my_ip must be an IP address or empty"
+            ) from None
+    _positive("brick.device_scan_attempts", c.brick.device_scan_attempts)
+    _positive("brick.workers", c.brick.workers)
+    if c.log.level not in LOG_LEVELS:
+        raise ConfigError("log.level must be one of " + ", ".join(LOG_LEVELS))
+
+
+def _positive(key: str, value: int, minimum: int = 1) -> None:
+    if value < minimum:
+        raise ConfigError(f"{key} must be >= {minimum}")
+
+
+def parse_hostport(key: str, value: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (``[v6]:PORT`` too), naming ``key`` on error."""
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{key} must be HOST:PORT, got {value!r}")
+    return host, int(port)
+
+
+def log_level(c: Config) -> int:
+    """The :mod:`logging` level for ``log.level``."""
+    return int(getattr(logging, c.log.level.upper()))
+
+
+def as_dict(c: Config) -> dict[str, Any]:
+    """The configuration as plain data (for logging the effective config)."""
+    return dataclasses.asdict(c)

@@ -1,0 +1,346 @@
+"""The volume database: the only module that talks to peewee.
+
+One SQLite file keyed by volume ID.  It is the agent's memory of what it
+attached, so durability beats speed: WAL journal with ``synchronous=FULL``
+(a committed attach survives power loss), an integrity check at every
+start, and a refusal to start on a damaged file rather than an empty one.
+
+All calls are synchronous and meant to run on one dedicated thread (see
+:class:`hostagent.volumes.VolumeService`); peewee keeps one connection per
+thread, so that thread owns the only connection.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import peewee as pw
+
+# Volume states.  A row is written in ATTACHING before the connector runs
+# and in DETACHING before it is torn down, so a crash in between leaves a
+# record that start-up reconciliation can finish or undo.
+ATTACHING = "attaching"
+ATTACHED = "attached"
+DETACHING = "detaching"
+STATES = (ATTACHING, ATTACHED, DETACHING)
+
+
+# peewee logs every query with its parameters at DEBUG; those parameters
+# include connection info, secrets and all.
+logging.getLogger("peewee").setLevel(logging.INFO)
+
+
+class DatabaseError(Exception):
+    """The database cannot be used; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class VolumeRecord:
+    """One row of the ``volume`` table, decoded."""
+
+    vol_id: str
+    connection_info: dict[str, Any]
+    path: str | None
+    attachment: dict[str, Any] | None
+    multipath_id: str | None
+    state: str
+    last_error: str | None
+    created: float
+    updated: float
+
+
+_proxy = pw.DatabaseProxy()
+
+
+class _Base(pw.Model):
+    class Meta:
+        database = _proxy
+
+
+class _SchemaVersion(_Base):
+    version = pw.IntegerField()
+
+    class Meta:
+        table_name = "schema_version"
+
+
+class _Volume(_Base):
+    vol_id = pw.CharField(primary_key=True)
+    connection_info = pw.TextField()
+    path = pw.TextField(null=True)
+    attachment = pw.TextField(null=True)
+    multipath_id = pw.CharField(null=True, unique=True)
+    state = pw.CharField(default=ATTACHED)
+    last_error = pw.TextField(null=True)
+    created = pw.FloatField()
+    updated = pw.FloatField()
+
+    class Meta:
+        table_name = "volume"
+
+
+# Ordered migrations: MIGRATIONS[i] brings a database from version i to
+# i + 1.  Version 1 is the table vdsm's managed-volume DB had; version 2
+# adds the flow state, so an interrupted attach or detach is visible.
+def _v1(db: pw.SqliteDatabase) -> None:
+    _sql(
+        db,
+        "CREATE TABLE volume ("
+        " vol_id TEXT PRIMARY KEY,"
+        " connection_info TEXT NOT NULL,"
+        " path TEXT,"
+        " attachment TEXT,"
+        " multipath_id TEXT UNIQUE,"
+        " updated REAL NOT NULL)",
+    )
+
+
+def _v2(db: pw.SqliteDatabase) -> None:
+    _sql(
+        db,
+        "ALTER TABLE volume ADD COLUMN state TEXT NOT NULL"
+        f" DEFAULT '{ATTACHED}'",
+    )
+    _sql(db, "ALTER TABLE volume ADD COLUMN last_error TEXT")
+    _sql(db, "ALTER TABLE volume ADD COLUMN created REAL")
+    _sql(db, "UPDATE volume SET created = updated")
+
+
+MIGRATIONS: tuple[Callable[[pw.SqliteDatabase], None], ...] = (_v1, _v2)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+PRAGMAS = (
+    ("journal_mode", "wal"),
+    ("synchronous", "full"),
+    ("foreign_keys", 1),
+    ("busy_timeout", 5000),
+)
+
+
+def create_private(path: Path) -> None:
+    """Create ``path`` (and its directory) readable by root only."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    os.close(fd)
+    # os.open's mode only applies when it creates the file; a DB left
+    # group-readable by an older install is tightened here.
+    os.chmod(path, 0o600)
+
+
+class Database:
+    """The volume records, with migrations and integrity checks."""
+
+    def __init__(self, path: Path | str, migrations: int | None = None):
+        self.path = Path(path)
+        self._target = SCHEMA_VERSION if migrations is None else migrations
+        self._db = pw.SqliteDatabase(None)
+
+    def open(self) -> None:
+        """Open (creating if needed), check integrity, migrate.
+
+        Raises :class:`DatabaseError` when the file is damaged; the damaged
+        file is first moved aside so an operator can inspect it.
+        """
+        create_private(self.path)
+        self._db.init(str(self.path), pragmas=PRAGMAS)
+        _proxy.initialize(self._db)
+        try:
+            self._db.connect(reuse_if_open=True)
+            rows = _sql(self._db, "PRAGMA integrity_check").fetchall()
+            problem = (
+                None
+                if rows == [("ok",)]
+                else "; ".join(str(r[0]) for r in rows[:5])
+            )
+        except (pw.DatabaseError, sqlite3.DatabaseError) as e:
+            problem = str(e)
+        if problem is not None:
+            self._db.close()
+            aside = self.quarantine()
+            raise DatabaseError(
+                f"database {self.path} is damaged ({problem}); it was moved "
+                f"to {aside}. Refusing to start with an empty database "
+                "while volumes may be attached: restore it or inspect the "
+                "host's devices, then start again."
+            )
+        for name in ("-wal", "-shm"):
+            extra = Path(str(self.path) + name)
+            if extra.exists():
+                os.chmod(extra, 0o600)
+        self._migrate()
+
+    def quarantine(self) -> Path:
+        """Move the DB file (and WAL files) aside; return the new name."""
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(str(self.path) + suffix)
+            if src.exists():
+                os.replace(src, Path(str(aside) + suffix))
+        return aside
+
+    def close(self) -> None:
+        """Close the connection (checkpointing the WAL)."""
+        if not self._db.is_closed():
+            self._db.close()
+
+    def version(self) -> int:
+        """The schema version of the open database (0 when empty)."""
+        if not self._db.table_exists("schema_version"):
+            return 0
+        row = _SchemaVersion.select().first()
+        return int(row.version) if row else 0
+
+    def _migrate(self) -> None:
+        current = self.version()
+        if current > SCHEMA_VERSION:
+            raise DatabaseError(
+                f"database {self.path} has schema version {current}, newer "
+                f"than this agent's {SCHEMA_VERSION}; upgrade the agent"
+            )
+        for i in range(current, self._target):
+            with self._db.atomic():
+                if i == 0:
+                    self._db.create_tables([_SchemaVersion])
+                MIGRATIONS[i](self._db)
+                _SchemaVersion.delete().execute()
+                _SchemaVersion.create(version=i + 1)
+
+    # -- queries -----------------------------------------------------------
+
+    def get(self, vol_id: str) -> VolumeRecord | None:
+        """The record of ``vol_id``, or ``None``."""
+        row = _Volume.get_or_none(_Volume.vol_id == vol_id)
+        return None if row is None else _decode(row)
+
+    def list(self, vol_ids: Sequence[str] | None = None) -> list[VolumeRecord]:
+        """Records of ``vol_ids`` (all when ``None`` or empty), by vol_id."""
+        query = _Volume.select().order_by(_Volume.vol_id)
+        if vol_ids:
+            query = query.where(_Volume.vol_id.in_(list(vol_ids)))
+        return [_decode(r) for r in query]
+
+    def find_device_owner(
+        self, multipath_id: str | None, path: str | None, exclude: str
+    ) -> str | None:
+        """The vol_id (other than ``exclude``) using this device, if any."""
+        cond = []
+        if multipath_id:
+            cond.append(_Volume.multipath_id == multipath_id)
+        if path:
+            cond.append(_Volume.path == path)
+        if not cond:
+            return None
+        where = cond[0] if len(cond) == 1 else (cond[0] | cond[1])
+        row = (
+            _Volume.select(_Volume.vol_id)
+            .where(where & (_Volume.vol_id != exclude))
+            .first()
+        )
+        return None if row is None else str(row.vol_id)
+
+    def insert(self, vol_id: str, connection_info: dict[str, Any]) -> None:
+        """Record the intent to attach ``vol_id`` (state ``attaching``)."""
+        now = time.time()
+        _Volume.insert(
+            vol_id=vol_id,
+            connection_info=_dump(connection_info),
+            state=ATTACHING,
+            created=now,
+            updated=now,
+        ).execute()
+
+    def set_attached(
+        self,
+        vol_id: str,
+        path: str,
+        attachment: dict[str, Any],
+        multipath_id: str | None,
+    ) -> None:
+        """Record a finished attach."""
+        self._update(
+            vol_id,
+            path=path,
+            attachment=_dump(attachment),
+            multipath_id=multipath_id,
+            state=ATTACHED,
+            last_error=None,
+        )
+
+    def set_state(
+        self, vol_id: str, state: str, last_error: str | None = None
+    ) -> None:
+        """Move ``vol_id`` to ``state``, recording (or clearing) an error."""
+        if state not in STATES:
+            raise ValueError(f"unknown state {state!r}")
+        self._update(vol_id, state=state, last_error=last_error)
+
+    def delete(self, vol_id: str) -> None:
+        """Forget ``vol_id`` (a no-op when it is unknown)."""
+        _Volume.delete().where(_Volume.vol_id == vol_id).execute()
+
+    def insert_many(self, records: Iterable[VolumeRecord]) -> None:
+        """Write whole records in one transaction (benchmarks, imports)."""
+        rows = [
+            {
+                "vol_id": r.vol_id,
+                "connection_info": _dump(r.connection_info),
+                "path": r.path,
+                "attachment": _dump(r.attachment),
+                "multipath_id": r.multipath_id,
+                "state": r.state,
+                "last_error": r.last_error,
+                "created": r.created,
+                "updated": r.updated,
+            }
+            for r in records
+        ]
+        with self._db.atomic():
+            for i in range(0, len(rows), 100):
+                _Volume.insert_many(rows[i : i + 100]).execute()
+
+    def integrity_ok(self) -> bool:
+        """Run ``PRAGMA integrity_check`` on the open database."""
+        rows = _sql(self._db, "PRAGMA integrity_check").fetchall()
+        return bool(rows == [("ok",)])
+
+    def _update(self, vol_id: str, **fields: Any) -> None:
+        fields["updated"] = time.time()
+        n = _Volume.update(**fields).where(_Volume.vol_id == vol_id).execute()
+        if n != 1:
+            raise DatabaseError(f"volume {vol_id} has no record to update")
+
+
+def _sql(database: pw.SqliteDatabase, query: str) -> Any:
+    """``execute_sql`` (untyped in peewee's stubs) with a typed result."""
+    return cast(Any, database).execute_sql(query)
+
+
+def _dump(value: Any) -> str | None:
+    if value is None:
+        return None
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _decode(row: _Volume) -> VolumeRecord:
+    return VolumeRecord(
+        vol_id=str(row.vol_id),
+        connection_info=json.loads(str(row.connection_info)),
+        path=row.path,
+        attachment=(
+            None if row.attachment is None else json.loads(row.attachment)
+        ),
+        multipath_id=row.multipath_id,
+        state=str(row.state),
+        last_error=row.last_error,
+        created=float(row.created if row.created is not None else 0.0),
+        updated=float(row.updated),
+    )

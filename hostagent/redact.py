@@ -1,0 +1,144 @@
+"""Keep secrets (CHAP passwords, keys, tokens) out of logs and results.
+
+Two layers, because connectors and their tools are not ours to audit:
+
+* :func:`redact` replaces the values of secret-looking keys in nested
+  data before it is logged or returned.
+* :data:`SCRUBBER` remembers every secret value the agent has been handed
+  and erases it from any text on its way out (log lines, error messages),
+  whatever library produced that text.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from typing import Any
+
+MASK = "***"
+
+# Matched case-insensitively against the whole key, so "auth_password",
+# "discovery_auth_password", "AUTH_USERNAME" and "keyring" are caught but
+# "secret_type" (a harmless enum in Cinder's RBD data) is not hidden.
+_SECRET_KEY = re.compile(
+    r"(.*_)?(password|passwd|secret|token|keyring|key|auth_username"
+    r"|username|private_key|secret_uuid)",
+    re.IGNORECASE,
+)
+_NOT_SECRET = frozenset({"secret_type", "key_id"})
+
+
+def is_secret_key(key: str) -> bool:
+    """True when values under ``key`` must never be shown."""
+    return key.lower() not in _NOT_SECRET and bool(_SECRET_KEY.fullmatch(key))
+
+
+def redact(value: Any) -> Any:
+    """A copy of ``value`` with secret values replaced by ``"***"``."""
+    if isinstance(value, dict):
+        return {
+            k: (
+                MASK
+                if isinstance(k, str) and is_secret_key(k) and v is not None
+                else redact(v)
+            )
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    return value
+
+
+def secret_values(value: Any) -> set[str]:
+    """Every non-empty string stored under a secret key in ``value``."""
+    found: set[str] = set()
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if isinstance(k, str) and is_secret_key(k):
+                found.update(_strings(v))
+            else:
+                found |= secret_values(v)
+    elif isinstance(value, list):
+        for v in value:
+            found |= secret_values(v)
+    return found
+
+
+def _strings(value: Any) -> set[str]:
+    if isinstance(value, (dict, list)):
+        items = value.values() if isinstance(value, dict) else value
+        return set().union(*(_strings(v) for v in items)) if items else set()
+    if value is None or isinstance(value, bool):
+        return set()
+    text = str(value)
+    return {text} if text else set()
+
+
+class Scrubber:
+    """Erases known secret strings from text."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._secrets: frozenset[str] = frozenset()
+        self._pattern: re.Pattern[str] | None = None
+
+    def remember(self, value: Any) -> None:
+        """Learn the secret values found in ``value`` (a connection info)."""
+        new = secret_values(value)
+        if not new or new <= self._secrets:
+            return
+        with self._lock:
+            self._secrets = self._secrets | new
+            # Longest first, so a secret that contains another is erased
+            # whole rather than leaving its remainder behind.
+            ordered = sorted(self._secrets, key=len, reverse=True)
+            self._pattern = re.compile("|".join(map(re.escape, ordered)))
+
+    def scrub(self, text: str) -> str:
+        """``text`` with every remembered secret replaced by ``"***"``."""
+        pattern = self._pattern
+        if pattern is None:
+            return text
+        return pattern.sub(MASK, text)
+
+    def scrub_data(self, value: Any) -> Any:
+        """:func:`redact` plus :meth:`scrub` on every string inside."""
+        value = redact(value)
+        if isinstance(value, str):
+            return self.scrub(value)
+        if isinstance(value, dict):
+            return {k: self.scrub_data(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.scrub_data(v) for v in value]
+        return value
+
+
+SCRUBBER = Scrubber()
+
+
+class ScrubFilter(logging.Filter):
+    """A handler filter that erases remembered secrets from each record.
+
+    It formats the record's message itself and drops the args, so a secret
+    passed as a ``%s`` argument is caught too; exception text is cached on
+    the record scrubbed for the same reason.
+    """
+
+    def __init__(self, scrubber: Scrubber = SCRUBBER) -> None:
+        super().__init__()
+        self.scrubber = scrubber
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Scrub ``record`` in place; never drops it."""
+        if self.scrubber._pattern is None:
+            return True
+        record.msg = self.scrubber.scrub(record.getMessage())
+        record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(
+                record.exc_info
+            )
+        if record.exc_text:
+            record.exc_text = self.scrubber.scrub(record.exc_text)
+        return True

@@ -1,0 +1,282 @@
+"""The OpenRPC document: one description of every method.
+
+The server validates params against it, ``rpc.discover`` returns it, the
+CLI builds its help from it.  Validation is a small JSON Schema subset
+implemented here because the general validator costs more per call than
+the whole rest of a ``Host.ping`` (see the benchmarks).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from hostagent import __version__
+from hostagent.errors import InvalidParams
+
+UUID_PATTERN = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+
+VOL_ID: dict[str, Any] = {
+    "type": "string",
+    "pattern": UUID_PATTERN,
+    "maxLength": 36,
+    "description": "a UUID in canonical lower-case form",
+}
+
+CONNECTION_INFO: dict[str, Any] = {
+    "type": "object",
+    "description": (
+        "os-brick/Cinder connection info: "
+        '{"driver_volume_type": "iscsi", "data": {...}}.'
+    ),
+    "required": ["driver_volume_type", "data"],
+    "properties": {
+        "driver_volume_type": {"type": "string", "maxLength": 64},
+        "data": {"type": "object"},
+    },
+}
+
+ATTACHMENT: dict[str, Any] = {
+    "type": ["object", "null"],
+    "description": "What os-brick's connect_volume returned.",
+}
+
+VOLUME_INFO: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "vol_id": VOL_ID,
+        "connection_info": CONNECTION_INFO,
+        "path": {"type": ["string", "null"]},
+        "attachment": ATTACHMENT,
+        "exists": {"type": "boolean"},
+        "state": {"enum": ["attaching", "attached", "detaching"]},
+        "last_error": {"type": ["string", "null"]},
+    },
+}
+
+
+@dataclass(frozen=True)
+class Param:
+    """One named parameter of a method."""
+
+    name: str
+    schema: dict[str, Any]
+    required: bool = True
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Method:
+    """One JSON-RPC method as published by ``rpc.discover``."""
+
+    name: str
+    summary: str
+    params: tuple[Param, ...] = ()
+    result: dict[str, Any] = field(default_factory=dict)
+    errors: tuple[int, ...] = ()
+
+    @property
+    def namespace(self) -> str:
+        """``Host`` for ``Host.ping``."""
+        return self.name.partition(".")[0]
+
+    @property
+    def verb(self) -> str:
+        """``ping`` for ``Host.ping``."""
+        return self.name.partition(".")[2]
+
+
+METHODS: tuple[Method, ...] = (
+    Method(
+        "Host.ping",
+        "Answer true; a liveness check.",
+        result={"type": "boolean"},
+    ),
+    Method(
+        "Host.getCapabilities",
+        "Report this host's os-brick connector info, version and drivers.",
+        result={
+            "type": "object",
+            "properties": {
+                "connector_info": {"type": "object"},
+                "version": {"type": "string"},
+                "drivers": {"type": "array", "items": {"type": "string"}},
+            },
+        },
+    ),
+    Method(
+        "ManagedVolume.attach_volume",
+        "Attach a volume the storage has exported to this host.",
+        params=(
+            Param("vol_id", VOL_ID),
+            Param("connection_info", CONNECTION_INFO),
+        ),
+        result={
+            "type": "object",
+            "properties": {
+                "vol_id": VOL_ID,
+                "path": {"type": "string"},
+                "attachment": ATTACHMENT,
+                "managed_path": {"type": "string"},
+            },
+        },
+        errors=(925, 926, 927, 928, 929, 2009),
+    ),
+    Method(
+        "ManagedVolume.detach_volume",
+        "Detach a volume; detaching an unknown volume succeeds.",
+        params=(Param("vol_id", VOL_ID),),
+        result={"type": "null"},
+        errors=(925, 926, 927),
+    ),
+    Method(
+        "ManagedVolume.volumes_info",
+        "Describe attached volumes (all of them when vol_ids is empty).",
+        params=(
+            Param(
+                "vol_ids",
+                {"type": ["array", "null"], "items": VOL_ID},
+                required=False,
+            ),
+        ),
+        result={"type": "array", "items": VOLUME_INFO},
+    ),
+    Method(
+        "rpc.discover",
+        "Return this OpenRPC document.",
+        result={"type": "object"},
+    ),
+)
+
+BY_NAME: dict[str, Method] = {m.name: m for m in METHODS}
+
+ERRORS: dict[int, str] = {
+    -32700: "parse error",
+    -32600: "invalid request or message too large",
+    -32601: "no such method",
+    -32602: "bad params",
+    100: "unexpected internal error (data.error_id is in the log)",
+    925: "os-brick is not available on this host",
+    926: "the connector failed",
+    927: "volume is attached elsewhere or an operation is in progress",
+    928: "multipath was required but no multipath device appeared",
+    929: "volume is attached with different connection info",
+    2009: "driver_volume_type not supported or not allowed by config",
+}
+
+
+def document() -> dict[str, Any]:
+    """The OpenRPC document (a fresh copy; callers may modify it)."""
+    return {
+        "openrpc": "1.2.6",
+        "info": {"title": "hostagent", "version": __version__},
+        "methods": [
+            {
+                "name": m.name,
+                "summary": m.summary,
+                "paramStructure": "either",
+                "params": [
+                    {
+                        "name": p.name,
+                        "required": p.required,
+                        "schema": copy.deepcopy(p.schema),
+                    }
+                    for p in m.params
+                ],
+                "result": {"name": "result", "schema": m.result},
+                "errors": [
+                    {"code": c, "message": ERRORS[c]} for c in m.errors
+                ],
+            }
+            for m in METHODS
+        ],
+    }
+
+
+# -- validation -------------------------------------------------------------
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "object": (dict,),
+    "array": (list,),
+    "boolean": (bool,),
+    "integer": (int,),
+    "number": (int, float),
+    "null": (type(None),),
+}
+
+
+def validate(schema: dict[str, Any], value: Any, where: str) -> None:
+    """Check ``value`` against ``schema``; raise :class:`InvalidParams`.
+
+    The message names the parameter path (``connection_info.data``) and
+    never echoes a value back, since values may be secrets.
+    """
+    kinds = schema.get("type")
+    if kinds is not None:
+        kinds = [kinds] if isinstance(kinds, str) else kinds
+        if not any(_is(value, k) for k in kinds):
+            raise InvalidParams(
+                f"{where} must be {' or '.join(map(_article, kinds))}",
+                {"param": where},
+            )
+    if "enum" in schema and value not in schema["enum"]:
+        raise InvalidParams(f"{where} has an unknown value", {"param": where})
+    if isinstance(value, str):
+        _check_string(schema, value, where)
+    elif isinstance(value, dict):
+        for name in schema.get("required", ()):
+            if name not in value:
+                raise InvalidParams(
+                    f"{where}.{name} is required", {"param": f"{where}.{name}"}
+                )
+        for name, sub in schema.get("properties", {}).items():
+            if name in value:
+                validate(sub, value[name], f"{where}.{name}")
+    elif isinstance(value, list):
+        items = schema.get("items")
+        if items is not None:
+            for i, v in enumerate(value):
+                validate(items, v, f"{where}[{i}]")
+
+
+def _check_string(schema: dict[str, Any], value: str, where: str) -> None:
+    limit = schema.get("maxLength")
+    if limit is not None and len(value) > limit:
+        raise InvalidParams(
+            f"{where} is longer than {limit} characters", {"param": where}
+        )
+    if "pattern" in schema and not _matches(schema["pattern"], value):
+        what = schema.get("description", "in the expected format")
+        raise InvalidParams(f"{where} must be {what}", {"param": where})
+
+
+_compiled: dict[str, re.Pattern[str]] = {}
+
+
+def _matches(pattern: str, value: str) -> bool:
+    rx = _compiled.get(pattern)
+    if rx is None:
+        rx = _compiled[pattern] = re.compile(pattern)
+    return rx.fullmatch(value) is not None
+
+
+def _is(value: Any, kind: str) -> bool:
+    # bool is an int in Python but not an integer in JSON.
+    if kind in ("integer", "number") and isinstance(value, bool):
+        return False
+    if kind == "number" and isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, _TYPES[kind])
+
+
+def _article(kind: str) -> str:
+    return {
+        "object": "an object",
+        "array": "an array",
+        "integer": "an integer",
+        "null": "null",
+    }.get(kind, f"a {kind}")

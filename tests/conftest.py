@@ -1,0 +1,242 @@
+"""Fixtures: a real hostagentd on a temporary socket, real loop devices."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hostagent.client import Client, RpcError
+
+BIN = Path(sys.executable).parent
+HOSTAGENTD = str(BIN / "hostagentd")
+CLIENT = str(BIN / "hostagent-client")
+
+
+def new_vol_id() -> str:
+    """A fresh volume ID."""
+    return str(uuid.uuid4())
+
+
+def local_info(device: str, **extra: Any) -> dict[str, Any]:
+    """connection_info for the ``local`` connector."""
+    return {
+        "driver_volume_type": "local",
+        "data": {"device_path": device, **extra},
+    }
+
+
+def write_config(path: Path, tmp: Path, **sections: dict[str, Any]) -> None:
+    """A TOML config under ``tmp``, with ``sections`` overriding keys."""
+    base: dict[str, dict[str, Any]] = {
+        "server": {"unix_socket": str(tmp / "hostagent.sock")},
+        "storage": {
+            "state_dir": str(tmp / "state"),
+            "run_dir": str(tmp / "run"),
+        },
+        "brick": {"device_scan_attempts": 1},
+        "log": {"level": "debug"},
+    }
+    for name, values in sections.items():
+        base.setdefault(name, {}).update(values)
+    lines = []
+    for name, values in base.items():
+        lines.append(f"[{name}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+        lines.append("")
+    path.write_text("\n".join(lines))
+
+
+class Agent:
+    """A hostagentd subprocess and the paths it uses."""
+
+    def __init__(self, tmp: Path, env: dict[str, str] | None = None):
+        self.tmp = tmp
+        self.config = tmp / "hostagent.toml"
+        self.socket = str(tmp / "hostagent.sock")
+        self.state_dir = tmp / "state"
+        self.run_dir = tmp / "run"
+        self.db_path = self.state_dir / "hostagent.db"
+        self.log_path = tmp / "agent.log"
+        self.env = dict(os.environ, **(env or {}))
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.configure()
+
+    def configure(self, **sections: dict[str, Any]) -> None:
+        """Rewrite the config (applies at the next start)."""
+        write_config(self.config, self.tmp, **sections)
+
+    def start(self, wait: bool = True) -> None:
+        """Start the daemon; by default wait until it answers a ping."""
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [HOSTAGENTD, "--config", str(self.config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+            )
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        """Wait until ``Host.ping`` answers."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"hostagentd exited with {self.proc.returncode}:\n"
+                    + self.log()
+                )
+            with contextlib.suppress(OSError), self.client(timeout=2) as c:
+                if c.call("Host.ping") is True:
+                    return
+            time.sleep(0.02)
+        raise AssertionError("hostagentd did not become ready\n" + self.log())
+
+    def client(self, timeout: float = 60.0) -> Client:
+        """A new connection to the daemon's Unix socket."""
+        return Client(self.socket, timeout=timeout)
+
+    def call(self, method: str, params: Any = None) -> Any:
+        """One call on a fresh connection."""
+        with self.client() as c:
+            return c.call(method, params)
+
+    def error(self, method: str, params: Any = None) -> RpcError:
+        """The :class:`RpcError` a call must raise."""
+        with pytest.raises(RpcError) as e:
+            self.call(method, params)
+        return e.value
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        """Stop the daemon with ``sig``; return its exit status."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        rc = self.proc.wait(timeout)
+        self.proc = None
+        return rc
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash or power loss would."""
+        self.stop(signal.SIGKILL)
+
+    def restart(self) -> None:
+        """Stop gracefully and start again."""
+        self.stop()
+        self.start()
+
+    def alive(self) -> bool:
+        """True while the process runs."""
+        return self.proc is not None and self.proc.poll() is None
+
+    def log(self) -> str:
+        """Everything the daemon logged so far."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def links(self) -> list[str]:
+        """Names of the managed symlinks."""
+        vdir = self.run_dir / "volumes"
+        return sorted(p.name for p in vdir.iterdir()) if vdir.exists() else []
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Any:
+    """Keep each phase's report on the item, for the log-on-failure dump."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
+@pytest.fixture
+def agent_factory(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Any]:
+    """Build agents (not started); all are stopped at the end."""
+    made: list[Agent] = []
+
+    def make(name: str = "agent", env: dict[str, str] | None = None) -> Agent:
+        d = tmp_path / name
+        d.mkdir()
+        a = Agent(d, env)
+        made.append(a)
+        return a
+
+    yield make
+    for a in made:
+        if a.proc is not None and a.proc.poll() is None:
+            a.stop(signal.SIGKILL)
+        rep = getattr(request.node, "rep_call", None)
+        if rep is not None and rep.failed:
+            sys.stderr.write(f"\n--- {a.log_path} ---\n{a.log()[-20000:]}")
+
+
+@pytest.fixture
+def agent(agent_factory: Any) -> Agent:
+    """A started hostagentd with the default test config."""
+    a: Agent = agent_factory()
+    a.start()
+    return a
+
+
+class Loops:
+    """Creates loop devices over sparse files; detaches them at the end."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.devices: list[str] = []
+
+    def create(self, size_mb: int = 16) -> str:
+        """A new loop device backed by a sparse file."""
+        backing = self.tmp / f"disk{len(self.devices)}.img"
+        with open(backing, "wb") as f:
+            f.truncate(size_mb * 1024 * 1024)
+        dev = subprocess.run(
+            ["losetup", "--find", "--show", str(backing)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        self.devices.append(dev)
+        return dev
+
+    def detach(self, dev: str) -> None:
+        """``losetup -d``: the node stays, the device loses its media."""
+        subprocess.run(["losetup", "-d", dev], check=False)
+
+    def cleanup(self) -> None:
+        """Detach every device this fixture made."""
+        for dev in self.devices:
+            subprocess.run(["losetup", "-d", dev], check=False)
+
+
+@pytest.fixture
+def loops(tmp_path: Path) -> Iterator[Loops]:
+    """Real loop devices (needs root and /dev/loop-control)."""
+    if os.geteuid() != 0 or not os.path.exists("/dev/loop-control"):
+        pytest.fail("loop device tests need root and /dev/loop-control")
+    d = tmp_path / "loops"
+    d.mkdir()
+    lo = Loops(d)
+    yield lo
+    lo.cleanup()
+
+
+def have(tool: str) -> bool:
+    """True when ``tool`` is on PATH."""
+    return shutil.which(tool) is not None

@@ -1,0 +1,84 @@
+"""The reversible-step runner."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from hostagent.flow import FailPointError, FailPoints, Flow, FlowError, Step
+
+
+def run(coro: object) -> None:
+    asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def recorder(log: list[str], name: str, fail: bool = False) -> Step:
+    async def do() -> None:
+        if fail:
+            raise RuntimeError(f"{name} failed")
+        log.append(f"do {name}")
+
+    async def undo() -> None:
+        log.append(f"undo {name}")
+
+    return Step(name, do, undo)
+
+
+def test_all_steps_run_in_order() -> None:
+    log: list[str] = []
+    run(Flow("t", FailPoints()).run([recorder(log, "a"), recorder(log, "b")]))
+    assert log == ["do a", "do b"]
+
+
+def test_failure_undoes_done_steps_in_reverse() -> None:
+    log: list[str] = []
+    steps = [recorder(log, "a"), recorder(log, "b"), recorder(log, "c", True)]
+    with pytest.raises(RuntimeError, match="c failed"):
+        run(Flow("t", FailPoints()).run(steps))
+    assert log == ["do a", "do b", "undo b", "undo a"]
+
+
+def test_failed_undo_stops_the_revert_and_is_reported() -> None:
+    log: list[str] = []
+
+    async def bad_undo() -> None:
+        raise OSError("still busy")
+
+    async def ok() -> None:
+        log.append("do b")
+
+    steps = [
+        recorder(log, "a"),
+        Step("b", ok, bad_undo),
+        recorder(log, "c", True),
+    ]
+    with pytest.raises(FlowError) as e:
+        run(Flow("t", FailPoints()).run(steps))
+    assert e.value.undo_failed == "b"
+    assert isinstance(e.value.error, RuntimeError)
+    assert "still busy" in str(e.value)
+    assert "undo a" not in log  # a's record of what exists is kept
+
+
+def test_fail_point_raise_before_and_after() -> None:
+    log: list[str] = []
+    points = FailPoints({"t.after_a": "raise"})
+    with pytest.raises(FailPointError):
+        run(Flow("t", points).run([recorder(log, "a"), recorder(log, "b")]))
+    assert log == ["do a", "undo a"]
+    log.clear()
+    points = FailPoints({"t.before_a": "raise"})
+    with pytest.raises(FailPointError):
+        run(Flow("t", points).run([recorder(log, "a")]))
+    assert log == []
+
+
+def test_fail_points_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "HOSTAGENT_FAILPOINTS", "attach.after_connect=kill, detach.x"
+    )
+    assert FailPoints.from_env().points == {
+        "attach.after_connect": "kill",
+        "detach.x": "raise",
+    }

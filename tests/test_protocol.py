@@ -1,0 +1,220 @@
+"""The wire protocol, against a real daemon over its real socket."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+from typing import Any
+
+import pytest
+from conftest import Agent, have, new_vol_id
+
+from hostagent import schema
+
+
+def raw(agent: Agent, data: bytes, timeout: float = 10) -> list[Any]:
+    """Send ``data``, half-close, and return every response line."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(timeout)
+        s.connect(agent.socket)
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        buf = b""
+        while chunk := s.recv(65536):
+            buf += chunk
+    return [json.loads(line) for line in buf.splitlines() if line.strip()]
+
+
+def req(method: str, rid: Any = 1, params: Any = None) -> dict[str, Any]:
+    message: dict[str, Any] = {"jsonrpc": "2.0", "id": rid, "method": method}
+    if params is not None:
+        message["params"] = params
+    return message
+
+
+def line(*messages: Any) -> bytes:
+    return b"".join(json.dumps(m).encode() + b"\n" for m in messages)
+
+
+def test_ping(agent: Agent) -> None:
+    assert agent.call("Host.ping") is True
+
+
+@pytest.mark.skipif(not have("socat"), reason="socat is installed by make")
+def test_ping_with_socat(agent: Agent) -> None:
+    out = subprocess.run(
+        ["socat", "-", f"UNIX-CONNECT:{agent.socket}"],
+        input=b'{"jsonrpc":"2.0","id":1,"method":"Host.ping"}\n',
+        capture_output=True,
+        timeout=10,
+        check=True,
+    ).stdout
+    assert json.loads(out) == {"jsonrpc": "2.0", "result": True, "id": 1}
+
+
+def test_rpc_discover_lists_every_method(agent: Agent) -> None:
+    doc = agent.call("rpc.discover")
+    names = [m["name"] for m in doc["methods"]]
+    assert names == [m.name for m in schema.METHODS]
+    attach = next(
+        m for m in doc["methods"] if m["name"] == "ManagedVolume.attach_volume"
+    )
+    assert [p["name"] for p in attach["params"]] == [
+        "vol_id",
+        "connection_info",
+    ]
+
+
+def test_persistent_connection_many_calls(agent: Agent) -> None:
+    with agent.client() as c:
+        for _ in range(50):
+            assert c.call("Host.ping") is True
+
+
+def test_pipelined_requests_are_all_answered_by_id(agent: Agent) -> None:
+    messages = [req("Host.ping", i) for i in range(20)]
+    messages.append(req("ManagedVolume.volumes_info", "info", []))
+    responses = raw(agent, line(*messages))
+    assert sorted(map(str, (r["id"] for r in responses))) == sorted(
+        map(str, [*range(20), "info"])
+    )
+
+
+def test_slow_request_does_not_hold_up_a_later_one(agent: Agent) -> None:
+    """getCapabilities runs os-brick tools; a ping behind it returns first."""
+    with agent.client() as c:
+        c.send(req("Host.getCapabilities", "caps"))
+        c.send(req("Host.ping", "ping"))
+        first = c.recv()
+        second = c.recv()
+    assert first["id"] == "ping"
+    assert second["id"] == "caps"
+
+
+def test_batch(agent: Agent) -> None:
+    batch = [
+        req("Host.ping", 1),
+        {"jsonrpc": "2.0", "method": "Host.ping"},  # notification
+        5,
+        req("No.such", "x"),
+    ]
+    (responses,) = raw(agent, line(batch))
+    by_id = {json.dumps(r["id"]): r for r in responses}
+    assert len(responses) == 3
+    assert by_id["1"]["result"] is True
+    assert by_id["null"]["error"]["code"] == -32600
+    assert by_id['"x"']["error"]["code"] == -32601
+
+
+def test_batch_of_notifications_gets_no_answer(agent: Agent) -> None:
+    batch = [{"jsonrpc": "2.0", "method": "Host.ping"}] * 3
+    assert raw(agent, line(batch, req("Host.ping", 9))) == [
+        {"jsonrpc": "2.0", "result": True, "id": 9}
+    ]
+
+
+def test_notification_gets_no_answer(agent: Agent) -> None:
+    out = raw(
+        agent,
+        line(
+            {"jsonrpc": "2.0", "method": "Host.ping"},
+            {"jsonrpc": "2.0", "method": "No.such"},
+            req("Host.ping", 2),
+        ),
+    )
+    assert out == [{"jsonrpc": "2.0", "result": True, "id": 2}]
+
+
+def test_last_line_without_newline_is_answered(agent: Agent) -> None:
+    out = raw(agent, b'{"jsonrpc":"2.0","id":3,"method":"Host.ping"}')
+    assert out == [{"jsonrpc": "2.0", "result": True, "id": 3}]
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (b"{bad\n", -32700),
+        (b"\xff\xfe\n", -32700),
+        (b"[]\n", -32600),
+        (b'"a string"\n', -32600),
+        (b'{"jsonrpc":"1.0","id":1,"method":"Host.ping"}\n', -32600),
+        (b'{"jsonrpc":"2.0","id":1}\n', -32600),
+        (b'{"jsonrpc":"2.0","id":1,"method":5}\n', -32600),
+        (b'{"jsonrpc":"2.0","id":{},"method":"Host.ping"}\n', -32600),
+        (
+            b'{"jsonrpc":"2.0","id":1,"method":"Host.ping","params":3}\n',
+            -32600,
+        ),
+        (b'{"jsonrpc":"2.0","id":1,"method":"Host.ping","x":1}\n', -32600),
+        (b'{"jsonrpc":"2.0","id":1,"method":"Host.nope"}\n', -32601),
+        (
+            b'{"jsonrpc":"2.0","id":1,"method":"Host.ping","params":[1]}\n',
+            -32602,
+        ),
+        (b'{"jsonrpc":"2.0","id":1e999,"method":"Host.ping"}\n', -32700),
+        (b'{"jsonrpc":"2.0","id":NaN,"method":"Host.ping"}\n', -32700),
+    ],
+)
+def test_bad_messages_get_clear_errors(
+    agent: Agent, data: bytes, code: int
+) -> None:
+    (response,) = raw(agent, data)
+    assert response["error"]["code"] == code
+    assert response["error"]["message"]
+    assert response["jsonrpc"] == "2.0"
+    assert agent.call("Host.ping") is True
+
+
+def test_params_by_name_and_by_position(agent: Agent) -> None:
+    vid = new_vol_id()
+    assert agent.call("ManagedVolume.volumes_info", {"vol_ids": [vid]}) == []
+    assert agent.call("ManagedVolume.volumes_info", [[vid]]) == []
+    assert agent.call("ManagedVolume.volumes_info", []) == []
+    assert agent.call("ManagedVolume.volumes_info", {}) == []
+
+
+@pytest.mark.parametrize(
+    ("params", "fragment"),
+    [
+        ({"vol_id": "../../etc/passwd"}, "vol_id must be a UUID"),
+        ({"vol_id": ""}, "vol_id must be a UUID"),
+        ({"vol_id": "A" * 10240}, "vol_id is longer than 36"),
+        ({"vol_id": 5}, "vol_id must be a string"),
+        (
+            {"vol_id": "01713ADE-9688-43FF-A46C-0E2E35974DCE"},
+            "vol_id must be a UUID",
+        ),
+        ({"vol_id": "01713ade-9688-43ff-a46c-0e2e35974dce\n"}, "vol_id"),
+        ({}, "missing a required argument: 'vol_id'"),
+        ({"vol_id": new_vol_id(), "force": True}, "unexpected keyword"),
+    ],
+)
+def test_bad_vol_id_is_invalid_params(
+    agent: Agent, params: dict[str, Any], fragment: str
+) -> None:
+    err = agent.error("ManagedVolume.detach_volume", params)
+    assert err.code == -32602
+    assert fragment in err.message
+
+
+def test_message_over_the_limit_closes_only_that_connection(
+    agent: Agent,
+) -> None:
+    with agent.client() as other:
+        big = b'{"jsonrpc":"2.0","id":1,"method":"Host.ping","params":["'
+        big += b"x" * (1024 * 1024 + 10) + b'"]}\n'
+        (response,) = raw(agent, big)
+        assert response["error"]["code"] == -32600
+        assert "max_message_bytes" in response["error"]["message"]
+        assert other.call("Host.ping") is True
+
+
+def test_daemon_survives_client_vanishing_mid_request(agent: Agent) -> None:
+    for _ in range(5):
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(agent.socket)
+            s.sendall(line(req("Host.getCapabilities")))
+    time.sleep(0.2)
+    assert agent.call("Host.ping") is True

@@ -1,0 +1,72 @@
+"""Secrets never leave in logs or results."""
+
+from __future__ import annotations
+
+import logging
+
+from hostagent.redact import MASK, Scrubber, ScrubFilter, is_secret_key, redact
+
+
+def test_secret_keys() -> None:
+    for key in (
+        "auth_password",
+        "AUTH_PASSWORD",
+        "auth_username",
+        "discovery_auth_password",
+        "discovery_auth_username",
+        "secret",
+        "keyring",
+        "token",
+        "access_token",
+        "private_key",
+    ):
+        assert is_secret_key(key), key
+    for key in ("target_iqn", "target_lun", "device_path", "secret_type"):
+        assert not is_secret_key(key), key
+
+
+def test_redact_nested() -> None:
+    data = {
+        "driver_volume_type": "iscsi",
+        "data": {
+            "auth_password": "p",
+            "target_iqn": "iqn",
+            "hosts": [{"Token": "t", "name": "h"}],
+        },
+    }
+    assert redact(data) == {
+        "driver_volume_type": "iscsi",
+        "data": {
+            "auth_password": MASK,
+            "target_iqn": "iqn",
+            "hosts": [{"Token": MASK, "name": "h"}],
+        },
+    }
+    assert data["data"]["auth_password"] == "p"  # a copy was masked
+
+
+def test_scrubber_erases_remembered_values_from_text() -> None:
+    s = Scrubber()
+    s.remember({"data": {"auth_password": "hunter2", "secret": "abc-hunter"}})
+    text = "iscsiadm -n node.session.auth.password -v hunter2 abc-hunter"
+    assert s.scrub(text) == (
+        "iscsiadm -n node.session.auth.password -v *** ***"
+    )
+
+
+def test_scrub_filter_covers_args_and_tracebacks() -> None:
+    s = Scrubber()
+    s.remember({"auth_password": "sekrit99"})
+    record = logging.LogRecord(
+        "x", logging.ERROR, __file__, 1, "cmd %s", ("pw=sekrit99",), None
+    )
+    try:
+        raise ValueError("failed with sekrit99")
+    except ValueError:
+        import sys
+
+        record.exc_info = sys.exc_info()
+    ScrubFilter(s).filter(record)
+    text = logging.Formatter().format(record)
+    assert "sekrit99" not in text
+    assert "pw=***" in text
