@@ -17,6 +17,7 @@ import mmap
 import os
 import shutil
 import subprocess
+import sys
 import time
 import traceback
 import uuid
@@ -244,6 +245,28 @@ def start_iscsid() -> str:
     return iname
 
 
+def set_iscsi_timeouts(replacement: int = 5, noop: int = 2) -> None:
+    """Fail a lost iSCSI path in seconds, as multipath setups do.
+
+    iscsid.conf's defaults (120 s replacement timeout) would hold I/O on
+    a lost portal for two minutes instead of failing over.  Only node
+    records made afterwards (os-brick makes them at login) get these.
+    """
+    conf = Path("/etc/iscsi/iscsid.conf")
+    wanted = {
+        "node.session.timeo.replacement_timeout": replacement,
+        "node.conn[0].timeo.noop_out_interval": noop,
+        "node.conn[0].timeo.noop_out_timeout": noop,
+    }
+    lines = [
+        line
+        for line in conf.read_text().splitlines()
+        if line.split("=", 1)[0].strip() not in wanted
+    ]
+    lines += [f"{key} = {value}" for key, value in wanted.items()]
+    conf.write_text("\n".join(lines) + "\n")
+
+
 MULTIPATH_CONF = """\
 defaults {
     user_friendly_names no
@@ -304,8 +327,10 @@ def backing_file(name: str, size_mb: int = 64) -> Path:
 class LioIscsiTarget:
     """A LIO iSCSI target with one file-backed LUN, set up via configfs.
 
-    ``acl`` names the one initiator allowed in (with CHAP if ``chap`` is
-    given); without it any initiator may log in.
+    Each portal is a target portal group of its own (as on arrays with
+    one group per controller port), so one portal can be taken away on
+    its own.  ``acl`` names the one initiator allowed in (with CHAP if
+    ``chap`` is given); without it any initiator may log in.
     """
 
     def __init__(
@@ -325,37 +350,49 @@ class LioIscsiTarget:
         core.mkdir(parents=True)
         size = backing.stat().st_size
         write(core / "control", f"fd_dev_name={backing},fd_dev_size={size}")
-        # A fixed unit serial makes the LUN's NAA WWN (and so the
-        # multipath wwid) depend only on it.
+        # A unit serial of our own: the LUN's NAA WWN (and so the
+        # multipath wwid) derives from it.
         self.serial = str(uuid.uuid4())
         write(core / "wwn" / "vpd_unit_serial", self.serial)
         write(core / "enable", "1")
-        self.tpg = CONFIGFS / "target" / "iscsi" / iqn / "tpgt_1"
-        lun = self.tpg / "lun" / "lun_0"
+        self.tpgs: dict[str, Path] = {}
+        for n, portal in enumerate(self.portals, start=1):
+            tpg = CONFIGFS / "target" / "iscsi" / iqn / f"tpgt_{n}"
+            self._make_tpg(tpg, core, portal, acl, chap)
+            self.tpgs[portal] = tpg
+        log(f"LIO target {iqn} on {', '.join(self.portals)}")
+
+    @staticmethod
+    def _make_tpg(
+        tpg: Path,
+        core: Path,
+        portal: str,
+        acl: str | None,
+        chap: tuple[str, str] | None,
+    ) -> None:
+        lun = tpg / "lun" / "lun_0"
         lun.mkdir(parents=True)
         os.symlink(core, lun / "storage")
-        for portal in self.portals:
-            (self.tpg / "np" / portal).mkdir()
-        attrib = self.tpg / "attrib"
+        (tpg / "np" / portal).mkdir()
+        attrib = tpg / "attrib"
         if acl is None:
             write(attrib / "generate_node_acls", "1")
             write(attrib / "cache_dynamic_acls", "1")
             write(attrib / "demo_mode_write_protect", "0")
             write(attrib / "authentication", "0")
         else:
-            node = self.tpg / "acls" / acl
+            node = tpg / "acls" / acl
             (node / "lun_0").mkdir(parents=True)
             os.symlink(lun, node / "lun_0" / "lun_0")
             if chap:
                 write(node / "auth" / "userid", chap[0])
                 write(node / "auth" / "password", chap[1])
             write(attrib / "authentication", "1" if chap else "0")
-        write(self.tpg / "enable", "1")
-        log(f"LIO target {iqn} on {', '.join(self.portals)}")
+        write(tpg / "enable", "1")
 
     def remove_portal(self, portal: str) -> None:
-        """Stop listening on one portal (its sessions drop)."""
-        (self.tpg / "np" / portal).rmdir()
+        """Stop serving one portal: its sessions drop, logins fail."""
+        write(self.tpgs[portal] / "enable", "0")
         self.portals.remove(portal)
 
     def connection_data(
@@ -547,3 +584,123 @@ def save_artifacts(*paths: str) -> None:
         src = Path(p)
         if src.is_file():
             shutil.copy(src, dest / src.name)
+
+
+# --- hostagentd ----------------------------------------------------------
+
+
+def _entry_point(name: str, module: str) -> list[str]:
+    """The venv's console script ``name``, else ``python -m module``."""
+    script = Path(sys.executable).parent / name
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-m", module]
+
+
+class Agent:
+    """A real ``hostagentd`` in the guest, started with a config file.
+
+    Its log (stderr) goes to ``/tmp/<name>.log``; ``client()`` opens a
+    :class:`hostagent.client.Client` on its Unix socket.
+    """
+
+    def __init__(
+        self,
+        name: str = "hostagentd",
+        state_dir: str = "/var/lib/hostagent",
+        run_dir: str = "/run/hostagent",
+        extra_brick: str = "",
+    ) -> None:
+        self.name = name
+        self.socket = f"{run_dir}/hostagent.sock"
+        self.log_path = Path(f"/tmp/{name}.log")
+        self.config_path = Path(f"/etc/hostagent/{name}.toml")
+        self.config_path.parent.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(
+            "[server]\n"
+            f'unix_socket = "{self.socket}"\n'
+            "[storage]\n"
+            f'state_dir = "{state_dir}"\n'
+            f'run_dir = "{run_dir}"\n'
+            "[brick]\n"
+            'my_ip = "127.0.0.1"\n'
+            "device_scan_attempts = 5\n"
+            f"{extra_brick}"
+            "[log]\n"
+            'level = "debug"\n'
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(
+        self, env: dict[str, str] | None = None, timeout: float = 60
+    ) -> float:
+        """Start the daemon and wait until it answers Host.ping.
+
+        Returns the seconds it took.
+        """
+        from hostagent.client import Client
+
+        start = time.monotonic()
+        cmd = [
+            *_entry_point("hostagentd", "hostagent.daemon"),
+            "--config",
+            str(self.config_path),
+        ]
+        log("$ " + " ".join(cmd) + (f"  (env {env})" if env else ""))
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                env={**os.environ, **(env or {})},
+            )
+
+        def answers() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"hostagentd exited {self.proc.returncode} at start-up"
+                )
+            try:
+                with Client(self.socket, timeout=5) as c:
+                    return bool(c.call("Host.ping"))
+            except OSError:
+                return False
+
+        wait_for(answers, timeout=timeout, what="hostagentd answering")
+        return round(time.monotonic() - start, 3)
+
+    def client(self, timeout: float = 300) -> Any:
+        """A client connected to the agent's Unix socket."""
+        from hostagent.client import Client
+
+        return Client(self.socket, timeout=timeout)
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run ``hostagent-client --socket ... ARGS`` (no check)."""
+        return sh(
+            *_entry_point("hostagent-client", "hostagent.cli"),
+            "--socket",
+            self.socket,
+            *args,
+            check=False,
+        )
+
+    def stop(self, timeout: float = 60) -> int | None:
+        """SIGTERM the daemon and wait; its exit status."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def wait_exit(self, timeout: float = 60) -> int:
+        """Wait for the daemon to exit by itself; its exit status."""
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout)
