@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -37,10 +38,17 @@ def local_info(device: str, **extra: Any) -> dict[str, Any]:
     }
 
 
-def write_config(path: Path, tmp: Path, **sections: dict[str, Any]) -> None:
+def short_dir() -> Path:
+    """A short private directory: Unix socket paths must fit 108 bytes."""
+    return Path(tempfile.mkdtemp(prefix="ha-", dir="/tmp"))
+
+
+def write_config(
+    path: Path, tmp: Path, sock: str, **sections: dict[str, Any]
+) -> None:
     """A TOML config under ``tmp``, with ``sections`` overriding keys."""
     base: dict[str, dict[str, Any]] = {
-        "server": {"unix_socket": str(tmp / "hostagent.sock")},
+        "server": {"unix_socket": sock},
         "storage": {
             "state_dir": str(tmp / "state"),
             "run_dir": str(tmp / "run"),
@@ -64,7 +72,8 @@ class Agent:
     def __init__(self, tmp: Path, env: dict[str, str] | None = None):
         self.tmp = tmp
         self.config = tmp / "hostagent.toml"
-        self.socket = str(tmp / "hostagent.sock")
+        self.sock_dir = short_dir()
+        self.socket = str(self.sock_dir / "hostagent.sock")
         self.state_dir = tmp / "state"
         self.run_dir = tmp / "run"
         self.db_path = self.state_dir / "hostagent.db"
@@ -75,7 +84,7 @@ class Agent:
 
     def configure(self, **sections: dict[str, Any]) -> None:
         """Rewrite the config (applies at the next start)."""
-        write_config(self.config, self.tmp, **sections)
+        write_config(self.config, self.tmp, self.socket, **sections)
 
     def start(self, wait: bool = True) -> None:
         """Start the daemon; by default wait until it answers a ping."""
@@ -181,6 +190,7 @@ def agent_factory(
     for a in made:
         if a.proc is not None and a.proc.poll() is None:
             a.stop(signal.SIGKILL)
+        shutil.rmtree(a.sock_dir, ignore_errors=True)
         rep = getattr(request.node, "rep_call", None)
         if rep is not None and rep.failed:
             sys.stderr.write(f"\n--- {a.log_path} ---\n{a.log()[-20000:]}")
