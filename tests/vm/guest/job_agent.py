@@ -117,7 +117,7 @@ def case_iscsi_multipath(agent: g.Agent) -> None:
             case.data["wwid"] = wwid
             dm = g.dm_by_uuid(f"mpath-{wwid}")
             case.data["dm_name"] = dm
-            case.data["dm_slaves"] = g.slaves(dm) if dm else []
+            case.data["dm_slaves"] = g.wait_slaves(dm, 2)
             case.data["managed_realpath"] = os.path.realpath(
                 result["managed_path"]
             )

@@ -56,7 +56,7 @@ def case_multipath(initiator: str) -> None:
         case.data["mapper_realpath"] = os.path.realpath(mapper)
         dm = g.dm_by_uuid(f"mpath-{wwid}")
         case.data["dm_name"] = dm
-        case.data["dm_slaves"] = g.slaves(dm) if dm else []
+        case.data["dm_slaves"] = g.wait_slaves(dm, 2)
         case.data["sessions_attached"] = g.iscsi_sessions()
         case.data["multipath_ll"] = g.sh("multipath", "-ll").stdout
         with case.step("io"):

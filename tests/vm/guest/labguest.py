@@ -181,6 +181,25 @@ def slaves(dm_name: str) -> list[str]:
     )
 
 
+def wait_slaves(
+    dm_name: str | None, count: int, timeout: float = 30
+) -> list[str]:
+    """The dm device's paths once there are ``count`` (or at timeout).
+
+    os-brick returns as soon as the multipath device exists, which may
+    be before its last path joined: wait for them rather than race.
+    """
+    if dm_name is None:
+        return []
+    with contextlib.suppress(TimeoutError):
+        wait_for(
+            lambda: len(slaves(dm_name)) >= count,
+            timeout=timeout,
+            what=f"{count} paths under {dm_name}",
+        )
+    return slaves(dm_name)
+
+
 def iscsi_sessions() -> list[str]:
     """Lines of ``iscsiadm -m session``; empty when there is none."""
     proc = sh("iscsiadm", "-m", "session", check=False)
