@@ -90,6 +90,8 @@ class Daemon:
             log.critical("cannot start: %s", e)
             return EXIT_STARTUP
         self.service.start_brick_load()
+        # Before listening: no client may see a half-done attach or detach.
+        await self.service.reconcile()
         raise_nofile_limit(self.cfg.server.max_connections)
         try:
             if self.cfg.server.unix_socket:
