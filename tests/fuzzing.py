@@ -457,18 +457,37 @@ def check(
         problems.append(
             f"{len(batches)} batch answers for {len(want.batches)} batches"
         )
-    else:
-        # Batches answer as units; pair them by their sorted ids.
-        def ids(b: list[Any]) -> list[str]:
-            return sorted(x[0] for x in b)
-
-        for w, g in zip(
-            sorted(want.batches, key=ids),
-            sorted(batches, key=ids),
-            strict=True,
-        ):
-            _match(w, g, problems, "batch")
+        return problems, codes
+    # Batches answer as units, in any order, and two of them may carry
+    # the same ids: look for a pairing of expectations and answers.
+    fits = [[not _problems_of(w, g) for g in batches] for w in want.batches]
+    if not _assign(fits, 0, set()):
+        problems.append(
+            f"batch answers {batches} do not fit the batches sent "
+            f"{want.batches}"
+        )
     return problems, codes
+
+
+def _problems_of(
+    want: list[tuple[str, int | None]], got: list[tuple[str, Any]]
+) -> list[str]:
+    found: list[str] = []
+    _match(want, got, found, "batch")
+    return found
+
+
+def _assign(fits: list[list[bool]], row: int, used: set[int]) -> bool:
+    """Whether rows ``row``.. can each take a distinct fitting column."""
+    if row == len(fits):
+        return True
+    for col, ok in enumerate(fits[row]):
+        if ok and col not in used:
+            used.add(col)
+            if _assign(fits, row + 1, used):
+                return True
+            used.discard(col)
+    return False
 
 
 # -- running against a daemon ---------------------------------------------

@@ -12,10 +12,19 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from conftest import Agent, Loops
-from fuzzing import MAX_BATCH, POOL, Stats, db_problems, run_stream, streams
+from fuzzing import (
+    MAX_BATCH,
+    POOL,
+    Stats,
+    check,
+    db_problems,
+    run_stream,
+    streams,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -92,3 +101,39 @@ def test_fuzz_totals(fuzzed: Fuzzed) -> None:
     assert fuzzed.agent.call("Host.ping") is True
     assert db_problems(str(fuzzed.agent.db_path)) == []
     assert "Traceback" not in fuzzed.agent.log()
+
+
+# -- the oracle itself: it must catch what it is there to catch -------------
+
+PING_1 = b'{"jsonrpc":"2.0","method":"Host.ping","id":1}'
+BAD_1 = b'{"jsonrpc":"1.0","method":"Host.ping","id":1}'
+RESULT_1 = b'{"jsonrpc":"2.0","result":true,"id":1}'
+INVALID_1 = b'{"jsonrpc":"2.0","error":{"code":-32600,"message":"x"},"id":1}'
+
+
+def test_oracle_accepts_answers_in_any_order() -> None:
+    stream = b"[" + PING_1 + b"]\n[" + BAD_1 + b"]\n" + PING_1 + b"\n"
+    a, b = b"[" + INVALID_1 + b"]", b"[" + RESULT_1 + b"]"
+    assert check(stream, [a, b, RESULT_1])[0] == []
+    assert check(stream, [RESULT_1, b, a])[0] == []
+
+
+@pytest.mark.parametrize(
+    ("stream", "answers"),
+    [
+        (PING_1 + b"\n", []),  # no answer
+        (PING_1 + b"\n", [RESULT_1, RESULT_1]),  # two answers
+        (b'{"jsonrpc":"2.0","method":"Host.ping"}\n', [RESULT_1]),  # notif.
+        (BAD_1 + b"\n", [RESULT_1]),  # ran an invalid request
+        (PING_1 + b"\n", [RESULT_1.replace(b"true", b"true,")]),  # not JSON
+        (PING_1 + b"\n", [RESULT_1.replace(b'"2.0"', b'"1.0"')]),
+        (
+            PING_1 + b"\n",
+            [b'{"jsonrpc":"2.0","error":{"code":100,"message":"x"},"id":1}'],
+        ),
+        (b"[" + BAD_1 + b"]\n", [b"[" + RESULT_1 + b"]"]),
+        (b"{\n", [RESULT_1]),  # a parse error needs -32700, id null
+    ],
+)
+def test_oracle_catches_wrong_answers(stream: bytes, answers: Any) -> None:
+    assert check(stream, answers)[0] != []
