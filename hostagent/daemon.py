@@ -93,16 +93,21 @@ class Daemon:
         # Before listening: no client may see a half-done attach or detach.
         await self.service.reconcile()
         raise_nofile_limit(self.cfg.server.max_connections)
+        bound = False
         try:
             if self.cfg.server.unix_socket:
                 await self.server.listen_unix(
                     self.cfg.server.unix_socket, self.cfg.server.socket_group
                 )
+                bound = True
             if self.cfg.server.tls_listen:
                 await self.server.listen_tls(self.cfg.server.tls_listen)
         except ListenError as e:
             log.critical("cannot start: %s", e)
+            await self.server.close(0)
             await self.service.close()
+            if bound:  # ours; never another daemon's live socket
+                Path(self.cfg.server.unix_socket).unlink(missing_ok=True)
             return EXIT_STARTUP
         systemd.notify("READY=1", "STATUS=serving")
         log.info("hostagentd %s ready (pid %d)", __version__, os.getpid())

@@ -342,16 +342,7 @@ def test_bad_tls_files_stop_start_up_naming_the_key(
     assert agent.proc is not None
     assert agent.proc.wait(30) == 1
     assert f"cannot start: {key}" in agent.log()
-    assert not os.path.exists(agent.socket) or not _connectable(agent.socket)
-
-
-def _connectable(path: str) -> bool:
-    with socket.socket(socket.AF_UNIX) as s:
-        try:
-            s.connect(path)
-        except OSError:
-            return False
-    return True
+    assert not os.path.exists(agent.socket)  # no stale socket left behind
 
 
 def test_tls_port_in_use_is_a_clear_start_up_error(
