@@ -288,8 +288,15 @@ class Daemon:
         except ConfigError as e:
             log.error("SIGHUP: keeping the old log level: %s", e)
         else:
-            logging.getLogger().setLevel(config.log_level(fresh))
-            log.info("SIGHUP: log level is now %s", fresh.log.level)
+            # Logged under the more verbose of the two levels, so raising
+            # the level to "warning" still leaves a trace of it.
+            root = logging.getLogger()
+            level, before = config.log_level(fresh), root.level
+            if level >= before:
+                log.info("SIGHUP: log level is now %s", fresh.log.level)
+            root.setLevel(level)
+            if level < before:
+                log.info("SIGHUP: log level is now %s", fresh.log.level)
         if self.ready:
             systemd.notify("READY=1")
 
