@@ -261,15 +261,17 @@ class Daemon:
                 if self._opened:
                     await self.service.close()
                 return EXIT_STARTUP
-            self.ready = True
-            self.status(self.serving_status(), "READY=1")
-            log.info(
-                "hostagentd %s ready (pid %d), serving on %s",
-                __version__,
-                os.getpid(),
-                ", ".join(self.listeners),
-            )
-            await self.stop.wait()
+            # A SIGTERM during start-up: never claim to be ready.
+            if not self.stop.is_set():
+                self.ready = True
+                self.status(self.serving_status(), "READY=1")
+                log.info(
+                    "hostagentd %s ready (pid %d), serving on %s",
+                    __version__,
+                    os.getpid(),
+                    ", ".join(self.listeners),
+                )
+                await self.stop.wait()
             await self.shutdown()
         finally:
             beat.cancel()

@@ -212,6 +212,24 @@ def test_notify_ready_status_watchdog_stopping(
     print("\nnotify sequence seen by the test:\n" + notify.dump())
 
 
+def test_failed_start_says_why_and_is_never_ready(
+    agent_factory: Any, notify: NotifySocket
+) -> None:
+    first: Agent = agent_factory("first")
+    first.start()
+    second: Agent = agent_factory("second", env={"NOTIFY_SOCKET": notify.path})
+    # Same state_dir: the instance lock is taken.
+    second.configure(storage={"state_dir": str(first.state_dir)})
+    second.start(wait=False)
+    assert second.proc is not None
+    assert second.proc.wait(30) == 1
+    statuses = [m.get("STATUS") or "" for m in notify.messages]
+    assert statuses[-1].startswith("cannot start: another hostagentd")
+    assert not any("READY=1" in m.fields for m in notify.messages)
+    second.proc = None
+    assert first.call("Host.ping") is True
+
+
 def test_watchdog_for_another_pid_is_not_pinged(
     agent_factory: Any, notify: NotifySocket
 ) -> None:
@@ -227,12 +245,6 @@ def test_watchdog_for_another_pid_is_not_pinged(
     time.sleep(1.0)
     assert a.stop() == 0
     assert not any("WATCHDOG=1" in m.fields for m in notify.messages)
-
-
-def test_no_notify_socket_no_datagrams(agent: Agent) -> None:
-    """Outside systemd the daemon just runs (and a SIGTERM exits 0)."""
-    assert agent.call("Host.ping") is True
-    assert agent.stop() == 0
 
 
 def test_watchdog_pings_come_from_the_event_loop(
@@ -281,7 +293,10 @@ def test_sigterm_lets_the_attach_in_flight_finish(
     The attach waits for its device (a path that appears only when the
     test creates it), so it is provably running when SIGTERM arrives.
     """
-    a: Agent = agent_factory(env={"NOTIFY_SOCKET": notify.path})
+    # A watchdog makes STATUS= refresh every 0.5 s instead of every 5 s.
+    a: Agent = agent_factory(
+        env={"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "1000000"}
+    )
     a.start()
     device = tmp_path / "late-device"
     vid = new_vol_id()
@@ -319,6 +334,8 @@ def test_sigterm_lets_the_attach_in_flight_finish(
     assert outcome.get("result", {}).get("path") == str(device), outcome
     assert a.proc.wait(30) == 0
     assert not os.path.exists(a.socket)
+    # Closed cleanly: the last connection's close checkpointed the WAL.
+    assert not Path(f"{a.db_path}-wal").exists()
     log = a.log()
     assert "waiting up to 60 s for 1 request(s) in flight" in log
     assert log.rstrip().endswith("stopped")
