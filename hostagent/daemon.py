@@ -223,6 +223,9 @@ class Daemon:
         await self.service.open()
         self._opened = True
         self.service.start_brick_load()
+        # Before listening: no client may see a half-done attach or detach.
+        self.status("reconciling interrupted operations")
+        await self.service.reconcile()
         self.status("listening")
         await self._listen()
 
