@@ -16,11 +16,6 @@ from lab import GuestRun
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(900)]
 
 NOTHING = {"sessions": [], "dm_devices": {}, "sd_devices": []}
-NO_RECONCILE = pytest.mark.xfail(
-    reason="start-up reconciliation (issue 5) is not in the agent yet: "
-    "the row stays 'attaching' and the sessions stay up",
-    strict=False,
-)
 
 
 @pytest.fixture(scope="module")
@@ -37,14 +32,12 @@ def test_killed_after_login(run: GuestRun) -> None:
     assert len(data["after_kill"]["sessions"]) == 2
 
 
-@NO_RECONCILE
 def test_no_session_after_restart(run: GuestRun) -> None:
     """After the restart's reconciliation no session or dm device is left."""
     data = run.case_ok("agent_kill_mid_attach")
     assert data["after_restart"] == NOTHING
 
 
-@NO_RECONCILE
 def test_no_stale_row_after_restart(run: GuestRun) -> None:
     """The interrupted attach is rolled back, not left 'attaching'."""
     data = run.case_ok("agent_kill_mid_attach")
@@ -52,7 +45,6 @@ def test_no_stale_row_after_restart(run: GuestRun) -> None:
     assert data["links_after_restart"] == []
 
 
-@NO_RECONCILE
 def test_volume_attaches_again(run: GuestRun) -> None:
     """The next attach of the same volume works (and carries I/O)."""
     data = run.case_ok("agent_kill_mid_attach")
