@@ -5,7 +5,7 @@
 set -eu
 
 BASE="libsystemd-dev pkg-config gcc open-iscsi util-linux socat \
-multipath-tools python3-venv openssl"
+multipath-tools python3-venv openssl aoetools"
 
 pkgs=${*:-$BASE}
 missing=""

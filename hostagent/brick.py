@@ -12,10 +12,12 @@ with the exception's class name in ``data``, its text scrubbed of secrets.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import socket
 import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -167,6 +169,14 @@ class Brick:
             self.mount_dir.mkdir(parents=True, exist_ok=True)
             kwargs["nfs_mount_point_base"] = str(self.mount_dir)
         try:
+            if driver == "aoe":
+                # os-brick dropped its AoE connector; ours has the same
+                # interface, so the rest of the agent cannot tell.
+                conn = aoe_connector_class()(
+                    "", device_scan_attempts=self.config.device_scan_attempts
+                )
+                with self._lock:
+                    return self._connectors.setdefault(driver, conn)
             conn = connector.InitiatorConnector.factory(
                 driver.upper(),
                 "",
@@ -179,6 +189,175 @@ class Brick:
             raise _failed("create connector", driver, e) from e
         with self._lock:
             return self._connectors.setdefault(driver, conn)
+
+
+# -- ATA over Ethernet ------------------------------------------------------
+
+# AoE addresses a target as shelf (major, 16 bits; 0xffff is broadcast)
+# and slot (minor, 8 bits; 0xff is broadcast).
+AOE_MAX_SHELF = 0xFFFE
+AOE_MAX_SLOT = 0xFE
+
+
+def aoe_device_name(props: dict[str, Any]) -> str:
+    """``e<shelf>.<slot>`` from AoE connection properties.
+
+    ``target_shelf`` and ``target_lun`` (the slot) are what Cinder's and
+    nova-volume's AoE drivers sent; both must be in AoE's address range,
+    so nothing from a client reaches a command line unchecked.
+    """
+    shelf = props.get("target_shelf")
+    slot = props.get("target_lun")
+    for key, value, top in (
+        ("target_shelf", shelf, AOE_MAX_SHELF),
+        ("target_lun", slot, AOE_MAX_SLOT),
+    ):
+        if (
+            not isinstance(value, int)
+            or isinstance(value, bool)
+            or not 0 <= value <= top
+        ):
+            raise ValueError(
+                f"AoE connection data needs {key} as an integer 0..{top}"
+            )
+    return f"e{shelf}.{slot}"
+
+
+@functools.cache
+def aoe_connector_class() -> type[Any]:
+    """The AoE connector class (built on first use: it needs os-brick).
+
+    os-brick removed its AoE connector; this one follows os-brick's
+    connector interface (``BaseLinuxConnector``) and drives the kernel's
+    aoe module through aoetools: ``aoe-discover`` makes the driver
+    broadcast a query and create ``/dev/etherd/e<shelf>.<slot>`` for
+    every target that answers, ``aoe-revalidate`` re-reads one target's
+    size, ``aoe-flush`` drops a target from the driver.
+    """
+    from os_brick import exception, initiator, utils
+    from os_brick.initiator.connectors import base
+
+    class AoEConnector(base.BaseLinuxConnector):  # type: ignore[misc]
+        """Attach/detach ATA-over-Ethernet volumes (aoetools)."""
+
+        # Class attributes, like os-brick's LinuxFibreChannel paths.
+        ETHERD = "/dev/etherd"
+        # Seconds to wait after the n-th discovery before looking again:
+        # an answer usually takes milliseconds, a busy switch longer.
+        DISCOVER_DELAYS = (1.0, 2.0, 4.0, 8.0)
+
+        def __init__(
+            self,
+            root_helper: str,
+            driver: Any = None,
+            device_scan_attempts: int = initiator.DEVICE_SCAN_ATTEMPTS_DEFAULT,
+            **kwargs: Any,
+        ) -> None:
+            super().__init__(
+                root_helper,
+                driver=driver,
+                device_scan_attempts=device_scan_attempts,
+                **kwargs,
+            )
+
+        @staticmethod
+        def get_connector_properties(
+            root_helper: str, *args: Any, **kwargs: Any
+        ) -> dict[str, Any]:
+            """AoE needs nothing from the initiator: the MAC is implicit."""
+            return {}
+
+        def get_search_path(self) -> str:
+            """Where the aoe driver's block devices appear."""
+            return self.ETHERD
+
+        def _device(self, props: dict[str, Any]) -> tuple[str, str]:
+            try:
+                name = aoe_device_name(props)
+            except ValueError as e:
+                raise exception.BrickException(message=str(e)) from None
+            return name, os.path.join(self.ETHERD, name)
+
+        def get_volume_paths(self, props: dict[str, Any]) -> list[str]:
+            """The device path, when the driver currently has it."""
+            _, path = self._device(props)
+            return [path] if os.path.exists(path) else []
+
+        def _run(self, *cmd: str) -> None:
+            out, err = self._execute(
+                *cmd,
+                run_as_root=True,
+                root_helper=self._root_helper,
+                check_exit_code=0,
+            )
+            log.debug("%s: stdout=%r stderr=%r", " ".join(cmd), out, err)
+
+        @base.synchronized("aoe_control", external=True)  # type: ignore[untyped-decorator]
+        def connect_volume(self, props: dict[str, Any]) -> dict[str, Any]:
+            """Discover the target; return its ``/dev/etherd`` device.
+
+            A device already known to the driver is revalidated (its
+            size may have changed); otherwise discovery runs, and again
+            after each delay, up to ``device_scan_attempts`` times.
+            """
+            name, path = self._device(props)
+            if os.path.exists(path):
+                self._run("aoe-revalidate", name)
+            else:
+                self._run("aoe-discover")
+            tries = 0
+            while not os.path.exists(path):
+                if tries >= self.device_scan_attempts:
+                    raise exception.VolumeDeviceNotFound(device=path)
+                delay = self.DISCOVER_DELAYS[
+                    min(tries, len(self.DISCOVER_DELAYS) - 1)
+                ]
+                log.info(
+                    "AoE device %s not there yet; discovering again in "
+                    "%g s (try %d of %d)",
+                    path,
+                    delay,
+                    tries + 1,
+                    self.device_scan_attempts,
+                )
+                time.sleep(delay)
+                self._run("aoe-discover")
+                tries += 1
+            return {"type": "block", "device": name, "path": path}
+
+        @base.synchronized("aoe_control", external=True)  # type: ignore[untyped-decorator]
+        def disconnect_volume(
+            self,
+            props: dict[str, Any],
+            device_info: dict[str, Any] | None,
+            force: bool = False,
+            ignore_errors: bool = False,
+        ) -> None:
+            """Flush the target out of the driver (gone already: done)."""
+            name, path = self._device(props)
+            if not os.path.exists(path):
+                return
+            try:
+                self._run("aoe-flush", name)
+            except Exception:
+                if not (force and ignore_errors):
+                    raise
+                log.warning("aoe-flush %s failed; ignored (forced)", name)
+
+        def extend_volume(self, props: dict[str, Any]) -> int:
+            """Revalidate the target and return its size in bytes."""
+            name, path = self._device(props)
+            if not os.path.exists(path):
+                raise exception.VolumeDeviceNotFound(device=path)
+            self._run("aoe-revalidate", name)
+            size = utils.get_device_size(self, path)
+            if size is None:
+                raise exception.BrickException(
+                    message=f"cannot read the size of {path}"
+                )
+            return int(size)
+
+    return AoEConnector
 
 
 def _import_eventlet_here() -> None:

@@ -28,7 +28,11 @@ KNOWN_DRIVERS = (
     "rbd",
     "nfs",
     "local",
+    "aoe",
 )
+# AoE is opt-in: it is unauthenticated layer-2 traffic that any host on the
+# segment can answer, and few sites still run it.
+DEFAULT_DRIVERS = tuple(d for d in KNOWN_DRIVERS if d != "aoe")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -65,7 +69,7 @@ class StorageConfig:
 class BrickConfig:
     """``[brick]``: which connectors may run and how."""
 
-    drivers: list[str] = field(default_factory=lambda: list(KNOWN_DRIVERS))
+    drivers: list[str] = field(default_factory=lambda: list(DEFAULT_DRIVERS))
     multipath: bool = True
     enforce_multipath: bool = False
     my_ip: str = ""
