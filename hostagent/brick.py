@@ -11,10 +11,12 @@ with the exception's class name in ``data``, its text scrubbed of secrets.
 
 from __future__ import annotations
 
+import configparser
 import contextlib
 import functools
 import logging
 import os
+import platform
 import socket
 import threading
 import time
@@ -22,7 +24,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from hostagent.config import BrickConfig
+from hostagent.config import BackendConfig, BrickConfig
 from hostagent.errors import BrickUnavailable, ConnectorFailed
 from hostagent.redact import SCRUBBER
 
@@ -123,11 +125,22 @@ class Brick:
             )
         except Exception as e:
             raise _failed("get_connector_properties", None, e) from e
+        # The agent always maps RBD images on this host (see _connector).
+        props["do_local_attach"] = True
         return props
 
-    def connect(self, driver: str, data: dict[str, Any]) -> dict[str, Any]:
-        """Run the connector's ``connect_volume``; return the device info."""
-        conn = self._connector(driver)
+    def connect(
+        self,
+        driver: str,
+        data: dict[str, Any],
+        backend: BackendConfig | None = None,
+    ) -> dict[str, Any]:
+        """Run the connector's ``connect_volume``; return the device info.
+
+        ``backend`` (a ``[backend.NAME]`` section) picks the connector
+        options; without it the driver type's ``[brick]`` defaults apply.
+        """
+        conn = self._connector(driver, backend)
         try:
             info = conn.connect_volume(data)
         except Exception as e:
@@ -145,50 +158,202 @@ class Brick:
         data: dict[str, Any],
         attachment: dict[str, Any] | None,
         force: bool = False,
+        backend: BackendConfig | None = None,
     ) -> None:
         """Run the connector's ``disconnect_volume``."""
-        conn = self._connector(driver)
+        conn = self._connector(driver, backend)
         try:
             conn.disconnect_volume(data, attachment or {}, force=force)
         except Exception as e:
             raise _failed("disconnect_volume", driver, e) from e
 
-    def uses_multipath(self, driver: str) -> bool:
-        """Whether volumes of ``driver`` are attached through multipath."""
-        return self.config.multipath and driver in MULTIPATH_DRIVERS
+    def extend(
+        self,
+        driver: str,
+        data: dict[str, Any],
+        backend: BackendConfig | None = None,
+    ) -> int:
+        """Run the connector's ``extend_volume``; the new size in bytes."""
+        conn = self._connector(driver, backend)
+        try:
+            size = conn.extend_volume(data)
+        except NotImplementedError as e:
+            raise ConnectorFailed(
+                f"the {driver} connector cannot extend volumes",
+                {
+                    "driver": driver,
+                    "operation": "extend_volume",
+                    "error_class": "NotImplementedError",
+                },
+            ) from e
+        except Exception as e:
+            raise _failed("extend_volume", driver, e) from e
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise ConnectorFailed(
+                f"{driver} extend_volume returned no size",
+                {
+                    "driver": driver,
+                    "operation": "extend_volume",
+                    "error_class": type(size).__name__,
+                },
+            )
+        return size
 
-    def _connector(self, driver: str) -> Any:
+    def uses_multipath(
+        self, driver: str, backend: BackendConfig | None = None
+    ) -> bool:
+        """Whether volumes of ``driver`` are attached through multipath."""
+        wanted = backend.multipath if backend else self.config.multipath
+        return wanted and driver in MULTIPATH_DRIVERS
+
+    def enforces_multipath(
+        self, driver: str, backend: BackendConfig | None = None
+    ) -> bool:
+        """Whether a missing multipath device fails the attach (928)."""
+        enforce = (
+            backend.enforce_multipath
+            if backend
+            else self.config.enforce_multipath
+        )
+        return enforce and self.uses_multipath(driver, backend)
+
+    def _connector(
+        self, driver: str, backend: BackendConfig | None = None
+    ) -> Any:
         self.load()
-        conn = self._connectors.get(driver)
+        # One connector per backend (its options differ), one per driver
+        # type for the [brick] defaults; "@" cannot start a backend name.
+        key = backend.name if backend else f"@{driver}"
+        conn = self._connectors.get(key)
         if conn is not None:
             return conn
         from os_brick.initiator import connector
 
+        attempts = (
+            backend.device_scan_attempts
+            if backend
+            else self.config.device_scan_attempts
+        )
         kwargs: dict[str, Any] = {}
         if driver == "nfs":
             self.mount_dir.mkdir(parents=True, exist_ok=True)
             kwargs["nfs_mount_point_base"] = str(self.mount_dir)
+        elif driver == "rbd":
+            # The agent maps the image on this host (krbd): a librados
+            # file handle in this process would be useless to a VM.
+            kwargs["do_local_attach"] = True
+            if backend and backend.ceph_conf:
+                kwargs["execute"] = _with_env({"CEPH_CONF": backend.ceph_conf})
         try:
             if driver == "aoe":
                 # os-brick dropped its AoE connector; ours has the same
                 # interface, so the rest of the agent cannot tell.
-                conn = aoe_connector_class()(
-                    "", device_scan_attempts=self.config.device_scan_attempts
+                conn = aoe_connector_class()("", device_scan_attempts=attempts)
+            elif driver == "storpool" and backend and backend.storpool_conf:
+                conn = storpool_connector_class()(
+                    "", backend.storpool_conf, device_scan_attempts=attempts
                 )
-                with self._lock:
-                    return self._connectors.setdefault(driver, conn)
-            conn = connector.InitiatorConnector.factory(
-                driver.upper(),
-                "",
-                use_multipath=self.uses_multipath(driver),
-                device_scan_attempts=self.config.device_scan_attempts,
-                enforce_multipath=self.config.enforce_multipath,
-                **kwargs,
-            )
+            else:
+                conn = connector.InitiatorConnector.factory(
+                    driver.upper(),
+                    "",
+                    use_multipath=self.uses_multipath(driver, backend),
+                    device_scan_attempts=attempts,
+                    enforce_multipath=self.enforces_multipath(driver, backend),
+                    **kwargs,
+                )
         except Exception as e:
             raise _failed("create connector", driver, e) from e
         with self._lock:
-            return self._connectors.setdefault(driver, conn)
+            return self._connectors.setdefault(key, conn)
+
+
+def _with_env(env: dict[str, str]) -> Any:
+    """An os-brick ``execute`` that adds ``env`` to every command."""
+    from os_brick.privileged import rootwrap
+
+    def execute(*cmd: Any, **kwargs: Any) -> Any:
+        kwargs["env_variables"] = {**env, **kwargs.get("env_variables", {})}
+        return rootwrap.execute(*cmd, **kwargs)
+
+    return execute
+
+
+# -- StorPool ---------------------------------------------------------------
+
+STORPOOL_DEFAULTS = {"SP_API_HTTP_HOST": "127.0.0.1", "SP_API_HTTP_PORT": "81"}
+STORPOOL_ENV = ("SP_AUTH_TOKEN", "SP_API_HTTP_HOST", "SP_API_HTTP_PORT")
+
+
+def read_storpool_conf(path: str) -> dict[str, str]:
+    """Read a StorPool config file the way StorPool's tools do.
+
+    Shell-style ``KEY=value`` lines, then ``<path>.d/*.conf``; a
+    ``[hostname]`` section overrides the unnamed one for this host, and
+    the ``SP_*`` connection variables in the environment win over both
+    (the same rules as os-brick's ``storpool_utils.get_conf``, which only
+    reads ``/etc/storpool.conf``).
+    """
+    parser = configparser.ConfigParser(strict=False, allow_no_value=True)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    files = [Path(path)]
+    extra = Path(path + ".d")
+    if extra.is_dir():
+        files += sorted(
+            p
+            for p in extra.iterdir()
+            if p.is_file()
+            and p.name.endswith(".conf")
+            and not p.name.startswith(".")
+        )
+    for f in files:
+        parser.read_string("[UNNAMED_SECTION]\n" + f.read_text(), str(f))
+    conf = dict(STORPOOL_DEFAULTS)
+    for section in ("UNNAMED_SECTION", platform.node()):
+        if parser.has_section(section):
+            conf.update({k: v or "" for k, v in parser[section].items()})
+    conf.update({k: os.environ[k] for k in STORPOOL_ENV if k in os.environ})
+    return conf
+
+
+@functools.cache
+def storpool_connector_class() -> type[Any]:
+    """os-brick's StorPool connector, reading a given config file."""
+    from os_brick import exception
+    from os_brick.initiator import storpool_utils
+    from os_brick.initiator.connectors import base, storpool
+
+    class StorPoolConfConnector(storpool.StorPoolConnector):  # type: ignore[misc]
+        """``StorPoolConnector`` with its config from ``conf_path``."""
+
+        def __init__(
+            self, root_helper: str, conf_path: str, **kwargs: Any
+        ) -> None:
+            # StorPoolConnector.__init__ reads /etc/storpool.conf and
+            # nothing else; do its work with the backend's file instead.
+            base.BaseLinuxConnector.__init__(self, root_helper, **kwargs)
+            try:
+                conf = read_storpool_conf(conf_path)
+                self._config = conf
+                self._sp_api = storpool_utils.StorPoolAPI(
+                    conf["SP_API_HTTP_HOST"],
+                    conf["SP_API_HTTP_PORT"],
+                    conf["SP_AUTH_TOKEN"],
+                )
+                self._volume_prefix = conf.get(
+                    "SP_OPENSTACK_VOLUME_PREFIX", "os"
+                )
+            except (OSError, KeyError, configparser.Error) as e:
+                raise exception.BrickException(
+                    f"Could not initialize the StorPool API from "
+                    f"{conf_path}: {type(e).__name__}: {e}"
+                ) from e
+            if "SP_OURID" not in conf:
+                raise exception.BrickException(
+                    f'Could not read "SP_OURID" from {conf_path}'
+                )
+
+    return StorPoolConfConnector
 
 
 # -- ATA over Ethernet ------------------------------------------------------

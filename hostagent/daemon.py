@@ -85,6 +85,7 @@ class Daemon:
             log.critical("cannot start: %s", e)
             return EXIT_STARTUP
         self.service.start_brick_load()
+        await self.service.events.start()
         try:
             if self.cfg.server.unix_socket:
                 await self.server.listen_unix(
@@ -92,6 +93,7 @@ class Daemon:
                 )
         except ListenError as e:
             log.critical("cannot start: %s", e)
+            await self.service.events.stop()
             await self.service.close()
             return EXIT_STARTUP
         systemd.notify("READY=1", "STATUS=serving")
@@ -100,6 +102,7 @@ class Daemon:
         log.info("shutting down")
         systemd.notify("STOPPING=1", "STATUS=shutting down")
         await self.server.close(SHUTDOWN_TIMEOUT)
+        await self.service.events.stop()
         await self.service.close()
         if self.cfg.server.unix_socket:
             Path(self.cfg.server.unix_socket).unlink(missing_ok=True)

@@ -26,18 +26,20 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from hostagent import __version__, db
+from hostagent import __version__, db, hosttools
 from hostagent.brick import MULTIPATH_DRIVERS, Brick
-from hostagent.config import Config
+from hostagent.config import BackendConfig, Config, backend_options
 from hostagent.db import Database, VolumeRecord
 from hostagent.errors import (
     AgentError,
     ConnectionInfoMismatch,
     ConnectorFailed,
     DriverNotSupported,
+    InvalidParams,
     MultipathMissing,
     VolumeBusy,
 )
+from hostagent.events import Events
 from hostagent.flow import FailPoints, Flow, FlowError, Step
 from hostagent.redact import SCRUBBER
 from hostagent.udev import Udev
@@ -78,6 +80,7 @@ class VolumeService:
         self._waiters: dict[str, int] = {}
         self._brick_load: asyncio.Future[None] | None = None
         self.device_wait = DEVICE_WAIT
+        self.events = Events(lambda: self.info(None))
 
     # -- plumbing ----------------------------------------------------------
 
@@ -156,6 +159,7 @@ class VolumeService:
             "version": __version__,
             "drivers": list(self.config.brick.drivers),
         }
+        caps.update(await self.in_worker(self._tool_status))
         try:
             await self.brick_ready()
             props = await self.in_worker(self.brick.connector_properties)
@@ -166,6 +170,62 @@ class VolumeService:
         else:
             caps["connector_info"] = props
         return caps
+
+    def _tool_status(self) -> dict[str, Any]:
+        backends = {}
+        for name, b in sorted(self.config.backend.items()):
+            backends[name] = backend_options(b) | hosttools.backend(b)
+        return {
+            "driver_status": hosttools.drivers(self.config.brick),
+            "backends": backends,
+        }
+
+    # -- backends ----------------------------------------------------------
+
+    def check_backend(
+        self, driver: str, name: str | None
+    ) -> BackendConfig | None:
+        """The ``[backend.NAME]`` an attach asked for (-32602 if wrong)."""
+        if name is None:
+            return None
+        b = self.config.backend.get(name)
+        if b is None:
+            known = ", ".join(sorted(self.config.backend)) or "none"
+            raise InvalidParams(
+                f"backend {name!r} is not configured on this host "
+                f"(configured: {known})",
+                {"param": "backend", "backend": name},
+            )
+        if b.driver != driver:
+            raise InvalidParams(
+                f"backend {name!r} is for {b.driver} volumes, but "
+                f"connection_info.driver_volume_type is {driver!r}",
+                {"param": "backend", "backend": name, "driver": b.driver},
+            )
+        return b
+
+    def record_backend(self, rec: VolumeRecord) -> BackendConfig | None:
+        """The backend options a recorded volume was attached with.
+
+        A backend removed from the config (or now for another driver)
+        since the attach falls back to the [brick] defaults, so the
+        volume can still be detached.
+        """
+        if rec.backend is None:
+            return None
+        b = self.config.backend.get(rec.backend)
+        driver = rec.connection_info.get("driver_volume_type")
+        if b is None or b.driver != driver:
+            log.warning(
+                "volume %s was attached with backend %r, which is no "
+                "longer configured for %s; using the [brick] defaults",
+                rec.vol_id,
+                rec.backend,
+                driver,
+                extra={"VOL_ID": rec.vol_id},
+            )
+            return None
+        return b
 
     # -- attach ------------------------------------------------------------
 
@@ -181,23 +241,32 @@ class VolumeService:
         return str(driver)
 
     async def attach(
-        self, vol_id: str, connection_info: dict[str, Any]
+        self,
+        vol_id: str,
+        connection_info: dict[str, Any],
+        backend: str | None = None,
     ) -> dict[str, Any]:
-        """Attach ``vol_id``; return path, attachment and managed path."""
+        """Attach ``vol_id``; return path, attachment and managed path.
+
+        ``backend`` names a ``[backend.NAME]`` whose options to use;
+        without it the driver type's ``[brick]`` defaults apply.
+        """
         driver = self.check_driver(connection_info)
+        options = self.check_backend(driver, backend)
         SCRUBBER.remember(connection_info)
         await self.brick_ready()
         async with self.volume_lock(vol_id):
             existing = await self.in_db(self.db.get, vol_id)
             if existing is not None:
-                return await self._reattach(existing, connection_info)
-            attempt = _Attach(self, vol_id, driver, connection_info)
+                return await self._reattach(existing, connection_info, backend)
+            attempt = _Attach(self, vol_id, driver, connection_info, options)
             started = time.monotonic()
             try:
                 await Flow("attach", self.failpoints).run(attempt.steps())
             except FlowError as e:
                 await attempt.record_leak(e)
                 raise e.error from e
+            self.events.track(vol_id, True, attempt.path)
             log.info(
                 "attached volume %s at %s in %.3f s",
                 vol_id,
@@ -208,7 +277,10 @@ class VolumeService:
             return self._attach_result(vol_id, attempt.path, attempt.info)
 
     async def _reattach(
-        self, rec: VolumeRecord, connection_info: dict[str, Any]
+        self,
+        rec: VolumeRecord,
+        connection_info: dict[str, Any],
+        backend: str | None = None,
     ) -> dict[str, Any]:
         if rec.state != db.ATTACHED:
             raise VolumeBusy(
@@ -226,6 +298,12 @@ class VolumeService:
                 f"volume {rec.vol_id} is already attached with different "
                 "connection info; detach it first",
                 {"vol_id": rec.vol_id},
+            )
+        if rec.backend != backend:
+            raise ConnectionInfoMismatch(
+                f"volume {rec.vol_id} is already attached with backend "
+                f"{rec.backend!r}, not {backend!r}; detach it first",
+                {"vol_id": rec.vol_id, "backend": rec.backend},
             )
         assert rec.path is not None
         # The symlink lives on tmpfs; a reboot without a detach loses it.
@@ -250,18 +328,20 @@ class VolumeService:
             return f"/dev/mapper/{mpath}"
         return str(info.get("path") or "")
 
-    async def wait_for_device(self, driver: str, info: dict[str, Any]) -> str:
+    async def wait_for_device(
+        self,
+        driver: str,
+        info: dict[str, Any],
+        backend: BackendConfig | None = None,
+    ) -> str:
         """Wait for the connected device; return the VM's path.
 
-        Raises 928 when multipath is enforced and there is no multipath
-        device, 926 when the device does not show up in time.
+        Raises 928 when multipath is enforced (by ``[brick]`` or the
+        backend) and there is no multipath device, 926 when the device
+        does not show up in time.
         """
         mpath = info.get("multipath_id") or None
-        if (
-            self.config.brick.enforce_multipath
-            and self.brick.uses_multipath(driver)
-            and not mpath
-        ):
+        if self.brick.enforces_multipath(driver, backend) and not mpath:
             raise MultipathMissing(
                 f"multipath is enforced but the {driver} connector returned "
                 "no multipath device",
@@ -332,6 +412,7 @@ class VolumeService:
                     extra={"VOL_ID": vol_id},
                 )
                 raise
+            self.events.forget(vol_id)
             log.info(
                 "detached volume %s in %.3f s",
                 vol_id,
@@ -379,12 +460,47 @@ class VolumeService:
                 owner,
             )
             return
+        backend = self.record_backend(rec)
         await self.in_worker(
-            self.brick.disconnect,
-            driver,
-            rec.connection_info["data"],
-            rec.attachment,
+            lambda: self.brick.disconnect(
+                driver,
+                rec.connection_info["data"],
+                rec.attachment,
+                backend=backend,
+            )
         )
+
+    # -- extend ------------------------------------------------------------
+
+    async def extend(self, vol_id: str) -> int:
+        """Have the connector pick up a grown volume; its size in bytes."""
+        async with self.volume_lock(vol_id):
+            rec = await self.in_db(self.db.get, vol_id)
+            if rec is None:
+                raise InvalidParams(
+                    f"volume {vol_id} is not attached on this host",
+                    {"param": "vol_id", "vol_id": vol_id},
+                )
+            if rec.state != db.ATTACHED:
+                raise VolumeBusy(
+                    f"volume {vol_id} is {rec.state}; cannot extend it",
+                    {"vol_id": vol_id, "state": rec.state},
+                )
+            await self.brick_ready()
+            driver = rec.connection_info["driver_volume_type"]
+            backend = self.record_backend(rec)
+            size = await self.in_worker(
+                lambda: self.brick.extend(
+                    driver, rec.connection_info["data"], backend=backend
+                )
+            )
+            log.info(
+                "volume %s extended: %d bytes",
+                vol_id,
+                size,
+                extra={"VOL_ID": vol_id},
+            )
+            return size
 
     # -- info --------------------------------------------------------------
 
@@ -406,6 +522,7 @@ class VolumeService:
                 "exists": ok,
                 "state": r.state,
                 "last_error": r.last_error,
+                "backend": r.backend,
             }
             for r, ok in zip(records, present, strict=True)
         ]
@@ -420,11 +537,13 @@ class _Attach:
         vol_id: str,
         driver: str,
         connection_info: dict[str, Any],
+        backend: BackendConfig | None = None,
     ) -> None:
         self.s = service
         self.vol_id = vol_id
         self.driver = driver
         self.connection_info = connection_info
+        self.backend = backend
         self.info: dict[str, Any] | None = None
         self.path = ""
 
@@ -440,7 +559,12 @@ class _Attach:
 
     async def record(self) -> None:
         """Write the row in state ``attaching``."""
-        await self.s.in_db(self.s.db.insert, self.vol_id, self.connection_info)
+        await self.s.in_db(
+            self.s.db.insert,
+            self.vol_id,
+            self.connection_info,
+            self.backend.name if self.backend else None,
+        )
 
     async def forget(self) -> None:
         """Delete the row."""
@@ -449,7 +573,10 @@ class _Attach:
     async def connect(self) -> None:
         """Run os-brick's connect_volume."""
         self.info = await self.s.in_worker(
-            self.s.brick.connect, self.driver, self.connection_info["data"]
+            self.s.brick.connect,
+            self.driver,
+            self.connection_info["data"],
+            self.backend,
         )
 
     async def disconnect(self) -> None:
@@ -464,13 +591,16 @@ class _Attach:
             last_error=None,
             created=0.0,
             updated=0.0,
+            backend=self.backend.name if self.backend else None,
         )
         await self.s.disconnect(self.vol_id, self.driver, rec)
 
     async def wait(self) -> None:
         """Wait for the device; refuse one that another volume owns."""
         assert self.info is not None
-        self.path = await self.s.wait_for_device(self.driver, self.info)
+        self.path = await self.s.wait_for_device(
+            self.driver, self.info, self.backend
+        )
         mpath = self.info.get("multipath_id") or None
         owner = await self.s.in_db(
             self.s.db.find_device_owner, mpath, self.path, self.vol_id
