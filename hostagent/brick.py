@@ -217,6 +217,17 @@ class Brick:
         )
         return enforce and self.uses_multipath(driver, backend)
 
+    def multipath_ready(
+        self, driver: str, backend: BackendConfig | None = None
+    ) -> bool:
+        """Whether multipathd runs (os-brick's ``supports_multipath``)."""
+        conn = self._connector(driver, backend)
+        try:
+            return bool(conn.supports_multipath())
+        except Exception as e:
+            log.warning("cannot tell whether multipathd runs: %s", e)
+            return False
+
     def _connector(
         self, driver: str, backend: BackendConfig | None = None
     ) -> Any:

@@ -259,6 +259,7 @@ class VolumeService:
             existing = await self.in_db(self.db.get, vol_id)
             if existing is not None:
                 return await self._reattach(existing, connection_info, backend)
+            await self.check_multipath(driver, options)
             attempt = _Attach(self, vol_id, driver, connection_info, options)
             started = time.monotonic()
             try:
@@ -327,6 +328,26 @@ class VolumeService:
         if mpath and driver in MULTIPATH_DRIVERS:
             return f"/dev/mapper/{mpath}"
         return str(info.get("path") or "")
+
+    async def check_multipath(
+        self, driver: str, backend: BackendConfig | None
+    ) -> None:
+        """Refuse (928) an enforced-multipath attach without multipathd.
+
+        Checked before connecting: without the daemon no dm device can
+        appear, and os-brick would otherwise scan and log in for nothing.
+        """
+        if not self.brick.enforces_multipath(driver, backend):
+            return
+        if not await self.in_worker(
+            self.brick.multipath_ready, driver, backend
+        ):
+            raise MultipathMissing(
+                "multipath is enforced"
+                + (f" by backend {backend.name!r}" if backend else "")
+                + " but multipathd is not running on this host",
+                {"driver": driver, "backend": backend and backend.name},
+            )
 
     async def wait_for_device(
         self,
