@@ -38,6 +38,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ca", help="TLS: CA that signed the agent")
     p.add_argument("--timeout", type=float, default=300.0)
     p.add_argument("-f", dest="file", help="JSON params from FILE or -")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print results as JSON even where a summary is shown",
+    )
     p.add_argument("namespace", nargs="?")
     p.add_argument("method", nargs="?")
     p.add_argument("params", nargs="*")
@@ -80,6 +85,7 @@ def help_text(
         "  --host H --port N --cert F --key F --ca F   TLS listener",
         "  --timeout S        seconds to wait for the answer",
         "  -f FILE|-          JSON object of params (- = stdin)",
+        "  --json             raw JSON for Host getCapabilities too",
         "",
         f"methods ({src}):",
     ]
@@ -171,8 +177,60 @@ def main(argv: list[str] | None = None) -> int:
             f"hostagent-client: cannot talk to {where}: {e}", file=sys.stderr
         )
         return EXIT_ERROR
-    print(json.dumps(result, indent=2))
+    if method == "Host.getCapabilities" and not args.json:
+        print(capabilities_text(result), end="")
+    else:
+        print(json.dumps(result, indent=2))
     return 0
+
+
+def capabilities_text(caps: dict[str, Any]) -> str:
+    """``Host getCapabilities`` for a person: what works here, and why not.
+
+    One line per driver and per backend (READY or NOT READY, the tools
+    found or missing, the problems), then the connector info os-brick
+    reports.  ``--json`` gives the full document.
+    """
+    out = [f"hostagent {caps.get('version', '?')}", "", "drivers:"]
+    status = caps.get("driver_status", {})
+    for d in caps.get("drivers", []):
+        out.append("  " + _status_line(d, status.get(d, {})))
+    backends = caps.get("backends", {})
+    out += ["", "backends:" if backends else "backends: none configured"]
+    for name, b in backends.items():
+        opts = ", ".join(
+            f"{k}={json.dumps(v)}"
+            for k, v in b.items()
+            if k not in ("driver", "ready", "tools", "problems")
+        )
+        out.append(
+            "  " + _status_line(f"{name:<12} {b.get('driver', '?')}", b)
+        )
+        out.append(f"      {opts}")
+    info = caps.get("connector_info")
+    if info is None:
+        out += ["", "connector_info: not available (os-brick cannot run)"]
+    else:
+        out += ["", "connector_info:"]
+        width = max((len(k) for k in info), default=0)
+        for k, v in sorted(info.items()):
+            shown = ", ".join(map(str, v)) if isinstance(v, list) else v
+            out.append(f"  {k:<{width}}  {shown}")
+    return "\n".join(out) + "\n"
+
+
+def _status_line(label: str, st: dict[str, Any], extra: str = "") -> str:
+    state = "ready" if st.get("ready") else "NOT READY"
+    tools = " ".join(
+        f"{t}{'' if ok else '(missing)'}"
+        for t, ok in st.get("tools", {}).items()
+    )
+    line = f"{label:<26} {state:<10} {tools}".rstrip()
+    if extra:
+        line += f"\n      {extra}"
+    for problem in st.get("problems", []):
+        line += f"\n      - {problem}"
+    return line
 
 
 if __name__ == "__main__":
