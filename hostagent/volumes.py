@@ -509,6 +509,20 @@ class VolumeService:
                 )
             await self.brick_ready()
             driver = rec.connection_info["driver_volume_type"]
+            # A connector asked about a device with no media answers 0
+            # (the local one) or a stale size; neither is the new size.
+            if not await self.in_worker(
+                self.udev.exists, rec.path, rec.multipath_id
+            ):
+                raise ConnectorFailed(
+                    f"volume {vol_id}: device {rec.path} is not present; "
+                    "cannot extend it",
+                    {
+                        "driver": driver,
+                        "operation": "extend_volume",
+                        "error_class": "VolumeDeviceNotFound",
+                    },
+                )
             backend = self.record_backend(rec)
             size = await self.in_worker(
                 lambda: self.brick.extend(
