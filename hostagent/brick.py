@@ -284,7 +284,13 @@ def _with_env(env: dict[str, str]) -> Any:
     from os_brick.privileged import rootwrap
 
     def execute(*cmd: Any, **kwargs: Any) -> Any:
-        kwargs["env_variables"] = {**env, **kwargs.get("env_variables", {})}
+        # processutils hands env_variables to Popen as the whole
+        # environment: start from ours, or PATH and the rest are lost.
+        kwargs["env_variables"] = {
+            **os.environ,
+            **env,
+            **(kwargs.get("env_variables") or {}),
+        }
         return rootwrap.execute(*cmd, **kwargs)
 
     return execute

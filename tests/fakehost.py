@@ -6,7 +6,7 @@ This machine has no Fibre Channel HBA, no udevd and no Ceph, and its
 /dev and /sys are shared with everything else running here.  Inside a
 private mount namespace this helper gives CMD (the real hostagentd):
 
-* a private /dev: a tmpfs holding copies of the host's device nodes, so
+* a private /dev: a directory holding copies of the host's device nodes, so
   what the fake kernel and the shims create there (``/dev/disk/by-path``
   links, ``/dev/sdX`` and ``/dev/rbd*`` nodes) is seen by nobody else;
 * with ``"fc"`` in SPEC, a /sys/class that is the host's (every entry is
@@ -34,6 +34,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -50,17 +51,22 @@ def run(*cmd: str) -> None:
 
 
 def private_dev(root: Path) -> None:
-    """Replace /dev (in this namespace) with a tmpfs copy of it."""
+    """Replace /dev (in this namespace) with a private copy of it.
+
+    The copy is a directory under ``root``, so what was created in it
+    (mapped devices, links) outlives a restart of the daemon the way
+    kernel state does; nodes that appeared on the host since (new loop
+    devices) are copied in at every start.
+    """
     new = root / "dev"
-    new.mkdir()
-    run("mount", "-t", "tmpfs", "-o", "mode=755", "fakedev", str(new))
+    new.mkdir(exist_ok=True)
     for entry in sorted(os.listdir("/dev")):
         src = Path("/dev") / entry
         dst = new / entry
         if os.path.ismount(src):
-            dst.mkdir()
+            dst.mkdir(exist_ok=True)
             run("mount", "--rbind", str(src), str(dst))
-        else:
+        elif not os.path.lexists(dst):
             run("cp", "-a", str(src), str(dst))
     (new / "disk" / "by-path").mkdir(parents=True, exist_ok=True)
     (new / "disk" / "by-id").mkdir(parents=True, exist_ok=True)
@@ -70,6 +76,8 @@ def private_dev(root: Path) -> None:
 def fake_sysfs_class(root: Path, fc: dict[str, Any]) -> None:
     """/sys/class = the host's entries plus fake FC HBAs and targets."""
     cls = root / "class"
+    if cls.exists():
+        shutil.rmtree(cls)
     cls.mkdir()
     for name in os.listdir("/sys/class"):
         (cls / name).mkdir()
@@ -139,7 +147,6 @@ class FakeKernel(threading.Thread):
         self.root = root
         self.fc = fc
         self.wwns = wwns
-        self.next_disk = 0
 
     def run(self) -> None:
         for hba in self.fc["hbas"]:
@@ -176,15 +183,20 @@ class FakeKernel(threading.Thread):
     def appear(
         self, hba: dict[str, Any], t: dict[str, Any], lu: dict[str, Any]
     ) -> None:
-        st = os.stat(lu["device"])
-        name = f"sd{chr(ord('a') + self.next_disk)}"
-        self.next_disk += 1
-        node = Path("/dev") / name
-        os.mknod(node, stat.S_IFBLK | 0o660, st.st_rdev)
         link = (
             Path("/dev/disk/by-path")
             / f"pci-{hba['pci']}-fc-{t['wwpn']}-lun-{lu['lun']}"
         )
+        if os.path.lexists(link):
+            return  # a rescan finds the LUN it already has
+        st = os.stat(lu["device"])
+        name = next(
+            f"sd{c}"
+            for c in "abcdefghijklmnopqrstuvwxyz"
+            if not os.path.lexists(f"/dev/sd{c}")
+        )
+        node = Path("/dev") / name
+        os.mknod(node, stat.S_IFBLK | 0o660, st.st_rdev)
         os.symlink(f"../../{name}", link)
         if self.wwns is not None and lu.get("wwn"):
             with open(self.wwns, "a") as f:

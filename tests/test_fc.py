@@ -36,8 +36,13 @@ BY_PATH = f"/dev/disk/by-path/pci-{PCI}-fc-0x{TARGET_WWPN}-lun-1"
 class FakeHostAgent(Agent):
     """hostagentd inside fakehost.py's private mount namespace."""
 
-    def __init__(self, tmp: Path, spec: dict[str, Any]) -> None:
-        super().__init__(tmp)
+    def __init__(
+        self,
+        tmp: Path,
+        spec: dict[str, Any],
+        env: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(tmp, env)
         self.root = tmp / "host"
         self.spec_path = tmp / "fakehost.json"
         self.spec_path.write_text(json.dumps({"root": str(self.root), **spec}))
