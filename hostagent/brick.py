@@ -7,6 +7,14 @@ here blocks; the volume service runs them on worker threads.
 
 Any exception a connector raises becomes :class:`ConnectorFailed` (926)
 with the exception's class name in ``data``, its text scrubbed of secrets.
+
+Fail points (see flow.py) around the connector calls:
+``brick.before_connect_volume``, ``brick.after_connect_volume`` (the
+connection is up but os-brick has not returned: nothing recorded it),
+``brick.before_disconnect_volume`` and ``brick.after_disconnect_volume``.
+There, ``raise`` raises oslo's ``ProcessExecutionError``, what os-brick
+lets through when a command it runs (``iscsiadm``, ``multipath -f``)
+fails, so a tested failure takes the same path as a real one.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from typing import Any
 
 from hostagent.config import BackendConfig, BrickConfig
 from hostagent.errors import BrickUnavailable, ConnectorFailed
+from hostagent.flow import FailPointError, FailPoints
 from hostagent.redact import SCRUBBER
 
 log = logging.getLogger(__name__)
@@ -39,8 +48,15 @@ _MAX_ERROR_TEXT = 2000
 class Brick:
     """Connector properties, connect and disconnect through os-brick."""
 
-    def __init__(self, config: BrickConfig, lock_dir: Path, mount_dir: Path):
+    def __init__(
+        self,
+        config: BrickConfig,
+        lock_dir: Path,
+        mount_dir: Path,
+        failpoints: FailPoints | None = None,
+    ):
         self.config = config
+        self.failpoints = failpoints or FailPoints.from_env()
         self.lock_dir = lock_dir
         self.mount_dir = mount_dir
         self._lock = threading.Lock()
@@ -142,7 +158,9 @@ class Brick:
         """
         conn = self._connector(driver, backend)
         try:
+            self._failpoint("brick.before_connect_volume")
             info = conn.connect_volume(data)
+            self._failpoint("brick.after_connect_volume")
         except Exception as e:
             raise _failed("connect_volume", driver, e) from e
         if not isinstance(info, dict):
@@ -163,7 +181,12 @@ class Brick:
         """Run the connector's ``disconnect_volume``."""
         conn = self._connector(driver, backend)
         try:
+            self._failpoint("brick.before_disconnect_volume")
+            # An attach killed before os-brick returned has no device
+            # info; connectors then find the devices from ``data`` alone
+            # (iSCSI: the sessions of target_iqn(s)/target_portal(s)).
             conn.disconnect_volume(data, attachment or {}, force=force)
+            self._failpoint("brick.after_disconnect_volume")
         except Exception as e:
             raise _failed("disconnect_volume", driver, e) from e
 
@@ -198,6 +221,16 @@ class Brick:
                 },
             )
         return size
+
+    def _failpoint(self, name: str) -> None:
+        try:
+            self.failpoints.hit(name)
+        except FailPointError as e:
+            from oslo_concurrency import processutils
+
+            raise processutils.ProcessExecutionError(
+                stderr=str(e), exit_code=1, cmd=name
+            ) from e
 
     def uses_multipath(
         self, driver: str, backend: BackendConfig | None = None

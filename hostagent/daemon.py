@@ -85,6 +85,9 @@ class Daemon:
             log.critical("cannot start: %s", e)
             return EXIT_STARTUP
         self.service.start_brick_load()
+        # Before listening: no client may see a half-done attach or detach.
+        await self.service.reconcile()
+        # After reconciling: the device states noted are the settled ones.
         await self.service.events.start()
         try:
             if self.cfg.server.unix_socket:
