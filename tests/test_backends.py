@@ -282,3 +282,16 @@ def test_cli_shows_capabilities_readably(bagent: Agent) -> None:
         check=True,
     ).stdout
     assert sorted(json.loads(raw)["backends"]) == ["fast", "old", "san"]
+
+
+def test_documented_backend_examples_load(tmp_path: Path) -> None:
+    """contrib/hostagent.toml's commented backend examples are valid."""
+    text = (
+        Path(__file__).parent.parent / "contrib" / "hostagent.toml"
+    ).read_text()
+    examples = text[text.index("# [backend.gold]") :]
+    toml = "\n".join(line.removeprefix("# ") for line in examples.splitlines())
+    drivers = '[brick]\ndrivers = ["fibre_channel", "rbd", "storpool"]\n'
+    c = load(tmp_path, drivers + toml)
+    assert sorted(c.backend) == ["ceph-b", "gold", "sp"]
+    assert c.backend["gold"].device_scan_attempts == 5
