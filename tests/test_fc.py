@@ -11,6 +11,7 @@ what it reported and how the agent answered.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import sys
@@ -263,3 +264,56 @@ def test_no_hba_is_a_clear_926(agent: Agent) -> None:
     assert err.data["error_class"] == "NoFibreChannelHostsFound"
     assert err.data["driver"] == "fibre_channel"
     assert agent.call(INFO) == []
+
+
+MULTIPATHD = """#!/bin/sh
+# multipathd as it answers when running: "show status" succeeds.
+echo "multipathd $*" >> {log}
+case "$*" in
+"show status") echo "path checker states:"; echo "up 1" ;;
+esac
+exit 0
+"""
+
+MULTIPATH = """#!/bin/sh
+# multipath with no map for the device (blacklisted, or not yet made).
+echo "multipath $*" >> {log}
+exit 0
+"""
+
+
+def test_enforced_multipath_with_no_map_is_928_and_undone(
+    tmp_path: Path, loops: Loops
+) -> None:
+    """multipathd runs, but no dm map appears for the LUN: 928, undone."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "multipath.log"
+    for name, text in (("multipathd", MULTIPATHD), ("multipath", MULTIPATH)):
+        (bin_dir / name).write_text(text.replace("{log}", str(log)))
+        (bin_dir / name).chmod(0o755)
+    d = tmp_path / "fc"
+    d.mkdir()
+    a = FakeHostAgent(
+        d,
+        fc_spec(loops.create()),
+        env={"PATH": f"{bin_dir}:{os.environ['PATH']}"},
+    )
+    a.configure(**BACKENDS)
+    a.start()
+    try:
+        vid = new_vol_id()
+        err = a.error(
+            ATTACH,
+            {"vol_id": vid, "connection_info": fc_info(), "backend": "san-mp"},
+        )
+        assert err.code == 928
+        assert "no multipath device" in err.message
+        # The LUN was scanned in and found, then the attach was undone.
+        assert a.scans() == ["host5: 0 3 1"]
+        assert "multipathd show status" in log.read_text()
+        assert "disconnecting" in a.log()
+        assert a.call(INFO) == []
+    finally:
+        a.stop(signal.SIGKILL)
+        shutil.rmtree(a.sock_dir, ignore_errors=True)
