@@ -393,7 +393,17 @@ def storpool_connector_class() -> type[Any]:
                 self._volume_prefix = conf.get(
                     "SP_OPENSTACK_VOLUME_PREFIX", "os"
                 )
-            except (OSError, KeyError, configparser.Error) as e:
+            except configparser.Error as e:
+                # Its text quotes the offending line, which may hold
+                # SP_AUTH_TOKEN: name the file and the line number only.
+                line = getattr(e, "lineno", None)
+                raise exception.BrickException(
+                    f"Could not initialize the StorPool API: {conf_path} "
+                    f"is not a valid StorPool config ({type(e).__name__}"
+                    + (f" at line {line}" if line else "")
+                    + ")"
+                ) from None
+            except (OSError, KeyError) as e:
                 raise exception.BrickException(
                     f"Could not initialize the StorPool API from "
                     f"{conf_path}: {type(e).__name__}: {e}"

@@ -12,6 +12,7 @@ import os
 import shutil
 from typing import Any
 
+from hostagent.brick import MULTIPATH_DRIVERS
 from hostagent.config import BackendConfig, BrickConfig
 
 # Commands each connector runs (os-brick's, or ours for AoE).
@@ -26,7 +27,6 @@ DRIVER_TOOLS: dict[str, tuple[str, ...]] = {
     "storpool": (),
 }
 MULTIPATH_TOOLS = ("multipath", "multipathd")
-MULTIPATH_DRIVERS = frozenset({"iscsi", "fibre_channel"})
 
 FC_HOST = "/sys/class/fc_host"
 AOE_DISCOVER = "/dev/etherd/discover"

@@ -257,6 +257,15 @@ def document() -> dict[str, Any]:
             }
             for m in METHODS
         ],
+        # OpenRPC has no word for server-to-client notifications; this
+        # extension describes the ones a subscribed connection receives.
+        "x-notifications": [
+            {
+                "name": "ManagedVolume.changed",
+                "summary": "A volume's device went away or came back.",
+                "params": copy.deepcopy(CHANGED),
+            }
+        ],
     }
 
 

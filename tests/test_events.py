@@ -183,3 +183,10 @@ def test_extend_errors(agent: Agent, loops: Loops) -> None:
 @pytest.mark.parametrize("method", ["Host.subscribe", "Host.unsubscribe"])
 def test_subscribe_takes_no_params(agent: Agent, method: str) -> None:
     assert agent.error(method, {"topic": "all"}).code == -32602
+
+
+def test_discover_describes_the_notification(agent: Agent) -> None:
+    doc = agent.call("rpc.discover")
+    (n,) = doc["x-notifications"]
+    assert n["name"] == "ManagedVolume.changed"
+    assert sorted(n["params"]["properties"]) == ["exists", "path", "vol_id"]

@@ -338,3 +338,19 @@ def test_default_storpool_conf_missing_is_926(agent_factory: Any) -> None:
     err = a.error(ATTACH, [new_vol_id(), sp_info()])
     assert err.code == 926
     assert "Could not initialize the StorPool API" in err.message
+
+
+def test_broken_config_names_the_file_not_its_lines(
+    storpool: tuple[FakeHostAgent, FakeStorPool, str], tmp_path: Path
+) -> None:
+    a, _sp, _ = storpool
+    conf = tmp_path / "storpool.conf"
+    # A stray "=" (a key lost in an edit) is a parsing error whose text
+    # quotes the line: the token must not travel with it.
+    conf.write_text(f"SP_OURID=7\n={TOKEN}\n")
+    a.restart()
+    err = a.error(ATTACH, [new_vol_id(), sp_info(), "sp"])
+    assert err.code == 926
+    assert f"{conf} is not a valid StorPool config" in err.message
+    assert TOKEN not in str(err.data)
+    assert TOKEN not in a.log()
