@@ -52,7 +52,13 @@ lint: install
 test: install
 	$(BIN)/pytest -q tests --ignore=tests/vm
 
-check: lint test
+# The qemu lab (tests/vm/README.md): real iSCSI, NVMe/TCP, NFS and AoE in
+# a guest.  setup.sh installs its packages and caches a kernel.
+check-vm: install
+	tests/vm/setup.sh
+	$(BIN)/pytest -m vm tests/vm
+
+check: lint test check-vm
 
 clean:
 	rm -rf $(VENV) $(RUN_DIR) .cache .mypy_cache .ruff_cache .pytest_cache
