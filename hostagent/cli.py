@@ -38,10 +38,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ca", help="TLS: CA that signed the agent")
     p.add_argument("--timeout", type=float, default=300.0)
     p.add_argument("-f", dest="file", help="JSON params from FILE or -")
-    p.add_argument(
+    shape = p.add_mutually_exclusive_group()
+    shape.add_argument(
         "--json",
         action="store_true",
-        help="print results as JSON even where a summary is shown",
+        help="print the result as JSON (the default when not on a terminal)",
+    )
+    shape.add_argument(
+        "--text",
+        action="store_true",
+        help="print a summary where there is one (default on a terminal)",
     )
     p.add_argument("namespace", nargs="?")
     p.add_argument("method", nargs="?")
@@ -85,7 +91,8 @@ def help_text(
         "  --host H --port N --cert F --key F --ca F   TLS listener",
         "  --timeout S        seconds to wait for the answer",
         "  -f FILE|-          JSON object of params (- = stdin)",
-        "  --json             raw JSON for Host getCapabilities too",
+        "  --json | --text    JSON, or a summary (Host getCapabilities);",
+        "                     default: a summary on a terminal, else JSON",
         "",
         f"methods ({src}):",
     ]
@@ -177,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
             f"hostagent-client: cannot talk to {where}: {e}", file=sys.stderr
         )
         return EXIT_ERROR
-    if method == "Host.getCapabilities" and not args.json:
+    text = args.text or (not args.json and sys.stdout.isatty())
+    if method == "Host.getCapabilities" and text:
         print(capabilities_text(result), end="")
     else:
         print(json.dumps(result, indent=2))

@@ -251,7 +251,14 @@ def test_missing_tool_is_reported(agent_factory: Any, tmp_path: Path) -> None:
 
 def test_cli_shows_capabilities_readably(bagent: Agent) -> None:
     out = subprocess.run(
-        [CLIENT, "--socket", bagent.socket, "Host", "getCapabilities"],
+        [
+            CLIENT,
+            "--socket",
+            bagent.socket,
+            "--text",
+            "Host",
+            "getCapabilities",
+        ],
         capture_output=True,
         text=True,
         timeout=60,

@@ -18,7 +18,6 @@ pytestmark = [pytest.mark.vm, pytest.mark.timeout(900)]
 NOTHING = {"sessions": [], "dm_devices": {}, "sd_devices": []}
 
 
-
 @pytest.fixture(scope="module")
 def run(lab_job: Callable[..., GuestRun]) -> GuestRun:
     """One guest run of tests/vm/guest/job_agent_crash.py."""

@@ -312,7 +312,11 @@ def case_aoe(agent: g.Agent) -> None:
 
 def main() -> None:
     """Start the host side and the agent, then run the cases."""
-    agent = g.Agent()
+    # AoE is opt-in (brick.drivers); the lab has the aoe driver and vblade.
+    agent = g.Agent(
+        extra_brick='drivers = ["iscsi", "fibre_channel", "nvmeof", '
+        '"rbd", "nfs", "local", "aoe"]\n'
+    )
     initiator = ""
     share = ""
     with g.Case("agent_start") as case:
