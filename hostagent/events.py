@@ -55,6 +55,7 @@ class Events:
         self._pending: asyncio.Task[None] | None = None
         self._backstop: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self._dirty = False
         self.sent = 0
 
     # -- subscriptions -----------------------------------------------------
@@ -138,15 +139,20 @@ class Events:
         if not events:
             return
         log.debug("uevents: %s", events[:10])
+        # An event during a check must cause another check: the one
+        # running may have looked at that device before it changed.
+        self._dirty = True
         if self._pending is None or self._pending.done():
             self._pending = asyncio.create_task(self._coalesced())
 
     async def _coalesced(self) -> None:
-        await asyncio.sleep(COALESCE)
-        try:
-            await self.check()
-        except Exception:
-            log.exception("device check after uevent failed")
+        while self._dirty:
+            await asyncio.sleep(COALESCE)
+            self._dirty = False
+            try:
+                await self.check()
+            except Exception:
+                log.exception("device check after uevent failed")
 
     async def _rescan_forever(self) -> None:
         while True:

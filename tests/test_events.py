@@ -190,3 +190,63 @@ def test_discover_describes_the_notification(agent: Agent) -> None:
     (n,) = doc["x-notifications"]
     assert n["name"] == "ManagedVolume.changed"
     assert sorted(n["params"]["properties"]) == ["exists", "path", "vol_id"]
+
+
+class _Peer:
+    """A connection as the transport gives it to the API (notify, describe)."""
+
+    def __init__(self) -> None:
+        self.got: list[dict[str, Any]] = []
+        self.notify: Any = self.got.append
+
+    def describe(self) -> str:
+        return "test peer"
+
+
+def test_events_state_machine_in_process() -> None:
+    """Transitions only; a change during a check gets its own check."""
+    import asyncio
+
+    from hostagent import events as ev
+
+    state = {"v1": True}
+    checking = asyncio.Event()
+    release = asyncio.Event()
+
+    async def lister() -> list[dict[str, Any]]:
+        seen = dict(state)  # what the devices were when looked at
+        if not checking.is_set():
+            checking.set()
+            await release.wait()
+        return [
+            {
+                "vol_id": v,
+                "exists": e,
+                "path": f"/dev/{v}",
+                "state": "attached",
+            }
+            for v, e in seen.items()
+        ]
+
+    async def scenario() -> list[dict[str, Any]]:
+        e = ev.Events(lister)
+        peer, closed = _Peer(), _Peer()
+        e.subscribe(peer)
+        e.subscribe(closed)
+        closed.notify = None  # its connection ended
+        e.track("v1", True, "/dev/v1")
+        e._dirty = True
+        task = asyncio.create_task(e._coalesced())
+        await checking.wait()  # the first check is listing
+        state["v1"] = False  # the device goes meanwhile...
+        e._dirty = True  # ...and its uevent arrives
+        release.set()
+        await task
+        assert e.subscribers == 1  # the closed one was dropped
+        assert await e.check() == 0  # no change since: nothing sent
+        return peer.got
+
+    got = asyncio.run(scenario())
+    assert [m["params"] for m in got] == [
+        {"vol_id": "v1", "exists": False, "path": "/dev/v1"}
+    ]
