@@ -6,7 +6,7 @@ RUN_DIR := $(CURDIR)/.run
 STAMP := $(VENV)/.installed
 SYSDEPS := .cache/sysdeps.stamp
 
-.PHONY: all install run check lint test check-vm clean
+.PHONY: all install run check lint test check-vm clean rpm
 
 all: install
 
@@ -45,8 +45,8 @@ run: install
 	exec $(BIN)/hostagentd --config $(RUN_DIR)/hostagent.toml
 
 lint: install
-	$(BIN)/ruff check hostagent tests
-	$(BIN)/ruff format --check hostagent tests
+	$(BIN)/ruff check hostagent tests contrib
+	$(BIN)/ruff format --check hostagent tests contrib
 	$(BIN)/mypy hostagent
 
 test: install
@@ -60,5 +60,10 @@ check-vm: install
 
 check: lint test check-vm
 
+# The noarch RPM in dist/, from the work tree (tests/test_packaging.py
+# builds it too, so make check covers it).
+rpm: $(SYSDEPS)
+	contrib/build-rpm.sh dist
+
 clean:
-	rm -rf $(VENV) $(RUN_DIR) .cache .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(RUN_DIR) .cache .mypy_cache .ruff_cache .pytest_cache dist

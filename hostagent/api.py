@@ -11,6 +11,7 @@ is replaced by :func:`check_request`, which costs a fraction as much.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import json
 import logging
@@ -45,6 +46,18 @@ MUTATING = frozenset(
         "ManagedVolume.extend_volume",
     }
 )
+
+# The JSON-RPC id of the request being handled in this task, so every log
+# line written while handling it (here, in the service, in os-brick's
+# wrappers on the loop) can carry REQUEST_ID= in the journal.
+_REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "hostagent_request_id", default=None
+)
+
+
+def current_request_id() -> str | None:
+    """The id of the JSON-RPC request being handled, as text, or None."""
+    return _REQUEST_ID.get()
 
 
 @dataclass
@@ -183,6 +196,12 @@ class Api:
         async def method(ctx: Peer, *args: Any, **kwargs: Any) -> Result:
             started = time.monotonic()
             params = dict(zip(order, args, strict=False)) | kwargs
+            fields = {
+                "METHOD": name,
+                "VOL_ID": params.get("vol_id"),
+                "PEER_UID": ctx.uid,
+                "REQUEST_ID": _REQUEST_ID.get(),
+            }
             try:
                 for p in spec.params:
                     if p.name in params:
@@ -193,11 +212,7 @@ class Api:
                         name,
                         ctx.describe(),
                         params.get("vol_id"),
-                        extra={
-                            "METHOD": name,
-                            "VOL_ID": params.get("vol_id"),
-                            "PEER_UID": ctx.uid,
-                        },
+                        extra=fields,
                     )
                 value = await fn(ctx, **params)
             except AgentError as e:
@@ -207,19 +222,29 @@ class Api:
                     name,
                     e.code,
                     e.message,
-                    extra={"METHOD": name, "VOL_ID": params.get("vol_id")},
+                    extra=fields,
                 )
                 return Error(e.code, e.message, SCRUBBER.scrub_data(e.data))
             except Exception:
                 error_id = uuid.uuid4().hex[:12]
-                log.exception("internal error %s in %s", error_id, name)
+                log.exception(
+                    "internal error %s in %s",
+                    error_id,
+                    name,
+                    extra=fields | {"ERROR_ID": error_id},
+                )
                 err = InternalError(
                     f"internal error; see the agent log for error_id "
                     f"{error_id}",
                     {"error_id": error_id},
                 )
                 return Error(err.code, err.message, err.data)
-            log.debug("%s done in %.6f s", name, time.monotonic() - started)
+            log.debug(
+                "%s done in %.6f s",
+                name,
+                time.monotonic() - started,
+                extra=fields,
+            )
             return Success(value)
 
         self.methods[name] = method
@@ -323,14 +348,19 @@ class Api:
                 ),
                 request["id"],
             )
-        response = await dispatch_to_response(
-            request,
-            self.methods,
-            context=peer,
-            deserializer=_identity,
-            validator=_identity,
-            post_process=to_serializable,
-        )
+        rid = request.get("id")
+        token = _REQUEST_ID.set(None if rid is None else str(rid)[:100])
+        try:
+            response = await dispatch_to_response(
+                request,
+                self.methods,
+                context=peer,
+                deserializer=_identity,
+                validator=_identity,
+                post_process=to_serializable,
+            )
+        finally:
+            _REQUEST_ID.reset(token)
         if not isinstance(response, dict):
             return None  # a notification: no answer
         if "error" in response:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import os
 import time
@@ -95,7 +96,10 @@ class VolumeService:
     async def in_worker(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking ``fn(*args)`` (os-brick, udev) on a worker thread."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._workers, fn, *args)
+        # Carry the caller's context (the JSON-RPC request id) so os-brick's
+        # own log lines are tagged with the request that caused them.
+        ctx = contextvars.copy_context()
+        return await loop.run_in_executor(self._workers, ctx.run, fn, *args)
 
     def start_brick_load(self) -> None:
         """Begin importing os-brick in the background (off the READY path)."""
