@@ -122,7 +122,7 @@ def help_text(
 def method_lines(doc: dict[str, Any], src: str) -> str:
     """``--list-methods`` output: ``NAMESPACE VERB name= name:= ...``.
 
-    A param whose schema is a plain string is offered as ``name=``, any
+    A param whose schema is a string (or null) is offered as ``name=``, any
     other as ``name:=`` (a JSON value), as :func:`build_params` reads them.
     The first line, a comment, says where the list came from.
     """
@@ -137,7 +137,12 @@ def method_lines(doc: dict[str, Any], src: str) -> str:
             pname = p.get("name", "")
             if not pname or any(c.isspace() for c in pname):
                 continue
-            plain = (p.get("schema") or {}).get("type") == "string"
+            kind = (p.get("schema") or {}).get("type")
+            # A string that may also be null (an optional name) is still
+            # typed as a plain string on the command line.
+            plain = kind == "string" or (
+                isinstance(kind, list) and "string" in kind
+            )
             words.append(pname + ("=" if plain else ":="))
         lines.append(" ".join(words))
     return "\n".join(lines) + "\n"
