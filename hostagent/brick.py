@@ -190,6 +190,30 @@ class Brick:
         except Exception as e:
             raise _failed("disconnect_volume", driver, e) from e
 
+    def release_share(
+        self,
+        driver: str,
+        data: dict[str, Any],
+        backend: BackendConfig | None = None,
+    ) -> None:
+        """Unmount the share an ``nfs`` volume was on (others: nothing).
+
+        os-brick's remote-fs connector mounts the share on connect but
+        never unmounts it; the volume service calls this once the last
+        volume on the share is disconnected, so detach leaves nothing.
+        """
+        if driver != "nfs":
+            return
+        conn = self._connector(driver, backend)
+        mount_point = conn._remotefsclient.get_mount_point(data["export"])
+        if mount_point not in _mount_points():
+            return
+        try:
+            conn._execute("umount", mount_point, run_as_root=True)
+        except Exception as e:
+            raise _failed("umount", driver, e) from e
+        log.info("unmounted %s from %s", data["export"], mount_point)
+
     def extend(
         self,
         driver: str,
@@ -599,6 +623,16 @@ def _import_eventlet_here() -> None:
     with warnings.catch_warnings(), contextlib.suppress(ImportError):
         warnings.simplefilter("ignore")
         import eventlet  # noqa: F401
+
+
+def _mount_points() -> set[str]:
+    """Mount points listed in /proc/mounts (octal escapes decoded)."""
+    with open("/proc/mounts") as f:
+        return {
+            line.split()[1].encode().decode("unicode_escape")
+            for line in f
+            if line.strip()
+        }
 
 
 def _failed(operation: str, driver: str | None, e: BaseException) -> Exception:

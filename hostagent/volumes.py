@@ -528,6 +528,22 @@ class VolumeService:
                 backend=backend,
             )
         )
+        data = rec.connection_info["data"]
+        if driver == "nfs" and not await self.in_db(
+            self._share_in_use, data.get("export"), vol_id
+        ):
+            await self.in_worker(
+                lambda: self.brick.release_share(driver, data, backend)
+            )
+
+    def _share_in_use(self, export: Any, vol_id: str) -> bool:
+        """Whether another volume record is on the NFS share ``export``."""
+        return any(
+            r.vol_id != vol_id
+            and r.connection_info.get("driver_volume_type") == "nfs"
+            and r.connection_info.get("data", {}).get("export") == export
+            for r in self.db.list()
+        )
 
     # -- extend ------------------------------------------------------------
 
