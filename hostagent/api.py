@@ -40,7 +40,11 @@ from hostagent.volumes import VolumeService
 log = logging.getLogger(__name__)
 
 MUTATING = frozenset(
-    {"ManagedVolume.attach_volume", "ManagedVolume.detach_volume"}
+    {
+        "ManagedVolume.attach_volume",
+        "ManagedVolume.detach_volume",
+        "ManagedVolume.extend_volume",
+    }
 )
 
 # The JSON-RPC id of the request being handled in this task, so every log
@@ -214,9 +218,12 @@ class Api:
         self.methods: dict[str, Callable[..., Awaitable[Result]]] = {}
         self._add("Host.ping", self.ping)
         self._add("Host.getCapabilities", self.get_capabilities)
+        self._add("Host.subscribe", self.subscribe)
+        self._add("Host.unsubscribe", self.unsubscribe)
         self._add("ManagedVolume.attach_volume", self.attach_volume)
         self._add("ManagedVolume.detach_volume", self.detach_volume)
         self._add("ManagedVolume.volumes_info", self.volumes_info)
+        self._add("ManagedVolume.extend_volume", self.extend_volume)
         self._add("rpc.discover", self.discover)
 
     def _add(self, name: str, fn: Handler) -> None:
@@ -289,11 +296,27 @@ class Api:
         """``Host.getCapabilities``."""
         return await self.service.capabilities()
 
+    async def subscribe(self, ctx: Peer) -> bool:
+        """``Host.subscribe``: events go to this connection until it ends."""
+        return self.service.events.subscribe(ctx)
+
+    async def unsubscribe(self, ctx: Peer) -> bool:
+        """``Host.unsubscribe``; false when it was not subscribed."""
+        return self.service.events.unsubscribe(ctx)
+
     async def attach_volume(
-        self, ctx: Peer, vol_id: str, connection_info: dict[str, Any]
+        self,
+        ctx: Peer,
+        vol_id: str,
+        connection_info: dict[str, Any],
+        backend: str | None = None,
     ) -> dict[str, Any]:
         """``ManagedVolume.attach_volume``."""
-        return await self.service.attach(vol_id, connection_info)
+        return await self.service.attach(vol_id, connection_info, backend)
+
+    async def extend_volume(self, ctx: Peer, vol_id: str) -> int:
+        """``ManagedVolume.extend_volume``."""
+        return await self.service.extend(vol_id)
 
     async def detach_volume(self, ctx: Peer, vol_id: str) -> None:
         """``ManagedVolume.detach_volume``."""

@@ -234,6 +234,9 @@ class Daemon:
         # Before listening: no client may see a half-done attach or detach.
         self.status("reconciling interrupted operations")
         await self.service.reconcile()
+        # After reconciling: the device states noted are the settled ones.
+        self.status("watching device events")
+        await self.service.events.start()
         raise_nofile_limit(self.cfg.server.max_connections)
         self.status("listening")
         await self._listen()
@@ -249,6 +252,7 @@ class Daemon:
             "STOPPING=1",
         )
         await self.server.close(SHUTDOWN_TIMEOUT)
+        await self.service.events.stop()
         self.status("stopping: closing the database")
         await self.service.close()
         self._opened = False
@@ -272,6 +276,7 @@ class Daemon:
                 self.status(f"cannot start: {e}")
                 await self.server.close(0)
                 if self._opened:
+                    await self.service.events.stop()
                     await self.service.close()
                 # e.g. the TLS listener failed after the Unix one bound.
                 if self._bound_socket:

@@ -55,6 +55,9 @@ class VolumeRecord:
     last_error: str | None
     created: float
     updated: float
+    # The [backend.NAME] the volume was attached with (None: the driver
+    # type's [brick] defaults); detach must use the same options.
+    backend: str | None = None
 
 
 _proxy = pw.DatabaseProxy()
@@ -82,6 +85,7 @@ class _Volume(_Base):
     last_error = pw.TextField(null=True)
     created = pw.FloatField()
     updated = pw.FloatField()
+    backend = pw.TextField(null=True)
 
     class Meta:
         table_name = "volume"
@@ -89,7 +93,8 @@ class _Volume(_Base):
 
 # Ordered migrations: MIGRATIONS[i] brings a database from version i to
 # i + 1.  Version 1 is the table vdsm's managed-volume DB had; version 2
-# adds the flow state, so an interrupted attach or detach is visible.
+# adds the flow state, so an interrupted attach or detach is visible;
+# version 3 records the backend a volume was attached with.
 def _v1(db: pw.SqliteDatabase) -> None:
     _sql(
         db,
@@ -114,7 +119,16 @@ def _v2(db: pw.SqliteDatabase) -> None:
     _sql(db, "UPDATE volume SET created = updated")
 
 
-MIGRATIONS: tuple[Callable[[pw.SqliteDatabase], None], ...] = (_v1, _v2)
+def _v3(db: pw.SqliteDatabase) -> None:
+    # Rows from before backends were attached with the [brick] defaults.
+    _sql(db, "ALTER TABLE volume ADD COLUMN backend TEXT")
+
+
+MIGRATIONS: tuple[Callable[[pw.SqliteDatabase], None], ...] = (
+    _v1,
+    _v2,
+    _v3,
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 PRAGMAS = (
@@ -247,7 +261,12 @@ class Database:
         )
         return None if row is None else str(row.vol_id)
 
-    def insert(self, vol_id: str, connection_info: dict[str, Any]) -> None:
+    def insert(
+        self,
+        vol_id: str,
+        connection_info: dict[str, Any],
+        backend: str | None = None,
+    ) -> None:
         """Record the intent to attach ``vol_id`` (state ``attaching``)."""
         now = time.time()
         _Volume.insert(
@@ -256,6 +275,7 @@ class Database:
             state=ATTACHING,
             created=now,
             updated=now,
+            backend=backend,
         ).execute()
 
     def set_attachment(self, vol_id: str, attachment: dict[str, Any]) -> None:
@@ -325,6 +345,7 @@ class Database:
                 "last_error": r.last_error,
                 "created": r.created,
                 "updated": r.updated,
+                "backend": r.backend,
             }
             for r in records
         ]
@@ -368,4 +389,5 @@ def _decode(row: _Volume) -> VolumeRecord:
         last_error=row.last_error,
         created=float(row.created if row.created is not None else 0.0),
         updated=float(row.updated),
+        backend=row.backend,
     )
