@@ -123,7 +123,11 @@ class Daemon:
         )
         self.service = VolumeService(cfg, db, brick, Udev())
         self.api = Api(self.service, cfg.server.max_batch)
-        self.server = Server(cfg.server, self.api.handle)
+        self.server = Server(
+            cfg.server,
+            self.api.handle,
+            listening=self.service.events.is_subscribed,
+        )
         self.listeners: list[str] = []
         self.ready = False
         self._lock_fd = -1

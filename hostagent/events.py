@@ -72,6 +72,10 @@ class Events:
         """Stop notifying ``peer``; false when it was not subscribed."""
         return self._subscribers.pop(id(peer), None) is not None
 
+    def is_subscribed(self, peer: Subscriber) -> bool:
+        """True while ``peer`` gets notifications."""
+        return id(peer) in self._subscribers
+
     @property
     def subscribers(self) -> int:
         """Connections subscribed now."""

@@ -16,7 +16,7 @@ from hurting the others:
   client does not take) must make it through within that many seconds,
   so a slow-loris client cannot hold a connection slot;
 * ``idle_timeout``: a connection with nothing in flight and nothing
-  received for that long is closed.
+  received for that long is closed, unless it subscribed to events.
 
 The TLS listener requires a client certificate that chains to
 ``tls_ca`` and, when ``tls_allowed_subjects`` is set, whose subject CN is
@@ -59,9 +59,17 @@ class ListenError(Exception):
 class Server:
     """All listeners of the daemon and the connections they accepted."""
 
-    def __init__(self, config: ServerConfig, handler: Handler) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        handler: Handler,
+        listening: Callable[[Peer], bool] | None = None,
+    ) -> None:
+        """``listening(peer)``: the client waits for notifications, so its
+        connection is never idle (``idle_timeout`` does not apply)."""
         self.config = config
         self.handler = handler
+        self.listening = listening or (lambda peer: False)
         self._servers: list[asyncio.AbstractServer] = []
         self._connections: set[asyncio.Task[None]] = set()
         self._requests: set[asyncio.Task[None]] = set()
@@ -306,8 +314,8 @@ class Server:
                 if started:
                     await self._stalled(writer, peer, len(buf))
                     return
-                if pending:
-                    continue  # waiting for our answers is not idling
+                if pending or self.listening(peer):
+                    continue  # waiting for answers or events: not idle
                 log.debug("closing idle connection %s", peer.describe())
                 return
             if not chunk:

@@ -30,6 +30,8 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from hostagent import schema
+
 MAX_BATCH = 5  # the fuzzed daemon's server.max_batch: cheap to exceed
 MAX_DEPTH = 64  # hostagent.api.MAX_DEPTH, restated: it is the contract
 POOL = (  # vol_ids that valid attaches and detaches share
@@ -37,14 +39,11 @@ POOL = (  # vol_ids that valid attaches and detaches share
     "0f5c6d3e-0000-4000-8000-000000000002",
     "0f5c6d3e-0000-4000-8000-000000000003",
 )
-METHODS = (
-    "Host.ping",
-    "Host.getCapabilities",
-    "ManagedVolume.attach_volume",
-    "ManagedVolume.detach_volume",
-    "ManagedVolume.volumes_info",
-    "rpc.discover",
-)
+# The published method table is the contract the oracle checks against.
+METHODS = tuple(m.name for m in schema.METHODS)
+PARAMS = {
+    m.name: [(p.name, p.required) for p in m.params] for m in schema.METHODS
+}
 # Every code an answer may carry; 100 (internal error) is a finding.
 KNOWN_CODES = frozenset(
     {-32700, -32600, -32601, -32602, 925, 926, 927, 928, 929, 2009}
@@ -123,24 +122,18 @@ def connection_infos(devices: Sequence[str]) -> st.SearchStrategy[Any]:
 @st.composite
 def params_for(draw: st.DrawFn, method: str, devices: Sequence[str]) -> Any:
     """Params for ``method``: mostly well formed, sometimes not."""
-    named: dict[str, Any] = {}
-    if method == "ManagedVolume.attach_volume":
-        named = {
-            "vol_id": draw(vol_ids),
-            "connection_info": draw(connection_infos(devices)),
-        }
-    elif method == "ManagedVolume.detach_volume":
-        named = {"vol_id": draw(vol_ids)}
-    elif method == "ManagedVolume.volumes_info":
-        named = {
-            "vol_ids": draw(
-                st.one_of(
-                    st.lists(vol_ids, max_size=4),
-                    st.none(),
-                    json_values,
-                )
-            )
-        }
+    by_name = {
+        "vol_id": vol_ids,
+        "connection_info": connection_infos(devices),
+        "vol_ids": st.one_of(
+            st.lists(vol_ids, max_size=4), st.none(), json_values
+        ),
+    }
+    named: dict[str, Any] = {
+        name: draw(by_name.get(name, st.one_of(st.none(), json_values)))
+        for name, required in PARAMS[method]
+        if required or draw(st.integers(0, 3)) == 3
+    }
     how = draw(
         st.sampled_from(["named", "positional", "named", "drop", "extra"])
     )
@@ -443,6 +436,12 @@ def check(
             value = json.loads(raw)
         except ValueError:
             problems.append(f"answer is not JSON: {raw[:200]!r}")
+            continue
+        if isinstance(value, dict) and "method" in value:
+            # A server notification (the stream may have subscribed).
+            if set(value) != {"jsonrpc", "method", "params"} or "id" in value:
+                problems.append(f"malformed notification {value!r:.200}")
+            codes["notification"] += 1
             continue
         if isinstance(value, list):
             if not value:

@@ -28,8 +28,8 @@ from fuzzing import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-# About 40 s on the 2-core reference machine.
-EXAMPLES = int(os.environ.get("HOSTAGENT_FUZZ_EXAMPLES", "400"))
+# About 30 s on the 2-core reference machine.
+EXAMPLES = int(os.environ.get("HOSTAGENT_FUZZ_EXAMPLES", "1500"))
 
 
 class Fuzzed:

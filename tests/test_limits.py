@@ -110,6 +110,22 @@ def test_idle_connection_is_closed(agent_factory: Any) -> None:
     agent.wait_log("closing idle connection")
 
 
+def test_subscribed_connection_is_not_idle(agent_factory: Any) -> None:
+    agent: Agent = agent_factory()
+    agent.configure(server={"idle_timeout": 1.0})
+    agent.start()
+    with agent.client(timeout=30) as listener, agent.client() as other:
+        assert listener.call("Host.subscribe") is True
+        assert other.call("Host.ping") is True
+        time.sleep(2.5)  # well past idle_timeout without a word
+        assert listener.call("Host.ping") is True
+        assert listener.call("Host.unsubscribe") is True
+        with pytest.raises(ConnectionError):
+            listener.recv()  # now it is an idle connection like any other
+        with pytest.raises(ConnectionError):
+            other.recv()
+
+
 def test_idle_timeout_zero_keeps_connections(agent_factory: Any) -> None:
     agent: Agent = agent_factory()
     agent.configure(server={"idle_timeout": 0.0, "read_timeout": 0.5})
