@@ -6,7 +6,7 @@ RUN_DIR := $(CURDIR)/.run
 STAMP := $(VENV)/.installed
 SYSDEPS := .cache/sysdeps.stamp
 
-.PHONY: all install run check lint test check-vm clean
+.PHONY: all install run check lint test bench check-vm clean
 
 all: install
 
@@ -45,14 +45,20 @@ run: install
 	exec $(BIN)/hostagentd --config $(RUN_DIR)/hostagent.toml
 
 lint: install
-	$(BIN)/ruff check hostagent tests
-	$(BIN)/ruff format --check hostagent tests
-	$(BIN)/mypy hostagent
+	$(BIN)/ruff check hostagent tests bench
+	$(BIN)/ruff format --check hostagent tests bench
+	$(BIN)/mypy hostagent bench
 
 test: install
 	$(BIN)/pytest -q tests --ignore=tests/vm
 
 check: lint test
+
+# Every figure of the benchmark table, each beside its reference, in one
+# run (needs root: loop devices).  Prints the table and writes
+# bench/results.json; exits 1 when a figure misses its target.
+bench: install
+	$(BIN)/python -m bench
 
 clean:
 	rm -rf $(VENV) $(RUN_DIR) .cache .mypy_cache .ruff_cache .pytest_cache
