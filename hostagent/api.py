@@ -5,13 +5,17 @@ owns the protocol rules (strict JSON, request shape, batches,
 notifications) and the method table; the methods themselves are thin:
 check params against :mod:`hostagent.schema` and call the volume service.
 jsonrpcserver does the dispatching (method lookup, binding params by name
-or position, building responses); its default jsonschema request validator
-is replaced by :func:`check_request`, which costs a fraction as much.
+or position, building responses), one request at a time through its
+``dispatch_request``: its top-level ``dispatch`` would re-parse and
+re-validate what :func:`check_request` already checked (its default
+jsonschema validator costs more than a whole ping) and gathers every
+request, even a single one, in a task of its own.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import logging
 import time
@@ -21,8 +25,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jsonrpcserver import Error, Result, Success
-from jsonrpcserver.async_main import dispatch_to_response
+from jsonrpcserver.async_dispatcher import dispatch_request
+from jsonrpcserver.dispatcher import create_request, to_response
+from jsonrpcserver.dispatcher import dispatch_request as dispatch_now
+from jsonrpcserver.request import Request
 from jsonrpcserver.response import to_serializable
+from jsonrpcserver.sentinels import NOID
 
 from hostagent import schema
 from hostagent.errors import (
@@ -78,6 +86,16 @@ def _finite_float(text: str) -> float:
     return value
 
 
+# Made once: json.loads() and json.dumps() with options build a new
+# decoder or encoder on every call, which costs as much as the parsing.
+_DECODER = json.JSONDecoder(
+    parse_constant=_reject_constant, parse_float=_finite_float
+)
+_ENCODER = json.JSONEncoder(
+    separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
+
+
 def loads(data: bytes) -> Any:
     """Parse one message: UTF-8 JSON without NaN, Infinity or overflow."""
     try:
@@ -87,9 +105,7 @@ def loads(data: bytes) -> Any:
             f"parse error: message is not valid UTF-8 (byte {e.start})"
         ) from None
     try:
-        return json.loads(
-            text, parse_constant=_reject_constant, parse_float=_finite_float
-        )
+        return _DECODER.decode(text)
     except RecursionError:
         raise ParseError("parse error: JSON nested too deeply") from None
     except ValueError as e:
@@ -98,12 +114,7 @@ def loads(data: bytes) -> Any:
 
 def dumps(obj: Any) -> bytes:
     """Serialize one response line (with its newline)."""
-    return (
-        json.dumps(
-            obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-        ).encode()
-        + b"\n"
-    )
+    return _ENCODER.encode(obj).encode() + b"\n"
 
 
 _ALLOWED = frozenset({"jsonrpc", "method", "params", "id"})
@@ -150,16 +161,27 @@ def error_response(err: AgentError, req_id: Any = None) -> dict[str, Any]:
 
 # -- the methods ------------------------------------------------------------
 
-Handler = Callable[..., Awaitable[Any]]
+Handler = Callable[..., Any]
+
+# What :meth:`Api.answer` gives the transport: a response line, nothing
+# (a notification), or an awaitable of either for a request that waits.
+Answer = bytes | Awaitable[bytes | None] | None
 
 
 class Api:
-    """The method table and the request handler."""
+    """The method table and the request handler.
+
+    Methods written as plain functions (``Host.ping``, ``rpc.discover``)
+    never wait for anything; their requests are answered at once, without
+    a task of their own.  Every other method is a coroutine function.
+    """
 
     def __init__(self, service: VolumeService, max_batch: int = 100):
         self.service = service
         self.max_batch = max_batch
-        self.methods: dict[str, Callable[..., Awaitable[Result]]] = {}
+        self.methods: dict[str, Callable[..., Any]] = {}
+        self.immediate: set[str] = set()
+        self._signatures: dict[str, inspect.Signature] = {}
         self._add("Host.ping", self.ping)
         self._add("Host.getCapabilities", self.get_capabilities)
         self._add("ManagedVolume.attach_volume", self.attach_volume)
@@ -171,53 +193,47 @@ class Api:
         """Publish ``fn`` as ``name``, wrapped with validation and errors."""
         spec = schema.BY_NAME[name]
         order = [p.name for p in spec.params]
+        method: Callable[..., Any]
 
-        @functools.wraps(fn)
-        async def method(ctx: Peer, *args: Any, **kwargs: Any) -> Result:
-            started = time.monotonic()
-            params = dict(zip(order, args, strict=False)) | kwargs
-            try:
-                for p in spec.params:
-                    if p.name in params:
-                        schema.validate(p.schema, params[p.name], p.name)
-                if name in MUTATING:
-                    log.info(
-                        "%s by %s vol_id=%s",
-                        name,
-                        ctx.describe(),
-                        params.get("vol_id"),
-                        extra={
-                            "METHOD": name,
-                            "VOL_ID": params.get("vol_id"),
-                            "PEER_UID": ctx.uid,
-                        },
-                    )
-                value = await fn(ctx, **params)
-            except AgentError as e:
-                log.log(
-                    logging.WARNING if e.code >= 0 else logging.INFO,
-                    "%s failed: %d %s",
-                    name,
-                    e.code,
-                    e.message,
-                    extra={"METHOD": name, "VOL_ID": params.get("vol_id")},
-                )
-                return Error(e.code, e.message, SCRUBBER.scrub_data(e.data))
-            except Exception:
-                error_id = uuid.uuid4().hex[:12]
-                log.exception("internal error %s in %s", error_id, name)
-                err = InternalError(
-                    f"internal error; see the agent log for error_id "
-                    f"{error_id}",
-                    {"error_id": error_id},
-                )
-                return Error(err.code, err.message, err.data)
-            log.debug("%s done in %.6f s", name, time.monotonic() - started)
-            return Success(value)
+        if inspect.iscoroutinefunction(fn):
 
+            @functools.wraps(fn)
+            async def method(ctx: Peer, *args: Any, **kwargs: Any) -> Result:
+                started = time.monotonic()
+                params = dict(zip(order, args, strict=False)) | kwargs
+                try:
+                    _check_params(spec, ctx, params)
+                    value = await fn(ctx, **params)
+                except Exception as e:
+                    return _failure(name, params, e)
+                log.debug(
+                    "%s done in %.6f s", name, time.monotonic() - started
+                )
+                return Success(value)
+
+        else:
+
+            @functools.wraps(fn)
+            def method(ctx: Peer, *args: Any, **kwargs: Any) -> Result:
+                params = dict(zip(order, args, strict=False)) | kwargs
+                try:
+                    _check_params(spec, ctx, params)
+                    value = fn(ctx, **params)
+                except Exception as e:
+                    return _failure(name, params, e)
+                return Success(value)
+
+            self.immediate.add(name)
+
+        # jsonrpcserver binds params with inspect.signature() on every call,
+        # which walks the functools.wraps chain each time; a signature set
+        # here (the same one it would compute) is found at once.
+        sig = inspect.signature(method)
+        method.__signature__ = sig  # type: ignore[attr-defined]
+        self._signatures[name] = sig
         self.methods[name] = method
 
-    async def ping(self, ctx: Peer) -> bool:
+    def ping(self, ctx: Peer) -> bool:
         """``Host.ping``."""
         return True
 
@@ -241,23 +257,36 @@ class Api:
         """``ManagedVolume.volumes_info``."""
         return await self.service.info(vol_ids or None)
 
-    async def discover(self, ctx: Peer) -> dict[str, Any]:
+    def discover(self, ctx: Peer) -> dict[str, Any]:
         """``rpc.discover``."""
         return schema.document()
 
     # -- protocol ----------------------------------------------------------
 
-    async def handle(self, line: bytes, peer: Peer) -> bytes | None:
-        """Answer one line: a response line, or ``None`` (notifications)."""
+    def answer(self, line: bytes, peer: Peer) -> Answer:
+        """Answer one line: at once when nothing in it waits, else later.
+
+        Returns the response line, ``None`` (notifications), or an
+        awaitable of one of those, which the transport runs as a task of
+        its own so that other requests go on meanwhile.
+        """
         try:
             message = loads(line)
         except AgentError as e:
             return dumps(error_response(e))
         if isinstance(message, list):
-            response: Any = await self._batch(message, peer)
-        else:
-            response = await self.call(message, peer)
-        return None if response is None else dumps(response)
+            return _dumped(self._batch(message, peer))
+        response = self.call_now(message, peer)
+        if response is None or isinstance(response, dict):
+            return None if response is None else dumps(response)
+        return _dumped(response)
+
+    async def handle(self, line: bytes, peer: Peer) -> bytes | None:
+        """Answer one line: a response line, or ``None`` (notifications)."""
+        answer = self.answer(line, peer)
+        if answer is None or isinstance(answer, bytes):
+            return answer
+        return await answer
 
     async def _batch(
         self, batch: list[Any], peer: Peer
@@ -283,6 +312,15 @@ class Api:
 
     async def call(self, request: Any, peer: Peer) -> dict[str, Any] | None:
         """Answer one request object (``None`` for a notification)."""
+        response = self.call_now(request, peer)
+        if response is None or isinstance(response, dict):
+            return response
+        return await response
+
+    def call_now(
+        self, request: Any, peer: Peer
+    ) -> dict[str, Any] | Awaitable[dict[str, Any] | None] | None:
+        """:meth:`call`, answered at once unless the method has to wait."""
         try:
             check_request(request)
         except AgentError as e:
@@ -300,23 +338,102 @@ class Api:
                 ),
                 request["id"],
             )
-        response = await dispatch_to_response(
-            request,
-            self.methods,
-            context=peer,
-            deserializer=_identity,
-            validator=_identity,
-            post_process=to_serializable,
+        req = create_request(request)
+        if name in self.immediate:
+            return self._call_immediate(name, req, peer)
+        return self._call_later(name, req, peer)
+
+    def _call_immediate(
+        self, name: str, req: Request, peer: Peer
+    ) -> dict[str, Any] | None:
+        """Call a plain method directly: the same method table and the same
+        signature check as jsonrpcserver's, without the rest of its
+        per-call pipeline (which costs more than all else in a ping).
+        Params that do not fit go through jsonrpcserver, so that its error
+        is the one returned.
+        """
+        method = self.methods[name]
+        params = req.params
+        args = [peer, *params] if isinstance(params, list) else [peer]
+        kwargs = params if isinstance(params, dict) else {}
+        try:
+            self._signatures[name].bind(*args, **kwargs)
+        except TypeError:
+            _, result = dispatch_now(self.methods, peer, req)
+        else:
+            result = method(*args, **kwargs)
+        return _response(name, req, result)
+
+    async def _call_later(
+        self, name: str, req: Request, peer: Peer
+    ) -> dict[str, Any] | None:
+        _, result = await dispatch_request(self.methods, peer, req)
+        return _response(name, req, result)
+
+
+def _check_params(
+    spec: schema.Method, ctx: Peer, params: dict[str, Any]
+) -> None:
+    """Validate params against the schema; log who calls a mutating method."""
+    for p in spec.params:
+        if p.name in params:
+            schema.validate(p.schema, params[p.name], p.name)
+    if spec.name in MUTATING:
+        log.info(
+            "%s by %s vol_id=%s",
+            spec.name,
+            ctx.describe(),
+            params.get("vol_id"),
+            extra={
+                "METHOD": spec.name,
+                "VOL_ID": params.get("vol_id"),
+                "PEER_UID": ctx.uid,
+            },
         )
-        if not isinstance(response, dict):
-            return None  # a notification: no answer
-        if "error" in response:
-            _explain_bind_error(name, response["error"])
-        return response
 
 
-def _identity(value: Any) -> Any:
-    return value
+def _failure(name: str, params: dict[str, Any], e: Exception) -> Result:
+    """The error result for ``e``, raised by method ``name`` (logged)."""
+    if isinstance(e, AgentError):
+        log.log(
+            logging.WARNING if e.code >= 0 else logging.INFO,
+            "%s failed: %d %s",
+            name,
+            e.code,
+            e.message,
+            extra={"METHOD": name, "VOL_ID": params.get("vol_id")},
+        )
+        return Error(e.code, e.message, SCRUBBER.scrub_data(e.data))
+    error_id = uuid.uuid4().hex[:12]
+    log.error(
+        "internal error %s in %s",
+        error_id,
+        name,
+        exc_info=(type(e), e, e.__traceback__),
+    )
+    err = InternalError(
+        f"internal error; see the agent log for error_id {error_id}",
+        {"error_id": error_id},
+    )
+    return Error(err.code, err.message, err.data)
+
+
+def _response(
+    name: str, req: Request, result: Result
+) -> dict[str, Any] | None:
+    """The response object for ``result`` (``None`` for a notification)."""
+    if req.id is NOID:
+        return None  # a notification: no answer
+    response = to_serializable(to_response(req, result))
+    assert isinstance(response, dict)
+    if "error" in response:
+        _explain_bind_error(name, response["error"])
+    return response
+
+
+async def _dumped(pending: Awaitable[Any]) -> bytes | None:
+    response = await pending
+    return None if response is None else dumps(response)
 
 
 def _explain_bind_error(name: str, error: dict[str, Any]) -> None:

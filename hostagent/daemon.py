@@ -56,7 +56,7 @@ class Daemon:
         )
         self.service = VolumeService(cfg, db, brick, Udev())
         self.api = Api(self.service, cfg.server.max_batch)
-        self.server = Server(cfg.server, self.api.handle)
+        self.server = Server(cfg.server, self.api.answer)
         self._lock_fd = -1
 
     def _take_instance_lock(self) -> None:

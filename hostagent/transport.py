@@ -1,12 +1,19 @@
 """Listeners and framing: newline-delimited JSON over stream sockets.
 
-Each connection reads lines and hands each one to the API as its own
-task, so a client may pipeline requests and a slow attach does not hold
-up a ping on the same connection; responses go back as they finish,
-matched by id.  The transport enforces the size limit (a longer line gets
--32600 and the connection is closed), the connection limit and the cap on
-requests in flight per connection (reading pauses at the cap, which
-pushes back on the client instead of queueing without bound).
+Each connection reads lines and hands each one to the API; a request
+that has to wait (an attach, a volumes_info) runs as a task of its own,
+so a client may pipeline requests and a slow attach does not hold up a
+ping on the same connection; responses go back as they finish, matched
+by id.  A request the API can answer at once (a ping) is answered inline,
+without the cost of a task.  The transport enforces the size limit (a
+longer line gets -32600 and the connection is closed), the connection
+limit and the cap on requests in flight per connection (reading pauses
+at the cap, which pushes back on the client instead of queueing without
+bound).
+
+Responses that finish in the same turn of the event loop go out in one
+write (see :class:`_Output`): a client pipelining requests costs one
+system call per batch, not one per response.
 """
 
 from __future__ import annotations
@@ -20,16 +27,17 @@ import os
 import socket
 import stat
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 
-from hostagent.api import Peer, dumps, error_response
+from hostagent.api import Answer, Peer, dumps, error_response
 from hostagent.config import ServerConfig
 from hostagent.errors import InvalidRequest
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[bytes, Peer], Awaitable[bytes | None]]
+# The API's answer to one line: see :meth:`hostagent.api.Api.answer`.
+Handler = Callable[[bytes, Peer], Answer]
 
 _CRED = struct.Struct("3i")
 
@@ -117,7 +125,8 @@ class Server:
                 ),
             )
             return
-        peer.notify = lambda obj: _write(writer, dumps(obj))
+        out = _Output(writer)
+        peer.notify = lambda obj: out.write(dumps(obj))
         in_flight = asyncio.Semaphore(self.config.max_in_flight)
         pending: set[asyncio.Task[None]] = set()
         try:
@@ -127,9 +136,12 @@ class Server:
                 except asyncio.IncompleteReadError as e:
                     line = e.partial  # last line without a newline, or EOF
                     if line.strip():
-                        await self._respond(line, peer, writer, None)
+                        await self._respond(
+                            self._answer(line, peer), peer, out, None
+                        )
                     break
                 except asyncio.LimitOverrunError:
+                    out.flush()
                     await _send_and_close(
                         writer,
                         InvalidRequest(
@@ -142,9 +154,13 @@ class Server:
                     return
                 if not line.strip():
                     continue
+                answer = self._answer(line, peer)
+                if answer is None or isinstance(answer, bytes):
+                    await self._respond(answer, peer, out, None)
+                    continue
                 await in_flight.acquire()
                 task = asyncio.create_task(
-                    self._respond(line, peer, writer, in_flight)
+                    self._respond(answer, peer, out, in_flight)
                 )
                 pending.add(task)
                 self._requests.add(task)
@@ -159,22 +175,33 @@ class Server:
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
             peer.notify = None
+            out.flush()
             writer.close()
             with contextlib.suppress(ConnectionError, OSError):
                 await writer.wait_closed()
 
+    def _answer(self, line: bytes, peer: Peer) -> Answer:
+        try:
+            return self.handler(line, peer)
+        except Exception:
+            log.exception("unexpected error answering %s", peer.describe())
+            return None
+
     async def _respond(
         self,
-        line: bytes,
+        answer: Answer,
         peer: Peer,
-        writer: asyncio.StreamWriter,
+        out: _Output,
         in_flight: asyncio.Semaphore | None,
     ) -> None:
         try:
-            response = await self.handler(line, peer)
-            if response is not None and not writer.is_closing():
-                writer.write(response)
-                await writer.drain()
+            if answer is None or isinstance(answer, bytes):
+                response = answer
+            else:
+                response = await answer
+            if response is not None:
+                out.write(response)
+                await out.writer.drain()
         except (ConnectionError, OSError):
             pass
         except Exception:
@@ -219,9 +246,40 @@ def unix_peer(writer: asyncio.StreamWriter) -> Peer:
     return Peer("unix", uid=uid, pid=pid, gid=gid)
 
 
-def _write(writer: asyncio.StreamWriter, data: bytes) -> None:
-    if not writer.is_closing():
-        writer.write(data)
+class _Output:
+    """One connection's outgoing lines, coalesced per event loop turn.
+
+    The first line of a turn is written at once (a lone request gets its
+    answer without delay); lines that follow in the same turn wait for a
+    callback at the start of the next one and leave in a single write.
+    Ordering is kept, and the transport's flow control still applies:
+    writers await ``writer.drain()`` as before.
+    """
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self._held: list[bytes] = []
+        self._turn = False
+
+    def write(self, data: bytes) -> None:
+        """Send ``data`` now, or with the others of this turn."""
+        if self.writer.is_closing():
+            return
+        if self._turn:
+            self._held.append(data)
+            return
+        self.writer.write(data)
+        self._turn = True
+        asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write what this turn held back; a new turn begins."""
+        self._turn = False
+        if self._held:
+            data = b"".join(self._held)
+            self._held.clear()
+            if not self.writer.is_closing():
+                self.writer.write(data)
 
 
 async def _send_and_close(
