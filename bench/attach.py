@@ -33,69 +33,106 @@ def local_connector() -> Any:
     return connector.InitiatorConnector.factory("LOCAL", "")
 
 
-def commit_cost(directory: Path, count: int) -> float:
-    """p50 seconds of one SQLite commit (WAL, synchronous=FULL) here."""
-    path = directory / "commit-probe.db"
-    con = sqlite3.connect(path, isolation_level=None)
-    try:
-        con.execute("PRAGMA journal_mode=wal")
-        con.execute("PRAGMA synchronous=full")
-        con.execute("CREATE TABLE t (k TEXT PRIMARY KEY, v TEXT)")
-        samples = []
-        for i in range(count):
-            t = time.perf_counter()
-            con.execute("INSERT INTO t VALUES (?, ?)", (str(i), "x" * 300))
-            samples.append(time.perf_counter() - t)
-    finally:
-        con.close()
+class CommitProbe:
+    """Durable SQLite commits in plain sqlite3, the agent's way.
+
+    WAL journal, ``synchronous=FULL``, one transaction per statement, on
+    the same file system as the agent's database: what its four commits
+    per attach + detach cost at the very least.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / "commit-probe.db"
+        self.con = sqlite3.connect(self.path, isolation_level=None)
+        self.con.execute("PRAGMA journal_mode=wal")
+        self.con.execute("PRAGMA synchronous=full")
+        self.con.execute("CREATE TABLE t (k TEXT PRIMARY KEY, v TEXT)")
+        self.n = 0
+        for _ in range(50):  # until the WAL file stops growing
+            self.four()
+
+    def four(self) -> float:
+        """Seconds for an insert, two updates and a delete."""
+        key = str(self.n)
+        self.n += 1
+        start = time.perf_counter()
+        self.con.execute("INSERT INTO t VALUES (?, ?)", (key, "x" * 300))
+        self.con.execute("UPDATE t SET v = ? WHERE k = ?", ("y" * 400, key))
+        self.con.execute("UPDATE t SET v = ? WHERE k = ?", ("z", key))
+        self.con.execute("DELETE FROM t WHERE k = ?", (key,))
+        return time.perf_counter() - start
+
+    def close(self) -> None:
+        """Close and remove the probe database."""
+        self.con.close()
         for suffix in ("", "-wal", "-shm"):
-            Path(f"{path}{suffix}").unlink(missing_ok=True)
-    return percentile(samples, 50)
+            Path(f"{self.path}{suffix}").unlink(missing_ok=True)
 
 
 def run_pair(work: procs.Workdir, device: str, count: int) -> list[Row]:
-    """p50 of attach+detach, agent vs direct, and the overhead."""
+    """p50 of attach+detach, agent vs direct, and the overhead.
+
+    Each round does one of each, agent, direct and the four-commit probe,
+    so the differences are taken under the same load.
+    """
     conn = local_connector()
     data = local_info(device)["data"]
     agent_t: list[float] = []
     ref_t: list[float] = []
+    commit_t: list[float] = []
     clock = time.perf_counter
-    with procs.agent(work.path, "attach-agent") as a, a.client() as c:
-        for i in range(count + 5):
-            vol_id = str(uuid.uuid4())
-            t = clock()
-            c.call(
-                ATTACH,
-                {"vol_id": vol_id, "connection_info": local_info(device)},
-            )
-            c.call(DETACH, {"vol_id": vol_id})
-            if i >= 5:  # the first few warm up caches on both sides
-                agent_t.append(clock() - t)
-            t = clock()
-            info = conn.connect_volume(data)
-            conn.disconnect_volume(data, info)
-            if i >= 5:
-                ref_t.append(clock() - t)
-    commit = commit_cost(work.path, max(20, count))
+    probe = CommitProbe(work.path)
+    try:
+        with procs.agent(work.path, "attach-agent") as a, a.client() as c:
+            for i in range(count + 5):
+                vol_id = str(uuid.uuid4())
+                t = clock()
+                c.call(
+                    ATTACH,
+                    {"vol_id": vol_id, "connection_info": local_info(device)},
+                )
+                c.call(DETACH, {"vol_id": vol_id})
+                agent = clock() - t
+                t = clock()
+                info = conn.connect_volume(data)
+                conn.disconnect_volume(data, info)
+                direct = clock() - t
+                commits = probe.four()
+                if i >= 5:  # the first few warm up caches on both sides
+                    agent_t.append(agent)
+                    ref_t.append(direct)
+                    commit_t.append(commits)
+    finally:
+        probe.close()
     ms = 1e3
-    p50 = percentile(agent_t, 50) * ms
-    ref = percentile(ref_t, 50) * ms
+    overhead = [a - r for a, r in zip(agent_t, ref_t, strict=True)]
+    beyond = [o - c for o, c in zip(overhead, commit_t, strict=True)]
+    over = percentile(overhead, 50) * ms
+    commit = percentile(commit_t, 50) * ms
     return [
         Row.compare(
             "attach+detach p50, local connector on a loop device",
-            p50,
-            ref,
+            percentile(agent_t, 50) * ms,
+            percentile(ref_t, 50) * ms,
             "ms",
         ),
         Row(
             "attach+detach overhead over os-brick, p50",
-            p50 - ref,
+            over,
             "ms",
             target="<= 3 ms",
-            passed=p50 - ref <= 3.0,
-            note="the agent's 4 durable commits (WAL, synchronous=FULL) "
-            f"cost about {4 * commit * ms:.2f} ms of it on this disk "
-            f"({commit * ms:.3f} ms each)",
+            passed=over <= 3.0,
+            note="per round: agent minus direct os-brick; the 4 durable "
+            f"commits alone (plain sqlite3, WAL, synchronous=FULL) took "
+            f"{commit:.2f} ms p50 in the same rounds",
+        ),
+        Row.compare(
+            "attach+detach overhead beyond its 4 durable commits, p50",
+            percentile(beyond, 50) * ms,
+            commit,
+            "ms",
+            note="reference: the 4 commits; the rest is RPC, threads, "
+            "logging, checks",
         ),
     ]
 

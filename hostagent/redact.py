@@ -11,6 +11,7 @@ Two layers, because connectors and their tools are not ours to audit:
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import threading
@@ -29,6 +30,10 @@ _SECRET_KEY = re.compile(
 _NOT_SECRET = frozenset({"secret_type", "key_id"})
 
 
+# Results carry the same few key names over and over (every volume's
+# connection info); the answer for each is kept.  Bounded, because the
+# keys come from clients.
+@functools.lru_cache(maxsize=4096)
 def is_secret_key(key: str) -> bool:
     """True when values under ``key`` must never be shown."""
     return key.lower() not in _NOT_SECRET and bool(_SECRET_KEY.fullmatch(key))
@@ -104,14 +109,26 @@ class Scrubber:
 
     def scrub_data(self, value: Any) -> Any:
         """:func:`redact` plus :meth:`scrub` on every string inside."""
-        value = redact(value)
-        if isinstance(value, str):
-            return self.scrub(value)
-        if isinstance(value, dict):
-            return {k: self.scrub_data(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [self.scrub_data(v) for v in value]
-        return value
+        return _scrub_data(value, self._pattern)
+
+
+def _scrub_data(value: Any, pattern: re.Pattern[str] | None) -> Any:
+    # One walk that both redacts and scrubs: results hold a connection
+    # info per volume, and volumes_info returns every volume.
+    if isinstance(value, str):
+        return value if pattern is None else pattern.sub(MASK, value)
+    if isinstance(value, dict):
+        return {
+            k: (
+                MASK
+                if isinstance(k, str) and is_secret_key(k) and v is not None
+                else _scrub_data(v, pattern)
+            )
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_scrub_data(v, pattern) for v in value]
+    return value
 
 
 SCRUBBER = Scrubber()

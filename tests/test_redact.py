@@ -70,3 +70,32 @@ def test_scrub_filter_covers_args_and_tracebacks() -> None:
     text = logging.Formatter().format(record)
     assert "sekrit99" not in text
     assert "pw=***" in text
+
+
+def test_scrub_data_masks_keys_and_scrubs_strings_in_one_walk() -> None:
+    s = Scrubber()
+    s.remember({"auth_password": "hunter2"})
+    data = {
+        "driver_volume_type": "iscsi",
+        "data": {
+            "auth_password": "hunter2",
+            "auth_username": None,
+            "target_portals": ["p1", "x-hunter2-y"],
+            "hosts": [{"token": 5, "name": "hunter2"}],
+            "target_lun": 3,
+        },
+    }
+    assert s.scrub_data(data) == {
+        "driver_volume_type": "iscsi",
+        "data": {
+            "auth_password": MASK,
+            "auth_username": None,
+            "target_portals": ["p1", "x-***-y"],
+            "hosts": [{"token": MASK, "name": MASK}],
+            "target_lun": 3,
+        },
+    }
+    assert data["data"]["auth_password"] == "hunter2"  # a copy was made
+    assert Scrubber().scrub_data(data)["data"]["hosts"][0]["name"] == (
+        "hunter2"
+    )

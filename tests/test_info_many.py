@@ -1,0 +1,32 @@
+"""``exists`` for many volumes at once (one /proc/partitions read)."""
+
+from __future__ import annotations
+
+import os
+
+from conftest import Agent, Loops, local_info, new_vol_id
+
+from hostagent.udev import devices_with_media
+
+INFO = "ManagedVolume.volumes_info"
+
+
+def test_devices_with_media_follows_the_loop_device(loops: Loops) -> None:
+    dev = loops.create()
+    number = os.stat(dev).st_rdev
+    assert number in devices_with_media()
+    loops.detach(dev)
+    assert number not in devices_with_media()
+
+
+def test_exists_of_several_volumes(agent: Agent, loops: Loops) -> None:
+    devs = [loops.create() for _ in range(3)]
+    vids = [new_vol_id() for _ in devs]
+    for vid, dev in zip(vids, devs, strict=True):
+        agent.call(
+            "ManagedVolume.attach_volume",
+            {"vol_id": vid, "connection_info": local_info(dev)},
+        )
+    loops.detach(devs[1])
+    exists = {v["vol_id"]: v["exists"] for v in agent.call(INFO)}
+    assert exists == {vids[0]: True, vids[1]: False, vids[2]: True}
