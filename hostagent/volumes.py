@@ -112,6 +112,11 @@ class VolumeService:
     async def open(self) -> None:
         """Open the database on its thread and prepare the directories."""
         await self.in_db(self.db.open)
+        # Secrets of volumes attached in an earlier run: os-brick sees
+        # them again at detach and logs what it sees, so the scrubber
+        # must know them before the first request.
+        records = await self.in_db(self.db.list)
+        SCRUBBER.remember([r.connection_info for r in records])
         self.volumes_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
 
     async def close(self) -> None:
