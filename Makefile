@@ -6,7 +6,7 @@ RUN_DIR := $(CURDIR)/.run
 STAMP := $(VENV)/.installed
 SYSDEPS := .cache/sysdeps.stamp
 
-.PHONY: all install run check lint test bench check-vm clean
+.PHONY: all install run check lint test bench check-vm clean rpm
 
 all: install
 
@@ -45,14 +45,25 @@ run: install
 	exec $(BIN)/hostagentd --config $(RUN_DIR)/hostagent.toml
 
 lint: install
-	$(BIN)/ruff check hostagent tests bench
-	$(BIN)/ruff format --check hostagent tests bench
+	$(BIN)/ruff check hostagent tests contrib bench
+	$(BIN)/ruff format --check hostagent tests contrib bench
 	$(BIN)/mypy hostagent bench
 
 test: install
 	$(BIN)/pytest -q tests --ignore=tests/vm
 
-check: lint test
+# The qemu lab (tests/vm/README.md): real iSCSI, NVMe/TCP, NFS and AoE in
+# a guest.  setup.sh installs its packages and caches a kernel.
+check-vm: install
+	tests/vm/setup.sh
+	$(BIN)/pytest -m vm tests/vm
+
+check: lint test check-vm
+
+# The noarch RPM in dist/, from the work tree (tests/test_packaging.py
+# builds it too, so make check covers it).
+rpm: $(SYSDEPS)
+	contrib/build-rpm.sh dist
 
 # Every figure of the benchmark table, each beside its reference, in one
 # run (needs root: loop devices).  Prints the table and writes
@@ -61,4 +72,4 @@ bench: install
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) $(RUN_DIR) .cache .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(RUN_DIR) .cache .mypy_cache .ruff_cache .pytest_cache dist

@@ -4,8 +4,10 @@
 # Only calls apt-get when something is missing, so it is cheap to re-run.
 set -eu
 
+# systemd: systemd-analyze, -tmpfiles, -sysusers, -socket-activate for the
+# unit tests (no systemd as PID 1 needed); rpm and cpio: make rpm.
 BASE="libsystemd-dev pkg-config gcc open-iscsi util-linux socat \
-multipath-tools python3-venv openssl"
+multipath-tools python3-venv openssl systemd rpm cpio"
 
 pkgs=${*:-$BASE}
 missing=""

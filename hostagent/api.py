@@ -14,6 +14,7 @@ request, even a single one, in a task of its own.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import inspect
 import json
@@ -49,6 +50,19 @@ log = logging.getLogger(__name__)
 MUTATING = frozenset(
     {"ManagedVolume.attach_volume", "ManagedVolume.detach_volume"}
 )
+
+
+# The JSON-RPC id of the request being handled in this task, so every log
+# line written while handling it (here, in the service, in os-brick's
+# wrappers on the loop) can carry REQUEST_ID= in the journal.
+_REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "hostagent_request_id", default=None
+)
+
+
+def current_request_id() -> str | None:
+    """The id of the JSON-RPC request being handled, as text, or None."""
+    return _REQUEST_ID.get()
 
 
 @dataclass
@@ -201,13 +215,17 @@ class Api:
             async def method(ctx: Peer, *args: Any, **kwargs: Any) -> Result:
                 started = time.monotonic()
                 params = dict(zip(order, args, strict=False)) | kwargs
+                fields = _log_fields(name, ctx, params)
                 try:
-                    _check_params(spec, ctx, params)
+                    _check_params(spec, ctx, params, fields)
                     value = await fn(ctx, **params)
                 except Exception as e:
-                    return _failure(name, params, e)
+                    return _failure(name, fields, e)
                 log.debug(
-                    "%s done in %.6f s", name, time.monotonic() - started
+                    "%s done in %.6f s",
+                    name,
+                    time.monotonic() - started,
+                    extra=fields,
                 )
                 return Success(value)
 
@@ -215,12 +233,21 @@ class Api:
 
             @functools.wraps(fn)
             def method(ctx: Peer, *args: Any, **kwargs: Any) -> Result:
+                started = time.monotonic()
                 params = dict(zip(order, args, strict=False)) | kwargs
                 try:
-                    _check_params(spec, ctx, params)
+                    _check_params(spec, ctx, params, None)
                     value = fn(ctx, **params)
                 except Exception as e:
-                    return _failure(name, params, e)
+                    return _failure(name, _log_fields(name, ctx, params), e)
+                # The fields are only built for a line that is written.
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug(
+                        "%s done in %.6f s",
+                        name,
+                        time.monotonic() - started,
+                        extra=_log_fields(name, ctx, params),
+                    )
                 return Success(value)
 
             self.immediate.add(name)
@@ -340,7 +367,11 @@ class Api:
             )
         req = create_request(request)
         if name in self.immediate:
-            return self._call_immediate(name, req, peer)
+            token = _REQUEST_ID.set(_id_text(req.id))
+            try:
+                return self._call_immediate(name, req, peer)
+            finally:
+                _REQUEST_ID.reset(token)
         return self._call_later(name, req, peer)
 
     def _call_immediate(
@@ -367,12 +398,36 @@ class Api:
     async def _call_later(
         self, name: str, req: Request, peer: Peer
     ) -> dict[str, Any] | None:
-        _, result = await dispatch_request(self.methods, peer, req)
+        token = _REQUEST_ID.set(_id_text(req.id))
+        try:
+            _, result = await dispatch_request(self.methods, peer, req)
+        finally:
+            _REQUEST_ID.reset(token)
         return _response(name, req, result)
 
 
+def _id_text(rid: Any) -> str | None:
+    """A request id as the journal's REQUEST_ID= shows it."""
+    return None if rid is None or rid is NOID else str(rid)[:100]
+
+
+def _log_fields(
+    name: str, ctx: Peer, params: dict[str, Any]
+) -> dict[str, Any]:
+    """Structured fields for the journal, for the log lines of one call."""
+    return {
+        "METHOD": name,
+        "VOL_ID": params.get("vol_id"),
+        "PEER_UID": ctx.uid,
+        "REQUEST_ID": _REQUEST_ID.get(),
+    }
+
+
 def _check_params(
-    spec: schema.Method, ctx: Peer, params: dict[str, Any]
+    spec: schema.Method,
+    ctx: Peer,
+    params: dict[str, Any],
+    fields: dict[str, Any] | None,
 ) -> None:
     """Validate params against the schema; log who calls a mutating method."""
     for p in spec.params:
@@ -384,15 +439,11 @@ def _check_params(
             spec.name,
             ctx.describe(),
             params.get("vol_id"),
-            extra={
-                "METHOD": spec.name,
-                "VOL_ID": params.get("vol_id"),
-                "PEER_UID": ctx.uid,
-            },
+            extra=fields or _log_fields(spec.name, ctx, params),
         )
 
 
-def _failure(name: str, params: dict[str, Any], e: Exception) -> Result:
+def _failure(name: str, fields: dict[str, Any], e: Exception) -> Result:
     """The error result for ``e``, raised by method ``name`` (logged)."""
     if isinstance(e, AgentError):
         log.log(
@@ -401,7 +452,7 @@ def _failure(name: str, params: dict[str, Any], e: Exception) -> Result:
             name,
             e.code,
             e.message,
-            extra={"METHOD": name, "VOL_ID": params.get("vol_id")},
+            extra=fields,
         )
         return Error(e.code, e.message, SCRUBBER.scrub_data(e.data))
     error_id = uuid.uuid4().hex[:12]
@@ -410,6 +461,7 @@ def _failure(name: str, params: dict[str, Any], e: Exception) -> Result:
         error_id,
         name,
         exc_info=(type(e), e, e.__traceback__),
+        extra=fields | {"ERROR_ID": error_id},
     )
     err = InternalError(
         f"internal error; see the agent log for error_id {error_id}",

@@ -7,6 +7,14 @@ here blocks; the volume service runs them on worker threads.
 
 Any exception a connector raises becomes :class:`ConnectorFailed` (926)
 with the exception's class name in ``data``, its text scrubbed of secrets.
+
+Fail points (see flow.py) around the connector calls:
+``brick.before_connect_volume``, ``brick.after_connect_volume`` (the
+connection is up but os-brick has not returned: nothing recorded it),
+``brick.before_disconnect_volume`` and ``brick.after_disconnect_volume``.
+There, ``raise`` raises oslo's ``ProcessExecutionError``, what os-brick
+lets through when a command it runs (``iscsiadm``, ``multipath -f``)
+fails, so a tested failure takes the same path as a real one.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from typing import Any
 
 from hostagent.config import BrickConfig
 from hostagent.errors import BrickUnavailable, ConnectorFailed
+from hostagent.flow import FailPointError, FailPoints
 from hostagent.redact import SCRUBBER
 
 log = logging.getLogger(__name__)
@@ -35,8 +44,15 @@ _MAX_ERROR_TEXT = 2000
 class Brick:
     """Connector properties, connect and disconnect through os-brick."""
 
-    def __init__(self, config: BrickConfig, lock_dir: Path, mount_dir: Path):
+    def __init__(
+        self,
+        config: BrickConfig,
+        lock_dir: Path,
+        mount_dir: Path,
+        failpoints: FailPoints | None = None,
+    ):
         self.config = config
+        self.failpoints = failpoints or FailPoints.from_env()
         self.lock_dir = lock_dir
         self.mount_dir = mount_dir
         self._lock = threading.Lock()
@@ -127,7 +143,9 @@ class Brick:
         """Run the connector's ``connect_volume``; return the device info."""
         conn = self._connector(driver)
         try:
+            self._failpoint("brick.before_connect_volume")
             info = conn.connect_volume(data)
+            self._failpoint("brick.after_connect_volume")
         except Exception as e:
             raise _failed("connect_volume", driver, e) from e
         if not isinstance(info, dict):
@@ -147,9 +165,24 @@ class Brick:
         """Run the connector's ``disconnect_volume``."""
         conn = self._connector(driver)
         try:
+            self._failpoint("brick.before_disconnect_volume")
+            # An attach killed before os-brick returned has no device
+            # info; connectors then find the devices from ``data`` alone
+            # (iSCSI: the sessions of target_iqn(s)/target_portal(s)).
             conn.disconnect_volume(data, attachment or {}, force=force)
+            self._failpoint("brick.after_disconnect_volume")
         except Exception as e:
             raise _failed("disconnect_volume", driver, e) from e
+
+    def _failpoint(self, name: str) -> None:
+        try:
+            self.failpoints.hit(name)
+        except FailPointError as e:
+            from oslo_concurrency import processutils
+
+            raise processutils.ProcessExecutionError(
+                stderr=str(e), exit_code=1, cmd=name
+            ) from e
 
     def uses_multipath(self, driver: str) -> bool:
         """Whether volumes of ``driver`` are attached through multipath."""

@@ -38,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ca", help="TLS: CA that signed the agent")
     p.add_argument("--timeout", type=float, default=300.0)
     p.add_argument("-f", dest="file", help="JSON params from FILE or -")
+    # For the bash completion (contrib/hostagent-client.bash): one line per
+    # method, "NAMESPACE VERB name= name:= ...".
+    p.add_argument("--list-methods", action="store_true")
     p.add_argument("namespace", nargs="?")
     p.add_argument("method", nargs="?")
     p.add_argument("params", nargs="*")
@@ -103,6 +106,30 @@ def help_text(
     return "\n".join(lines) + "\n"
 
 
+def method_lines(doc: dict[str, Any], src: str) -> str:
+    """``--list-methods`` output: ``NAMESPACE VERB name= name:= ...``.
+
+    A param whose schema is a plain string is offered as ``name=``, any
+    other as ``name:=`` (a JSON value), as :func:`build_params` reads them.
+    The first line, a comment, says where the list came from.
+    """
+    lines = [f"# {src}"]
+    for m in doc.get("methods", []):
+        name = m.get("name", "")
+        ns, dot, verb = name.partition(".")
+        if not dot or not ns or not verb or any(c.isspace() for c in name):
+            continue
+        words = [ns, verb]
+        for p in m.get("params", []):
+            pname = p.get("name", "")
+            if not pname or any(c.isspace() for c in pname):
+                continue
+            plain = (p.get("schema") or {}).get("type") == "string"
+            words.append(pname + ("=" if plain else ":="))
+        lines.append(" ".join(words))
+    return "\n".join(lines) + "\n"
+
+
 def build_params(
     method: str, args: list[str], file_text: str | None
 ) -> dict[str, Any]:
@@ -136,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``hostagent-client``."""
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.list_methods:
+        sys.stdout.write(method_lines(*_discover(args)))
+        return 0
     if args.help or not args.namespace or not args.method:
         doc, src = _discover(args)
         out = sys.stdout if args.help else sys.stderr

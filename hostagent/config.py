@@ -30,6 +30,7 @@ KNOWN_DRIVERS = (
     "local",
 )
 LOG_LEVELS = ("debug", "info", "warning", "error")
+JOURNAL_MODES = ("auto", "yes", "no")
 
 
 class ConfigError(Exception):
@@ -75,9 +76,12 @@ class BrickConfig:
 
 @dataclass(frozen=True)
 class LogConfig:
-    """``[log]``: verbosity."""
+    """``[log]``: verbosity and destination."""
 
     level: str = "info"
+    # "auto": journald when systemd connected stderr to the journal
+    # (JOURNAL_STREAM), "yes": always journald, "no": always stderr.
+    journal: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -217,6 +221,10 @@ def _check(c: Config) -> None:
     _positive("brick.workers", c.brick.workers)
     if c.log.level not in LOG_LEVELS:
         raise ConfigError("log.level must be one of " + ", ".join(LOG_LEVELS))
+    if c.log.journal not in JOURNAL_MODES:
+        raise ConfigError(
+            "log.journal must be one of " + ", ".join(JOURNAL_MODES)
+        )
 
 
 def _positive(key: str, value: int, minimum: int = 1) -> None:

@@ -279,6 +279,31 @@ class Database:
             updated=now,
         ).execute()
 
+    def set_attachment(self, vol_id: str, attachment: dict[str, Any]) -> None:
+        """Keep os-brick's answer on a row that is still ``attaching``.
+
+        Written as soon as connect returns, so that after a crash the
+        start-up reconciliation knows the device (to complete the attach,
+        or to disconnect it precisely).  ``path`` and ``multipath_id`` are
+        only set by :meth:`set_attached`, after the device was checked:
+        ``multipath_id`` is unique and must not clash with another row.
+        """
+        self._update(vol_id, attachment=_dump(attachment))
+
+    def find_connection_owner(
+        self, connection_info: dict[str, Any], exclude: str
+    ) -> str | None:
+        """The vol_id (other than ``exclude``) with this connection info."""
+        row = (
+            _Volume.select(_Volume.vol_id)
+            .where(
+                (_Volume.connection_info == _dump(connection_info))
+                & (_Volume.vol_id != exclude)
+            )
+            .first()
+        )
+        return None if row is None else str(row.vol_id)
+
     def set_attached(
         self,
         vol_id: str,

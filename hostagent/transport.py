@@ -67,6 +67,11 @@ class Server:
         """Connections currently open."""
         return len(self._connections)
 
+    @property
+    def request_count(self) -> int:
+        """Requests currently being handled, over all connections."""
+        return len(self._requests)
+
     async def listen_unix(self, path: str, group: str = "") -> None:
         """Bind the Unix socket at ``path`` (mode 0660, group ``group``)."""
         sock_path = Path(path)
@@ -92,7 +97,11 @@ class Server:
         log.info("listening on unix:%s", path)
 
     async def serve_socket(self, sock: socket.socket) -> None:
-        """Serve an already bound (or inherited) listening Unix socket."""
+        """Serve an already bound (or inherited) listening Unix socket.
+
+        A socket passed by systemd keeps its owner, group and mode (the
+        .socket unit's SocketMode=/SocketGroup=) and is not unlinked here.
+        """
         server = await asyncio.start_unix_server(
             self._on_unix,
             sock=sock,

@@ -4,12 +4,15 @@ Rules (DESIGN.md):
 * one operation per volume at a time; different volumes run in parallel;
 * re-attach with the same connection info returns the existing attachment,
   with different info it is error 929;
-* attach is a flow: record intent -> connect -> wait for the device ->
-  record the attachment -> managed symlink; a failing step undoes the done
-  ones, disconnect included, and nothing is left behind;
+* attach is a flow: record intent -> connect -> keep os-brick's answer ->
+  wait for the device -> record the attachment -> managed symlink; a
+  failing step undoes the done ones, disconnect included, and nothing is
+  left behind;
 * detach: mark detaching -> remove symlink -> disconnect -> delete row; a
   failing disconnect keeps the row (``detaching`` + ``last_error``) so the
-  next detach retries it.
+  next detach retries it;
+* at start-up, before serving, :meth:`VolumeService.reconcile` finishes or
+  rolls back whatever a crash interrupted.
 
 Blocking work runs off the event loop: os-brick calls on a thread pool,
 database calls on one dedicated thread (which owns the only connection).
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import os
 import time
@@ -89,7 +93,10 @@ class VolumeService:
     async def in_worker(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking ``fn(*args)`` (os-brick, udev) on a worker thread."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._workers, fn, *args)
+        # Carry the caller's context (the JSON-RPC request id) so os-brick's
+        # own log lines are tagged with the request that caused them.
+        ctx = contextvars.copy_context()
+        return await loop.run_in_executor(self._workers, ctx.run, fn, *args)
 
     def start_brick_load(self) -> None:
         """Begin importing os-brick in the background (off the READY path)."""
@@ -323,20 +330,7 @@ class VolumeService:
                 return
             await self.brick_ready()
             started = time.monotonic()
-            try:
-                await Flow("detach", self.failpoints).run(self._detach(rec))
-            except Exception as e:
-                message = SCRUBBER.scrub(str(e))
-                await self.in_db(
-                    self.db.set_state, vol_id, db.DETACHING, message
-                )
-                log.error(
-                    "detach of volume %s failed, kept as detaching: %s",
-                    vol_id,
-                    message,
-                    extra={"VOL_ID": vol_id},
-                )
-                raise
+            await self._teardown(rec, "detach", rec.last_error)
             log.info(
                 "detached volume %s in %.3f s",
                 vol_id,
@@ -344,51 +338,350 @@ class VolumeService:
                 extra={"VOL_ID": vol_id},
             )
 
-    def _detach(self, rec: VolumeRecord) -> list[Step]:
-        driver = rec.connection_info["driver_volume_type"]
+    async def _teardown(
+        self,
+        rec: VolumeRecord,
+        flow: str,
+        note: str | None,
+        context: str = "",
+    ) -> None:
+        """Mark detaching, unlink, disconnect, forget; record a failure.
+
+        ``note`` is the ``last_error`` the row carries while this runs (a
+        crash in the middle leaves it for the next start to read).  On
+        failure the row stays ``detaching`` with the error (after
+        ``context``, when given), and the error is raised: nothing is
+        forgotten while it may still be connected.
+        """
+        vol_id = rec.vol_id
+        driver = str(rec.connection_info["driver_volume_type"])
 
         async def mark() -> None:
-            await self.in_db(
-                self.db.set_state, rec.vol_id, db.DETACHING, rec.last_error
-            )
+            await self.in_db(self.db.set_state, vol_id, db.DETACHING, note)
 
         async def unlink() -> None:
-            await self.in_worker(self.remove_link, rec.vol_id)
+            await self.in_worker(self.remove_link, vol_id)
 
         async def disconnect() -> None:
-            await self.disconnect(rec.vol_id, driver, rec)
+            await self.disconnect(vol_id, driver, rec)
 
         async def forget() -> None:
-            await self.in_db(self.db.delete, rec.vol_id)
+            await self.in_db(self.db.delete, vol_id)
 
-        return [
-            Step("mark", mark),
-            Step("unlink", unlink),
-            Step("disconnect", disconnect),
-            Step("forget", forget),
-        ]
+        try:
+            await Flow(flow, self.failpoints).run(
+                [
+                    Step("mark", mark),
+                    Step("unlink", unlink),
+                    Step("disconnect", disconnect),
+                    Step("forget", forget),
+                ]
+            )
+        except Exception as e:
+            message = SCRUBBER.scrub(f"{context}: {e}" if context else str(e))
+            await self.in_db(self.db.set_state, vol_id, db.DETACHING, message)
+            log.error(
+                "%s of volume %s failed, kept as detaching: %s",
+                flow,
+                vol_id,
+                message,
+                extra={"VOL_ID": vol_id},
+            )
+            raise
 
     async def disconnect(
-        self, vol_id: str, driver: str, rec: VolumeRecord | None
+        self, vol_id: str, driver: str, rec: VolumeRecord
     ) -> None:
-        """Disconnect a record's device, unless another volume uses it."""
-        assert rec is not None
+        """Disconnect a record's device, unless another volume uses it.
+
+        A row still ``attaching`` has no ``path`` yet: the device is then
+        worked out from the recorded attachment, and when os-brick never
+        returned one, from the connection info itself.
+        """
+        attachment = rec.attachment or {}
+        path = rec.path or self.device_path(driver, attachment) or None
+        mpath = rec.multipath_id or attachment.get("multipath_id") or None
         owner = await self.in_db(
-            self.db.find_device_owner, rec.multipath_id, rec.path, vol_id
+            self.db.find_device_owner, mpath, path, vol_id
+        ) or await self.in_db(
+            self.db.find_connection_owner, rec.connection_info, vol_id
         )
         if owner is not None:
             log.warning(
                 "volume %s: device %s is also volume %s's; not disconnecting",
                 vol_id,
-                rec.path,
+                path,
                 owner,
+                extra={"VOL_ID": vol_id},
             )
             return
+        log.info(
+            "volume %s: disconnecting %s (%s)",
+            vol_id,
+            path or "device unknown",
+            driver,
+            extra={"VOL_ID": vol_id},
+        )
         await self.in_worker(
             self.brick.disconnect,
             driver,
             rec.connection_info["data"],
             rec.attachment,
+        )
+
+    # -- start-up reconciliation -------------------------------------------
+
+    async def reconcile(self) -> dict[str, int]:
+        """Finish or roll back what a crash left; run before serving.
+
+        * ``attaching`` rows: completed (``attached`` + symlink) when the
+          recorded device is verifiably there, otherwise rolled back
+          (disconnect with the recorded connection info, delete the row);
+        * ``detaching`` rows: the detach is finished;
+        * a failed rollback or detach keeps the row ``detaching`` with
+          ``last_error``, for a later ``detach_volume`` to retry;
+        * managed symlinks without a row are removed; those of
+          ``attached`` rows are created or pointed back at the row's path;
+        * ``attached`` rows whose device is gone stay (``exists: false``).
+
+        os-brick is waited for only when a row needs it, so a clean
+        database does not delay start-up.  Returns counts by decision.
+        """
+        started = time.monotonic()
+        stats: dict[str, int] = {}
+        records = await self.in_db(self.db.list)
+        await self.in_worker(self._reconcile_links, records, stats)
+        attached = [r for r in records if r.state == db.ATTACHED]
+        present = await self.in_worker(
+            self.udev.exists_many, [(r.path, r.multipath_id) for r in attached]
+        )
+        for rec, ok in zip(attached, present, strict=True):
+            if not ok:
+                _count(stats, "device_missing")
+                log.warning(
+                    "reconcile: volume %s is attached but its device %s is "
+                    "missing; keeping the record (exists: false)",
+                    rec.vol_id,
+                    rec.path,
+                    extra={"VOL_ID": rec.vol_id},
+                )
+        unfinished = [r for r in records if r.state != db.ATTACHED]
+        if unfinished:
+            try:
+                await self.brick_ready()
+            except AgentError as e:
+                await self._reconcile_without_brick(unfinished, e, stats)
+            else:
+                outcomes = await asyncio.gather(
+                    *(self._reconcile_one(r) for r in unfinished),
+                    return_exceptions=True,
+                )
+                for rec, outcome in zip(unfinished, outcomes, strict=True):
+                    if isinstance(outcome, BaseException):
+                        _count(stats, "failed")
+                        log.error(
+                            "reconcile: volume %s: unexpected error",
+                            rec.vol_id,
+                            exc_info=outcome,
+                        )
+                    else:
+                        _count(stats, outcome)
+        log.info(
+            "reconciled %d volume record(s) in %.3f s: %s",
+            len(records),
+            time.monotonic() - started,
+            ", ".join(f"{k} {v}" for k, v in sorted(stats.items()))
+            or "nothing to do",
+        )
+        return stats
+
+    def _reconcile_links(
+        self, records: list[VolumeRecord], stats: dict[str, int]
+    ) -> None:
+        """Make ``run_dir/volumes`` match the rows (on a worker thread)."""
+        rows = {r.vol_id: r for r in records}
+        seen: set[str] = set()
+        with os.scandir(self.volumes_dir) as entries:
+            for entry in entries:
+                name = entry.name
+                if name.startswith(".") and name.endswith(".tmp"):
+                    # make_link's temporary name: a crash between symlink
+                    # and rename left it.
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+                    continue
+                if not entry.is_symlink():
+                    log.warning(
+                        "reconcile: %s is not a symlink; leaving it alone",
+                        entry.path,
+                    )
+                    continue
+                seen.add(name)
+                target = os.readlink(entry.path)
+                rec = rows.get(name)
+                if rec is None:
+                    os.unlink(entry.path)
+                    _count(stats, "link_removed")
+                    log.info(
+                        "reconcile: removed symlink %s -> %s: no volume "
+                        "record",
+                        entry.path,
+                        target,
+                    )
+                elif (
+                    rec.state == db.ATTACHED
+                    and rec.path
+                    and target != rec.path
+                ):
+                    self.make_link(name, rec.path)
+                    _count(stats, "link_repaired")
+                    log.warning(
+                        "reconcile: symlink %s pointed to %s, not to volume "
+                        "%s's device %s; repaired",
+                        entry.path,
+                        target,
+                        name,
+                        rec.path,
+                        extra={"VOL_ID": name},
+                    )
+        for rec in records:
+            if (
+                rec.state == db.ATTACHED
+                and rec.path
+                and rec.vol_id not in seen
+            ):
+                # /run is a tmpfs: a reboot or a crash before the link
+                # step leaves an attached volume without its link.
+                self.make_link(rec.vol_id, rec.path)
+                _count(stats, "link_created")
+                log.info(
+                    "reconcile: created symlink for attached volume %s -> %s",
+                    rec.vol_id,
+                    rec.path,
+                    extra={"VOL_ID": rec.vol_id},
+                )
+
+    async def _reconcile_without_brick(
+        self,
+        records: list[VolumeRecord],
+        error: AgentError,
+        stats: dict[str, int],
+    ) -> None:
+        """Keep rows that need os-brick, saying why they were not done."""
+        for rec in records:
+            message = (
+                f"interrupted {rec.state[:-3]} not finished at start-up: "
+                f"{error.message} ({error.data}); run detach_volume once "
+                "os-brick works"
+            )
+            await self.in_db(
+                self.db.set_state, rec.vol_id, db.DETACHING, message
+            )
+            _count(stats, "failed")
+            log.error(
+                "reconcile: volume %s: %s",
+                rec.vol_id,
+                message,
+                extra={"VOL_ID": rec.vol_id},
+            )
+
+    async def _reconcile_one(self, rec: VolumeRecord) -> str:
+        """Complete, roll back or finish one row; the decision taken."""
+        vol_id = rec.vol_id
+        note: str | None
+        async with self.volume_lock(vol_id):
+            if rec.state == db.ATTACHING:
+                path, why = await self._completable(rec)
+                if path is not None:
+                    log.info(
+                        "reconcile: volume %s was attaching and its device "
+                        "%s is there: completing the attach",
+                        vol_id,
+                        path,
+                        extra={"VOL_ID": vol_id},
+                    )
+                    try:
+                        await self._complete(rec, path)
+                    except Exception as e:
+                        why = SCRUBBER.scrub(f"completing it failed: {e}")
+                    else:
+                        return "completed"
+                log.info(
+                    "reconcile: volume %s was attaching (%s): rolling back",
+                    vol_id,
+                    why,
+                    extra={"VOL_ID": vol_id},
+                )
+                note = f"attach interrupted by a restart ({why}); rolling back"
+                context = "rolling back an attach interrupted by a restart"
+                decision = "rolled_back"
+            else:
+                log.info(
+                    "reconcile: volume %s was detaching: finishing the detach",
+                    vol_id,
+                    extra={"VOL_ID": vol_id},
+                )
+                note = rec.last_error
+                context = "finishing an unfinished detach at start-up"
+                decision = "finished_detach"
+            try:
+                await self._teardown(rec, "reconcile", note, context)
+            except Exception:
+                return "failed"
+            log.info(
+                "reconcile: volume %s: %s",
+                vol_id,
+                decision.replace("_", " "),
+                extra={"VOL_ID": vol_id},
+            )
+            return decision
+
+    async def _completable(self, rec: VolumeRecord) -> tuple[str | None, str]:
+        """The path if an ``attaching`` row can be completed, else why not."""
+        driver = str(rec.connection_info["driver_volume_type"])
+        info = rec.attachment
+        if info is None:
+            return None, "os-brick had not returned the device"
+        if driver not in self.config.brick.drivers:
+            return None, f"driver {driver} is no longer allowed"
+        mpath = info.get("multipath_id") or None
+        if (
+            self.config.brick.enforce_multipath
+            and self.brick.uses_multipath(driver)
+            and not mpath
+        ):
+            return None, "multipath is enforced and there is no multipath id"
+        path = self.device_path(driver, info)
+        if not path:
+            return None, "os-brick returned no device path"
+        owner = await self.in_db(
+            self.db.find_device_owner, mpath, path, rec.vol_id
+        )
+        if owner is not None:
+            return None, f"device {path} is volume {owner}'s"
+        if not await self.in_worker(self.udev.exists, path, mpath):
+            return None, f"device {path} is not there"
+        return path, ""
+
+    async def _complete(self, rec: VolumeRecord, path: str) -> None:
+        """Record an interrupted attach as done and link it."""
+        assert rec.attachment is not None
+        attachment = rec.attachment
+
+        async def attached() -> None:
+            await self.in_db(
+                self.db.set_attached,
+                rec.vol_id,
+                path,
+                attachment,
+                attachment.get("multipath_id") or None,
+            )
+
+        async def link() -> None:
+            await self.in_worker(self.make_link, rec.vol_id, path)
+
+        await Flow("reconcile", self.failpoints).run(
+            [Step("attached", attached), Step("link", link)]
         )
 
     # -- info --------------------------------------------------------------
@@ -434,10 +727,11 @@ class _Attach:
         self.path = ""
 
     def steps(self) -> list[Step]:
-        """record -> connect -> wait -> attached -> link, with undos."""
+        """record -> connect -> connected -> wait -> attached -> link."""
         return [
             Step("record", self.record, self.forget),
             Step("connect", self.connect, self.disconnect),
+            Step("connected", self.connected),
             Step("wait", self.wait),
             Step("attached", self.attached, self.unattached),
             Step("link", self.link, self.unlink),
@@ -453,6 +747,12 @@ class _Attach:
 
     async def connect(self) -> None:
         """Run os-brick's connect_volume."""
+        log.info(
+            "volume %s: connecting (%s)",
+            self.vol_id,
+            self.driver,
+            extra={"VOL_ID": self.vol_id},
+        )
         self.info = await self.s.in_worker(
             self.s.brick.connect, self.driver, self.connection_info["data"]
         )
@@ -462,15 +762,20 @@ class _Attach:
         rec = VolumeRecord(
             vol_id=self.vol_id,
             connection_info=self.connection_info,
-            path=self.s.device_path(self.driver, self.info or {}) or None,
+            path=None,
             attachment=self.info,
-            multipath_id=(self.info or {}).get("multipath_id"),
+            multipath_id=None,
             state=db.ATTACHING,
             last_error=None,
             created=0.0,
             updated=0.0,
         )
         await self.s.disconnect(self.vol_id, self.driver, rec)
+
+    async def connected(self) -> None:
+        """Keep os-brick's answer in the row, for start-up reconciliation."""
+        assert self.info is not None
+        await self.s.in_db(self.s.db.set_attachment, self.vol_id, self.info)
 
     async def wait(self) -> None:
         """Wait for the device; refuse one that another volume owns."""
@@ -520,3 +825,7 @@ class _Attach:
             await self.s.in_db(
                 self.s.db.set_state, self.vol_id, db.DETACHING, message
             )
+
+
+def _count(stats: dict[str, int], key: str) -> None:
+    stats[key] = stats.get(key, 0) + 1

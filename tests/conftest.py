@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,14 +86,25 @@ class Agent:
         """Rewrite the config (applies at the next start)."""
         write_config(self.config, self.tmp, self.socket, **sections)
 
-    def start(self, wait: bool = True) -> None:
-        """Start the daemon; by default wait until it answers a ping."""
+    def start(
+        self,
+        wait: bool = True,
+        prefix: Sequence[str] = (),
+        pass_fds: Sequence[int] = (),
+    ) -> None:
+        """Start the daemon; by default wait until it answers a ping.
+
+        ``prefix`` runs it through a wrapper that ends in ``exec "$@"``
+        (``unshare``, a shell setting LISTEN_PID=$$), so the daemon keeps
+        the pid :attr:`proc` has; ``pass_fds`` are inherited.
+        """
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [HOSTAGENTD, "--config", str(self.config)],
+                [*prefix, HOSTAGENTD, "--config", str(self.config)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=self.env,
+                pass_fds=pass_fds,
             )
         if wait:
             self.wait_ready()

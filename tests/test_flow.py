@@ -82,3 +82,29 @@ def test_fail_points_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
         "attach.after_connect": "kill",
         "detach.x": "raise",
     }
+
+
+def test_counted_fail_point_fires_n_times() -> None:
+    points = FailPoints({"t.before_a": "2*raise"})
+    for _ in range(2):
+        with pytest.raises(FailPointError):
+            points.hit("t.before_a")
+    points.hit("t.before_a")  # exhausted: a retry goes through
+    log: list[str] = []
+    run(Flow("t", points).run([recorder(log, "a")]))
+    assert log == ["do a"]
+
+
+def test_sleep_fail_point_pauses_and_goes_on() -> None:
+    log: list[str] = []
+    points = FailPoints({"t.after_a": "sleep:0.01"})
+    run(Flow("t", points).run([recorder(log, "a"), recorder(log, "b")]))
+    assert log == ["do a", "do b"]
+
+
+@pytest.mark.parametrize(
+    "action", ["explode", "sleep", "sleep:x", "x*raise", "kill:3"]
+)
+def test_malformed_fail_point_is_refused(action: str) -> None:
+    with pytest.raises(ValueError, match=r"fail point t\.a"):
+        FailPoints({"t.a": action})

@@ -278,6 +278,9 @@ def test_iscsi_to_dead_portal_is_926_and_leaves_nothing(agent: Agent) -> None:
     assert rows(agent) == []
     assert agent.links() == []
     assert no_iscsi_leftovers()
+    # os-brick's external locks live under state_dir, not /var/lib/cinder.
+    locks = [p.name for p in (agent.state_dir / "locks").iterdir()]
+    assert any("connect_volume" in name for name in locks), locks
 
 
 def test_ping_is_fast_while_attach_runs_in_os_brick(

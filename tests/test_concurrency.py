@@ -1,0 +1,157 @@
+"""Many real clients on one volume of the real daemon at once.
+
+Proof that one volume never gets two connects: the daemon logs
+"volume <id>: connecting" right before os-brick's connect_volume and
+"volume <id>: disconnecting" right before disconnect_volume; in one run
+of the daemon these must strictly alternate, starting with a connect.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import sqlite3
+import threading
+from typing import Any
+
+from conftest import Agent, Loops, local_info, new_vol_id
+
+from hostagent.client import RpcError
+
+ATTACH = "ManagedVolume.attach_volume"
+DETACH = "ManagedVolume.detach_volume"
+INFO = "ManagedVolume.volumes_info"
+FAILPOINTS = "HOSTAGENT_FAILPOINTS"
+
+
+def events(agent: Agent, vid: str) -> list[str]:
+    """``connect``/``disconnect`` of ``vid``, in log order."""
+    return re.findall(rf"volume {vid}: (connect|disconnect)ing ", agent.log())
+
+
+def db_rows(agent: Agent) -> list[tuple[str, str]]:
+    """(vol_id, state) of every row, read with plain sqlite3."""
+    with sqlite3.connect(agent.db_path) as con:
+        return con.execute("SELECT vol_id, state FROM volume").fetchall()
+
+
+def test_many_clients_attach_and_detach_one_volume(
+    agent_factory: Any, loops: Loops
+) -> None:
+    clients, rounds = 12, 10
+    a: Agent = agent_factory(
+        env={
+            # Stand-ins for slow storage, so that operations overlap.
+            FAILPOINTS: "brick.after_connect_volume=sleep:0.01,"
+            "detach.after_unlink=sleep:0.01"
+        }
+    )
+    a.start()
+    dev = loops.create()
+    vid = new_vol_id()
+    info = local_info(dev)
+    start = threading.Barrier(clients)
+    outcomes: list[tuple[str, Any]] = []
+    lock = threading.Lock()
+
+    def worker(seed: int) -> None:
+        rng = random.Random(seed)
+        with a.client(timeout=60) as c:
+            start.wait()
+            for _ in range(rounds):
+                op = rng.choice(("attach", "detach", "info"))
+                try:
+                    if op == "attach":
+                        result = c.call(ATTACH, [vid, info])
+                    elif op == "detach":
+                        result = c.call(DETACH, [vid])
+                    else:
+                        result = c.call(INFO, [[vid]])
+                except RpcError as e:
+                    result = e
+                with lock:
+                    outcomes.append((op, result))
+
+    threads = [
+        threading.Thread(target=worker, args=(i,)) for i in range(clients)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert len(outcomes) == clients * rounds
+    errors = [r for _, r in outcomes if isinstance(r, RpcError)]
+    assert not errors, errors
+    for op, result in outcomes:
+        if op == "attach":
+            assert result["path"] == dev
+            assert result["vol_id"] == vid
+        elif op == "detach":
+            assert result is None
+        else:
+            assert all(
+                v["state"] in ("attaching", "attached", "detaching")
+                for v in result
+            )
+
+    seq = events(a, vid)
+    assert seq, "no attach ever connected"
+    for i, e in enumerate(seq):
+        assert e == ("connect" if i % 2 == 0 else "disconnect"), seq
+    # The last event tells whether the volume must be attached now.
+    attached = seq[-1] == "connect"
+    assert db_rows(a) == ([(vid, "attached")] if attached else [])
+    assert a.links() == ([vid] if attached else [])
+    attaches = sum(1 for op, _ in outcomes if op == "attach")
+    print(
+        f"\n{clients} clients, {len(outcomes)} calls ({attaches} attaches):"
+        f" {seq.count('connect')} connects,"
+        f" {seq.count('disconnect')} disconnects"
+    )
+
+
+def test_busy_volume_waits_then_927(agent_factory: Any, loops: Loops) -> None:
+    """A second operation waits ``storage.lock_timeout``, then gets 927.
+
+    The first attach pauses (fail point, once) inside its flow, holding
+    the volume's lock; another volume attaches meanwhile.
+    """
+    a: Agent = agent_factory(
+        env={FAILPOINTS: "attach.after_connect=1*sleep:3"}
+    )
+    a.configure(storage={"lock_timeout": 0.3})
+    a.start()
+    dev, other_dev = loops.create(), loops.create()
+    vid, other = new_vol_id(), new_vol_id()
+    first: dict[str, Any] = {}
+
+    def slow_attach() -> None:
+        first["result"] = a.call(ATTACH, [vid, local_info(dev)])
+
+    t = threading.Thread(target=slow_attach)
+    t.start()
+    deadline = 200
+    while "fail point attach.after_connect" not in a.log() and deadline:
+        deadline -= 1
+        t.join(0.05)
+    assert deadline, "the first attach never reached its fail point"
+
+    (row,) = a.call(INFO, [[vid]])
+    assert row["state"] == "attaching"
+    err = a.error(ATTACH, [vid, local_info(dev)])
+    assert err.code == 927
+    assert "in progress" in err.message
+    assert a.error(DETACH, [vid]).code == 927
+    # Other volumes are not held up by this one.
+    assert a.call(ATTACH, [other, local_info(other_dev)])["path"] == other_dev
+    assert t.is_alive(), "the first attach ended before the checks"
+
+    t.join(30)
+    assert first["result"]["path"] == dev
+    assert events(a, vid) == ["connect"]
+    # Now free: the same call that got 927 succeeds (idempotent).
+    assert a.call(ATTACH, [vid, local_info(dev)]) == first["result"]
+    assert events(a, vid) == ["connect"]
+    assert a.call(DETACH, [vid]) is None
+    assert a.call(DETACH, [other]) is None
+    assert db_rows(a) == []

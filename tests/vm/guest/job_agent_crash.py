@@ -1,0 +1,128 @@
+"""Guest job: hostagentd killed mid-attach, with a real iSCSI session.
+
+The agent runs with the fail point ``attach.after_connect=kill``: it
+logs in (two portals, multipath) and is SIGKILLed before the database
+records the attachment.  Restarted without the fail point, it must
+reconcile: no session left, no stale row, and the next attach and
+detach of the same volume work.  Case: agent_kill_mid_attach.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from pathlib import Path
+from typing import Any
+
+import labguest as g
+
+STATE = "/var/lib/hostagent-crash"
+RUN = "/run/hostagent-crash"
+# SIGKILL right after os-brick's connect_volume returned: the sessions
+# are up, the database still says "attaching".
+FAILPOINT = "attach.after_connect=kill"
+
+
+def leftovers() -> dict[str, Any]:
+    """Sessions, dm devices and SCSI disks present now."""
+    return {
+        "sessions": g.iscsi_sessions(),
+        "dm_devices": g.dm_devices(),
+        "sd_devices": sorted(p.name for p in Path("/sys/block").glob("sd*")),
+    }
+
+
+def main() -> None:
+    """Crash the agent after the iSCSI login, restart it, check."""
+    from hostagent.client import RpcError
+
+    with g.Case("agent_kill_mid_attach") as case:
+        with case.step("services"):
+            g.start_iscsid()
+            g.set_iscsi_timeouts()
+            g.start_multipathd()
+            target = g.LioIscsiTarget(
+                "iqn.2003-01.org.lab:crash",
+                g.backing_file("crash.img"),
+                ["127.0.0.2:3260", "127.0.0.3:3260"],
+                name="crash",
+            )
+        conn_info = {
+            "driver_volume_type": "iscsi",
+            "data": target.connection_data(multipath=True),
+        }
+        vol_id = str(uuid.uuid4())
+        case.data["vol_id"] = vol_id
+
+        first = g.Agent("hostagentd-crash1", state_dir=STATE, run_dir=RUN)
+        with case.step("start_with_failpoint"):
+            first.start(env={"HOSTAGENT_FAILPOINTS": FAILPOINT})
+        with case.step("attach_killed"):
+            try:
+                with first.client() as c:
+                    c.call("ManagedVolume.attach_volume", [vol_id, conn_info])
+                case.data["attach_outcome"] = "returned"
+            except (ConnectionError, OSError) as exc:
+                case.data["attach_outcome"] = type(exc).__name__
+            case.data["exit_status"] = first.wait_exit(timeout=60)
+        # The crash happened after the login: the sessions are there.
+        case.data["after_kill"] = leftovers()
+
+        second = g.Agent("hostagentd-crash2", state_dir=STATE, run_dir=RUN)
+        with case.step("restart"):
+            case.data["restart_seconds"] = second.start()
+        # Reconciliation runs before READY; give it a moment more in
+        # case it finishes in the background.
+        with (
+            case.step("reconcile_wait"),
+            contextlib.suppress(TimeoutError),
+        ):
+            g.wait_for(
+                lambda: not g.iscsi_sessions(),
+                timeout=20,
+                what="no iSCSI session after restart",
+            )
+        with second.client() as c:
+            case.data["info_after_restart"] = c.call(
+                "ManagedVolume.volumes_info"
+            )
+            case.data["after_restart"] = leftovers()
+            links = Path(RUN) / "volumes"
+            case.data["links_after_restart"] = (
+                sorted(p.name for p in links.iterdir())
+                if links.exists()
+                else []
+            )
+
+            # The volume must be usable again: attach, then detach.
+            with case.step("reattach"):
+                try:
+                    result = c.call(
+                        "ManagedVolume.attach_volume", [vol_id, conn_info]
+                    )
+                    case.data["reattach"] = result
+                    case.data["reattach_io"] = g.io_check(result["path"])
+                except RpcError as exc:
+                    case.data["reattach_error"] = {
+                        "code": exc.code,
+                        "message": exc.message,
+                    }
+            with case.step("detach"):
+                try:
+                    c.call("ManagedVolume.detach_volume", [vol_id])
+                    case.data["detach_ok"] = True
+                except RpcError as exc:
+                    case.data["detach_error"] = {
+                        "code": exc.code,
+                        "message": exc.message,
+                    }
+            case.data["info_final"] = c.call("ManagedVolume.volumes_info")
+        case.data["final"] = leftovers()
+        case.data["second_exit_status"] = second.stop()
+    g.save_artifacts(
+        "/tmp/hostagentd-crash1.log", "/tmp/hostagentd-crash2.log"
+    )
+
+
+if __name__ == "__main__":
+    main()
