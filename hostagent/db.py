@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import peewee as pw
 
@@ -56,6 +56,18 @@ class VolumeRecord:
     last_error: str | None
     created: float
     updated: float
+
+
+class StoredVolume(NamedTuple):
+    """What volumes_info shows of a row, its JSON columns left as text."""
+
+    vol_id: str
+    connection_info: str
+    path: str | None
+    attachment: str | None
+    multipath_id: str | None
+    state: str
+    last_error: str | None
 
 
 _proxy = pw.DatabaseProxy()
@@ -99,6 +111,7 @@ _Row = collections.namedtuple(  # type: ignore[misc]
 # what SQLite takes to run it.
 _COLUMNS = ", ".join(f'"{f.column_name}"' for f in _Volume._meta.sorted_fields)
 _GET = f'SELECT {_COLUMNS} FROM "volume" WHERE "vol_id" = ?'
+_STORED = ", ".join(f'"{name}"' for name in StoredVolume._fields)
 
 
 # Ordered migrations: MIGRATIONS[i] brings a database from version i to
@@ -230,6 +243,22 @@ class Database:
 
     # -- queries -----------------------------------------------------------
 
+    def stored(
+        self, vol_ids: Sequence[str] | None = None
+    ) -> list[StoredVolume]:
+        """:meth:`list`, with the JSON columns as stored (not decoded).
+
+        volumes_info asks for every volume, again and again; its caller
+        decodes (and redacts) a text only when it changed.
+        """
+        sql = f'SELECT {_STORED} FROM "volume"'
+        params: list[str] = []
+        if vol_ids:
+            params = list(dict.fromkeys(vol_ids))
+            sql += ' WHERE "vol_id" IN (' + ", ".join("?" * len(params)) + ")"
+        rows = _sql(self._db, sql + ' ORDER BY "vol_id"', params).fetchall()
+        return [StoredVolume._make(r) for r in rows]
+
     def get(self, vol_id: str) -> VolumeRecord | None:
         """The record of ``vol_id``, or ``None``."""
         row = _sql(self._db, _GET, (vol_id,)).fetchone()
@@ -294,15 +323,13 @@ class Database:
         self, connection_info: dict[str, Any], exclude: str
     ) -> str | None:
         """The vol_id (other than ``exclude``) with this connection info."""
-        row = (
-            _Volume.select(_Volume.vol_id)
-            .where(
-                (_Volume.connection_info == _dump(connection_info))
-                & (_Volume.vol_id != exclude)
-            )
-            .first()
-        )
-        return None if row is None else str(row.vol_id)
+        row = _sql(
+            self._db,
+            'SELECT "vol_id" FROM "volume" WHERE "connection_info" = ?'
+            ' AND "vol_id" != ? LIMIT 1',
+            (_dump(connection_info), exclude),
+        ).fetchone()
+        return None if row is None else str(row[0])
 
     def set_attached(
         self,

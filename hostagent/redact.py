@@ -80,13 +80,6 @@ def _strings(value: Any) -> set[str]:
     return {text} if text else set()
 
 
-# scrub_data() keeps what it did to short strings, because results repeat
-# them (volumes_info answers with every volume's connection info each time
-# it is asked); the memo is dropped whenever a secret is learned.
-_MEMO_MAX_ITEMS = 1 << 16
-_MEMO_MAX_LEN = 256
-
-
 class Scrubber:
     """Erases known secret strings from text.
 
@@ -98,13 +91,13 @@ class Scrubber:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._secrets: frozenset[str] = frozenset()
-        # The pattern and scrub_data's memo for it, swapped together.
-        self._state: tuple[re.Pattern[str], dict[str, str]] | None = None
+        self._pattern: re.Pattern[str] | None = None
+        self.generation = 0
 
     @property
     def active(self) -> bool:
         """True once a secret was learned (until then text is unchanged)."""
-        return self._state is not None
+        return self._pattern is not None
 
     def remember(self, value: Any) -> None:
         """Learn the secret values found in ``value`` (a connection info)."""
@@ -113,18 +106,20 @@ class Scrubber:
             return
         with self._lock:
             self._secrets = self._secrets | new
-            self._state = (_compile(self._secrets), {})
+            self._pattern = _compile(self._secrets)
+            # Tells holders of scrubbed data that it may be stale now.
+            self.generation += 1
 
     def scrub(self, text: str) -> str:
         """``text`` with every remembered secret replaced by ``"***"``."""
-        state = self._state
-        if state is None:
+        pattern = self._pattern
+        if pattern is None:
             return text
-        return state[0].sub(MASK, text)
+        return pattern.sub(MASK, text)
 
     def scrub_data(self, value: Any) -> Any:
         """:func:`redact` plus :meth:`scrub` on every string inside."""
-        return _scrub_data(value, self._state)
+        return _scrub_data(value, self._pattern)
 
 
 def _compile(secrets: frozenset[str]) -> re.Pattern[str]:
@@ -178,32 +173,22 @@ def _trie_pattern(words: frozenset[str]) -> str:
     return build(trie)
 
 
-def _scrub_data(
-    value: Any, state: tuple[re.Pattern[str], dict[str, str]] | None
-) -> Any:
+def _scrub_data(value: Any, pattern: re.Pattern[str] | None) -> Any:
     # One walk that both redacts and scrubs: results hold a connection
     # info per volume, and volumes_info returns every volume.
     if isinstance(value, str):
-        if state is None:
-            return value
-        pattern, memo = state
-        done = memo.get(value)
-        if done is None:
-            done = pattern.sub(MASK, value)
-            if len(value) <= _MEMO_MAX_LEN and len(memo) < _MEMO_MAX_ITEMS:
-                memo[value] = done
-        return done
+        return value if pattern is None else pattern.sub(MASK, value)
     if isinstance(value, dict):
         return {
             k: (
                 MASK
                 if isinstance(k, str) and is_secret_key(k) and v is not None
-                else _scrub_data(v, state)
+                else _scrub_data(v, pattern)
             )
             for k, v in value.items()
         }
     if isinstance(value, list):
-        return [_scrub_data(v, state) for v in value]
+        return [_scrub_data(v, pattern) for v in value]
     return value
 
 

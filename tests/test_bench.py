@@ -36,19 +36,22 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert doc["meta"]["smoke"] is True
     figures = doc["figures"]
     names = [f["figure"] for f in figures]
-    for expected in (
-        "Host.ping round trip p50",
-        "Host.ping round trip p99",
-        "Host.ping throughput",
-        "volumes_info",
-        "attach+detach p50",
-        "attach+detach overhead over",
-        "attach+detach overhead beyond",
-        "attaches from",
-        "daemon start",
-        "daemon RSS",
-    ):
-        assert sum(expected in n for n in names) == 1, names
+    # Every figure of the table, each with its target.
+    targets = {
+        "Host.ping round trip p50": "2.0x echo",
+        "Host.ping throughput": "0.5x echo",
+        "volumes, p50": "25 ms",
+        "attach+detach overhead over": "3 ms",
+        "attaches from": "all succeed",
+        "daemon start": "1.0 s",
+        "daemon RSS": "70 MB",
+    }
+    targeted = [f for f in figures if f["target"]]
+    assert len(targeted) == len(targets), names
+    for expected, target in targets.items():
+        (row,) = (f for f in targeted if expected in f["figure"])
+        assert target in row["target"], row
+    assert len(names) == len(set(names)), names
     for f in figures:
         assert set(f) == ROW_KEYS
         assert isinstance(f["value"], float) and math.isfinite(f["value"])

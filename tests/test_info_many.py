@@ -30,3 +30,33 @@ def test_exists_of_several_volumes(agent: Agent, loops: Loops) -> None:
     loops.detach(devs[1])
     exists = {v["vol_id"]: v["exists"] for v in agent.call(INFO)}
     assert exists == {vids[0]: True, vids[1]: False, vids[2]: True}
+
+
+def test_a_secret_learned_later_is_hidden_in_earlier_rows(
+    agent: Agent, loops: Loops
+) -> None:
+    """volumes_info keeps decoded rows; learning a secret invalidates them."""
+    first, second = new_vol_id(), new_vol_id()
+    agent.call(
+        "ManagedVolume.attach_volume",
+        {
+            "vol_id": first,
+            "connection_info": local_info(loops.create(), note="s3cret-xyz"),
+        },
+    )
+    (info,) = agent.call(INFO)
+    assert info["connection_info"]["data"]["note"] == "s3cret-xyz"
+    agent.call(
+        "ManagedVolume.attach_volume",
+        {
+            "vol_id": second,
+            "connection_info": local_info(
+                loops.create(), auth_password="s3cret-xyz"
+            ),
+        },
+    )
+    shown = {
+        v["vol_id"]: v["connection_info"]["data"] for v in agent.call(INFO)
+    }
+    assert shown[first]["note"] == "***"
+    assert shown[second]["auth_password"] == "***"
