@@ -16,6 +16,9 @@ Rules (DESIGN.md):
 
 Blocking work runs off the event loop: os-brick calls on a thread pool,
 database calls on one dedicated thread (which owns the only connection).
+The flows' managed symlinks (in run_dir, a tmpfs) and a device's presence
+check (a stat and a sysfs read) take microseconds and run on the loop: a
+hand-off to a thread costs more than they do.
 """
 
 from __future__ import annotations
@@ -267,6 +270,12 @@ class VolumeService:
             return f"/dev/mapper/{mpath}"
         return str(info.get("path") or "")
 
+    async def _device_exists(self, path: str, mpath: str | None) -> bool:
+        if mpath:  # enumerates the dm devices: on a worker
+            return await self.in_worker(self.udev.exists, path, mpath)
+        # A stat and a sysfs read: less than the hand-off to a thread.
+        return self.udev.exists(path, None)
+
     async def wait_for_device(self, driver: str, info: dict[str, Any]) -> str:
         """Wait for the connected device; return the VM's path.
 
@@ -291,7 +300,7 @@ class VolumeService:
                 {"driver": driver, "error_class": "VolumeDeviceNotFound"},
             )
         deadline = time.monotonic() + self.device_wait
-        while not await self.in_worker(self.udev.exists, path, mpath):
+        while not await self._device_exists(path, mpath):
             if time.monotonic() >= deadline:
                 if mpath and await self.in_worker(
                     self.udev.device_present, path
@@ -365,7 +374,7 @@ class VolumeService:
             await self.in_db(self.db.set_state, vol_id, db.DETACHING, note)
 
         async def unlink() -> None:
-            await self.in_worker(self.remove_link, vol_id)
+            self.remove_link(vol_id)
 
         async def disconnect() -> None:
             await self.disconnect(vol_id, driver, rec)
@@ -854,11 +863,11 @@ class _Attach:
 
     async def link(self) -> None:
         """Create the managed symlink."""
-        await self.s.in_worker(self.s.make_link, self.vol_id, self.path)
+        self.s.make_link(self.vol_id, self.path)
 
     async def unlink(self) -> None:
         """Remove the managed symlink."""
-        await self.s.in_worker(self.s.remove_link, self.vol_id)
+        self.s.remove_link(self.vol_id)
 
     async def record_leak(self, e: FlowError) -> None:
         """Keep the row when a revert failed, so a detach can retry."""
