@@ -7,7 +7,7 @@ set -eu
 # systemd: systemd-analyze, -tmpfiles, -sysusers, -socket-activate for the
 # unit tests (no systemd as PID 1 needed); rpm and cpio: make rpm.
 BASE="libsystemd-dev pkg-config gcc open-iscsi util-linux socat \
-multipath-tools python3-venv openssl systemd rpm cpio"
+multipath-tools python3-venv openssl systemd rpm cpio aoetools"
 
 pkgs=${*:-$BASE}
 missing=""

@@ -48,7 +48,11 @@ from hostagent.volumes import VolumeService
 log = logging.getLogger(__name__)
 
 MUTATING = frozenset(
-    {"ManagedVolume.attach_volume", "ManagedVolume.detach_volume"}
+    {
+        "ManagedVolume.attach_volume",
+        "ManagedVolume.detach_volume",
+        "ManagedVolume.extend_volume",
+    }
 )
 
 
@@ -198,9 +202,12 @@ class Api:
         self._signatures: dict[str, inspect.Signature] = {}
         self._add("Host.ping", self.ping)
         self._add("Host.getCapabilities", self.get_capabilities)
+        self._add("Host.subscribe", self.subscribe)
+        self._add("Host.unsubscribe", self.unsubscribe)
         self._add("ManagedVolume.attach_volume", self.attach_volume)
         self._add("ManagedVolume.detach_volume", self.detach_volume)
         self._add("ManagedVolume.volumes_info", self.volumes_info)
+        self._add("ManagedVolume.extend_volume", self.extend_volume)
         self._add("rpc.discover", self.discover)
 
     def _add(self, name: str, fn: Handler) -> None:
@@ -268,11 +275,27 @@ class Api:
         """``Host.getCapabilities``."""
         return await self.service.capabilities()
 
+    async def subscribe(self, ctx: Peer) -> bool:
+        """``Host.subscribe``: events go to this connection until it ends."""
+        return self.service.events.subscribe(ctx)
+
+    async def unsubscribe(self, ctx: Peer) -> bool:
+        """``Host.unsubscribe``; false when it was not subscribed."""
+        return self.service.events.unsubscribe(ctx)
+
     async def attach_volume(
-        self, ctx: Peer, vol_id: str, connection_info: dict[str, Any]
+        self,
+        ctx: Peer,
+        vol_id: str,
+        connection_info: dict[str, Any],
+        backend: str | None = None,
     ) -> dict[str, Any]:
         """``ManagedVolume.attach_volume``."""
-        return await self.service.attach(vol_id, connection_info)
+        return await self.service.attach(vol_id, connection_info, backend)
+
+    async def extend_volume(self, ctx: Peer, vol_id: str) -> int:
+        """``ManagedVolume.extend_volume``."""
+        return await self.service.extend(vol_id)
 
     async def detach_volume(self, ctx: Peer, vol_id: str) -> None:
         """``ManagedVolume.detach_volume``."""

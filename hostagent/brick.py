@@ -19,16 +19,20 @@ fails, so a tested failure takes the same path as a real one.
 
 from __future__ import annotations
 
+import configparser
 import contextlib
+import functools
 import logging
 import os
+import platform
 import socket
 import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Any
 
-from hostagent.config import BrickConfig
+from hostagent.config import BackendConfig, BrickConfig
 from hostagent.errors import BrickUnavailable, ConnectorFailed
 from hostagent.flow import FailPointError, FailPoints
 from hostagent.redact import SCRUBBER
@@ -137,11 +141,22 @@ class Brick:
             )
         except Exception as e:
             raise _failed("get_connector_properties", None, e) from e
+        # The agent always maps RBD images on this host (see _connector).
+        props["do_local_attach"] = True
         return props
 
-    def connect(self, driver: str, data: dict[str, Any]) -> dict[str, Any]:
-        """Run the connector's ``connect_volume``; return the device info."""
-        conn = self._connector(driver)
+    def connect(
+        self,
+        driver: str,
+        data: dict[str, Any],
+        backend: BackendConfig | None = None,
+    ) -> dict[str, Any]:
+        """Run the connector's ``connect_volume``; return the device info.
+
+        ``backend`` (a ``[backend.NAME]`` section) picks the connector
+        options; without it the driver type's ``[brick]`` defaults apply.
+        """
+        conn = self._connector(driver, backend)
         try:
             self._failpoint("brick.before_connect_volume")
             info = conn.connect_volume(data)
@@ -161,9 +176,10 @@ class Brick:
         data: dict[str, Any],
         attachment: dict[str, Any] | None,
         force: bool = False,
+        backend: BackendConfig | None = None,
     ) -> None:
         """Run the connector's ``disconnect_volume``."""
-        conn = self._connector(driver)
+        conn = self._connector(driver, backend)
         try:
             self._failpoint("brick.before_disconnect_volume")
             # An attach killed before os-brick returned has no device
@@ -173,6 +189,62 @@ class Brick:
             self._failpoint("brick.after_disconnect_volume")
         except Exception as e:
             raise _failed("disconnect_volume", driver, e) from e
+
+    def release_share(
+        self,
+        driver: str,
+        data: dict[str, Any],
+        backend: BackendConfig | None = None,
+    ) -> None:
+        """Unmount the share an ``nfs`` volume was on (others: nothing).
+
+        os-brick's remote-fs connector mounts the share on connect but
+        never unmounts it; the volume service calls this once the last
+        volume on the share is disconnected, so detach leaves nothing.
+        """
+        if driver != "nfs":
+            return
+        conn = self._connector(driver, backend)
+        mount_point = conn._remotefsclient.get_mount_point(data["export"])
+        if mount_point not in _mount_points():
+            return
+        try:
+            conn._execute("umount", mount_point, run_as_root=True)
+        except Exception as e:
+            raise _failed("umount", driver, e) from e
+        log.info("unmounted %s from %s", data["export"], mount_point)
+
+    def extend(
+        self,
+        driver: str,
+        data: dict[str, Any],
+        backend: BackendConfig | None = None,
+    ) -> int:
+        """Run the connector's ``extend_volume``; the new size in bytes."""
+        conn = self._connector(driver, backend)
+        try:
+            size = conn.extend_volume(data)
+        except NotImplementedError as e:
+            raise ConnectorFailed(
+                f"the {driver} connector cannot extend volumes",
+                {
+                    "driver": driver,
+                    "operation": "extend_volume",
+                    "error_class": "NotImplementedError",
+                },
+            ) from e
+        except Exception as e:
+            raise _failed("extend_volume", driver, e) from e
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise ConnectorFailed(
+                f"{driver} extend_volume returned no size",
+                {
+                    "driver": driver,
+                    "operation": "extend_volume",
+                    "error_class": type(size).__name__,
+                },
+            )
+        return size
 
     def _failpoint(self, name: str) -> None:
         try:
@@ -184,34 +256,357 @@ class Brick:
                 stderr=str(e), exit_code=1, cmd=name
             ) from e
 
-    def uses_multipath(self, driver: str) -> bool:
+    def uses_multipath(
+        self, driver: str, backend: BackendConfig | None = None
+    ) -> bool:
         """Whether volumes of ``driver`` are attached through multipath."""
-        return self.config.multipath and driver in MULTIPATH_DRIVERS
+        wanted = backend.multipath if backend else self.config.multipath
+        return wanted and driver in MULTIPATH_DRIVERS
 
-    def _connector(self, driver: str) -> Any:
+    def enforces_multipath(
+        self, driver: str, backend: BackendConfig | None = None
+    ) -> bool:
+        """Whether a missing multipath device fails the attach (928)."""
+        enforce = (
+            backend.enforce_multipath
+            if backend
+            else self.config.enforce_multipath
+        )
+        return enforce and self.uses_multipath(driver, backend)
+
+    def multipath_ready(
+        self, driver: str, backend: BackendConfig | None = None
+    ) -> bool:
+        """Whether multipathd runs (os-brick's ``supports_multipath``)."""
+        conn = self._connector(driver, backend)
+        try:
+            return bool(conn.supports_multipath())
+        except Exception as e:
+            log.warning("cannot tell whether multipathd runs: %s", e)
+            return False
+
+    def _connector(
+        self, driver: str, backend: BackendConfig | None = None
+    ) -> Any:
         self.load()
-        conn = self._connectors.get(driver)
+        # One connector per backend (its options differ), one per driver
+        # type for the [brick] defaults; "@" cannot start a backend name.
+        key = backend.name if backend else f"@{driver}"
+        conn = self._connectors.get(key)
         if conn is not None:
             return conn
         from os_brick.initiator import connector
 
+        attempts = (
+            backend.device_scan_attempts
+            if backend
+            else self.config.device_scan_attempts
+        )
         kwargs: dict[str, Any] = {}
         if driver == "nfs":
             self.mount_dir.mkdir(parents=True, exist_ok=True)
             kwargs["nfs_mount_point_base"] = str(self.mount_dir)
+        elif driver == "rbd":
+            # The agent maps the image on this host (krbd): a librados
+            # file handle in this process would be useless to a VM.
+            kwargs["do_local_attach"] = True
+            if backend and backend.ceph_conf:
+                kwargs["execute"] = _with_env({"CEPH_CONF": backend.ceph_conf})
         try:
-            conn = connector.InitiatorConnector.factory(
-                driver.upper(),
-                "",
-                use_multipath=self.uses_multipath(driver),
-                device_scan_attempts=self.config.device_scan_attempts,
-                enforce_multipath=self.config.enforce_multipath,
-                **kwargs,
-            )
+            if driver == "aoe":
+                # os-brick dropped its AoE connector; ours has the same
+                # interface, so the rest of the agent cannot tell.
+                conn = aoe_connector_class()("", device_scan_attempts=attempts)
+            elif driver == "storpool" and backend and backend.storpool_conf:
+                conn = storpool_connector_class()(
+                    "", backend.storpool_conf, device_scan_attempts=attempts
+                )
+            else:
+                conn = connector.InitiatorConnector.factory(
+                    driver.upper(),
+                    "",
+                    use_multipath=self.uses_multipath(driver, backend),
+                    device_scan_attempts=attempts,
+                    enforce_multipath=self.enforces_multipath(driver, backend),
+                    **kwargs,
+                )
         except Exception as e:
             raise _failed("create connector", driver, e) from e
         with self._lock:
-            return self._connectors.setdefault(driver, conn)
+            return self._connectors.setdefault(key, conn)
+
+
+def _with_env(env: dict[str, str]) -> Any:
+    """An os-brick ``execute`` that adds ``env`` to every command."""
+    from os_brick.privileged import rootwrap
+
+    def execute(*cmd: Any, **kwargs: Any) -> Any:
+        # processutils hands env_variables to Popen as the whole
+        # environment: start from ours, or PATH and the rest are lost.
+        kwargs["env_variables"] = {
+            **os.environ,
+            **env,
+            **(kwargs.get("env_variables") or {}),
+        }
+        return rootwrap.execute(*cmd, **kwargs)
+
+    return execute
+
+
+# -- StorPool ---------------------------------------------------------------
+
+STORPOOL_DEFAULTS = {"SP_API_HTTP_HOST": "127.0.0.1", "SP_API_HTTP_PORT": "81"}
+STORPOOL_ENV = ("SP_AUTH_TOKEN", "SP_API_HTTP_HOST", "SP_API_HTTP_PORT")
+
+
+def read_storpool_conf(path: str) -> dict[str, str]:
+    """Read a StorPool config file the way StorPool's tools do.
+
+    Shell-style ``KEY=value`` lines, then ``<path>.d/*.conf``; a
+    ``[hostname]`` section overrides the unnamed one for this host, and
+    the ``SP_*`` connection variables in the environment win over both
+    (the same rules as os-brick's ``storpool_utils.get_conf``, which only
+    reads ``/etc/storpool.conf``).
+    """
+    parser = configparser.ConfigParser(strict=False, allow_no_value=True)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    files = [Path(path)]
+    extra = Path(path + ".d")
+    if extra.is_dir():
+        files += sorted(
+            p
+            for p in extra.iterdir()
+            if p.is_file()
+            and p.name.endswith(".conf")
+            and not p.name.startswith(".")
+        )
+    for f in files:
+        parser.read_string("[UNNAMED_SECTION]\n" + f.read_text(), str(f))
+    conf = dict(STORPOOL_DEFAULTS)
+    for section in ("UNNAMED_SECTION", platform.node()):
+        if parser.has_section(section):
+            conf.update({k: v or "" for k, v in parser[section].items()})
+    conf.update({k: os.environ[k] for k in STORPOOL_ENV if k in os.environ})
+    return conf
+
+
+@functools.cache
+def storpool_connector_class() -> type[Any]:
+    """os-brick's StorPool connector, reading a given config file."""
+    from os_brick import exception
+    from os_brick.initiator import storpool_utils
+    from os_brick.initiator.connectors import base, storpool
+
+    class StorPoolConfConnector(storpool.StorPoolConnector):  # type: ignore[misc]
+        """``StorPoolConnector`` with its config from ``conf_path``."""
+
+        def __init__(
+            self, root_helper: str, conf_path: str, **kwargs: Any
+        ) -> None:
+            # StorPoolConnector.__init__ reads /etc/storpool.conf and
+            # nothing else; do its work with the backend's file instead.
+            base.BaseLinuxConnector.__init__(self, root_helper, **kwargs)
+            try:
+                conf = read_storpool_conf(conf_path)
+                self._config = conf
+                self._sp_api = storpool_utils.StorPoolAPI(
+                    conf["SP_API_HTTP_HOST"],
+                    conf["SP_API_HTTP_PORT"],
+                    conf["SP_AUTH_TOKEN"],
+                )
+                self._volume_prefix = conf.get(
+                    "SP_OPENSTACK_VOLUME_PREFIX", "os"
+                )
+            except configparser.Error as e:
+                # Its text quotes the offending line, which may hold
+                # SP_AUTH_TOKEN: name the file and the line number only.
+                line = getattr(e, "lineno", None)
+                raise exception.BrickException(
+                    f"Could not initialize the StorPool API: {conf_path} "
+                    f"is not a valid StorPool config ({type(e).__name__}"
+                    + (f" at line {line}" if line else "")
+                    + ")"
+                ) from None
+            except (OSError, KeyError) as e:
+                raise exception.BrickException(
+                    f"Could not initialize the StorPool API from "
+                    f"{conf_path}: {type(e).__name__}: {e}"
+                ) from e
+            if "SP_OURID" not in conf:
+                raise exception.BrickException(
+                    f'Could not read "SP_OURID" from {conf_path}'
+                )
+
+    return StorPoolConfConnector
+
+
+# -- ATA over Ethernet ------------------------------------------------------
+
+# AoE addresses a target as shelf (major, 16 bits; 0xffff is broadcast)
+# and slot (minor, 8 bits; 0xff is broadcast).
+AOE_MAX_SHELF = 0xFFFE
+AOE_MAX_SLOT = 0xFE
+
+
+def aoe_device_name(props: dict[str, Any]) -> str:
+    """``e<shelf>.<slot>`` from AoE connection properties.
+
+    ``target_shelf`` and ``target_lun`` (the slot) are what Cinder's and
+    nova-volume's AoE drivers sent; both must be in AoE's address range,
+    so nothing from a client reaches a command line unchecked.
+    """
+    shelf = props.get("target_shelf")
+    slot = props.get("target_lun")
+    for key, value, top in (
+        ("target_shelf", shelf, AOE_MAX_SHELF),
+        ("target_lun", slot, AOE_MAX_SLOT),
+    ):
+        if (
+            not isinstance(value, int)
+            or isinstance(value, bool)
+            or not 0 <= value <= top
+        ):
+            raise ValueError(
+                f"AoE connection data needs {key} as an integer 0..{top}"
+            )
+    return f"e{shelf}.{slot}"
+
+
+@functools.cache
+def aoe_connector_class() -> type[Any]:
+    """The AoE connector class (built on first use: it needs os-brick).
+
+    os-brick removed its AoE connector; this one follows os-brick's
+    connector interface (``BaseLinuxConnector``) and drives the kernel's
+    aoe module through aoetools: ``aoe-discover`` makes the driver
+    broadcast a query and create ``/dev/etherd/e<shelf>.<slot>`` for
+    every target that answers, ``aoe-revalidate`` re-reads one target's
+    size, ``aoe-flush`` drops a target from the driver.
+    """
+    from os_brick import exception, initiator, utils
+    from os_brick.initiator.connectors import base
+
+    class AoEConnector(base.BaseLinuxConnector):  # type: ignore[misc]
+        """Attach/detach ATA-over-Ethernet volumes (aoetools)."""
+
+        # Class attributes, like os-brick's LinuxFibreChannel paths.
+        ETHERD = "/dev/etherd"
+        # Seconds to wait after the n-th discovery before looking again:
+        # an answer usually takes milliseconds, a busy switch longer.
+        DISCOVER_DELAYS = (1.0, 2.0, 4.0, 8.0)
+
+        def __init__(
+            self,
+            root_helper: str,
+            driver: Any = None,
+            device_scan_attempts: int = initiator.DEVICE_SCAN_ATTEMPTS_DEFAULT,
+            **kwargs: Any,
+        ) -> None:
+            super().__init__(
+                root_helper,
+                driver=driver,
+                device_scan_attempts=device_scan_attempts,
+                **kwargs,
+            )
+
+        @staticmethod
+        def get_connector_properties(
+            root_helper: str, *args: Any, **kwargs: Any
+        ) -> dict[str, Any]:
+            """AoE needs nothing from the initiator: the MAC is implicit."""
+            return {}
+
+        def get_search_path(self) -> str:
+            """Where the aoe driver's block devices appear."""
+            return self.ETHERD
+
+        def _device(self, props: dict[str, Any]) -> tuple[str, str]:
+            try:
+                name = aoe_device_name(props)
+            except ValueError as e:
+                raise exception.BrickException(message=str(e)) from None
+            return name, os.path.join(self.ETHERD, name)
+
+        def get_volume_paths(self, props: dict[str, Any]) -> list[str]:
+            """The device path, when the driver currently has it."""
+            _, path = self._device(props)
+            return [path] if os.path.exists(path) else []
+
+        def _run(self, *cmd: str) -> None:
+            out, err = self._execute(
+                *cmd,
+                run_as_root=True,
+                root_helper=self._root_helper,
+                check_exit_code=0,
+            )
+            log.debug("%s: stdout=%r stderr=%r", " ".join(cmd), out, err)
+
+        @base.synchronized("aoe_control", external=True)  # type: ignore[untyped-decorator]
+        def connect_volume(self, props: dict[str, Any]) -> dict[str, Any]:
+            """Discover the target; return its ``/dev/etherd`` device.
+
+            A device already known to the driver is revalidated (its
+            size may have changed); otherwise discovery runs, and again
+            after each delay, up to ``device_scan_attempts`` times.
+            """
+            name, path = self._device(props)
+            if os.path.exists(path):
+                self._run("aoe-revalidate", name)
+            else:
+                self._run("aoe-discover")
+            tries = 0
+            while not os.path.exists(path):
+                if tries >= self.device_scan_attempts:
+                    raise exception.VolumeDeviceNotFound(device=path)
+                delay = self.DISCOVER_DELAYS[
+                    min(tries, len(self.DISCOVER_DELAYS) - 1)
+                ]
+                log.info(
+                    "AoE device %s not there yet; discovering again in "
+                    "%g s (try %d of %d)",
+                    path,
+                    delay,
+                    tries + 1,
+                    self.device_scan_attempts,
+                )
+                time.sleep(delay)
+                self._run("aoe-discover")
+                tries += 1
+            return {"type": "block", "device": name, "path": path}
+
+        @base.synchronized("aoe_control", external=True)  # type: ignore[untyped-decorator]
+        def disconnect_volume(
+            self,
+            props: dict[str, Any],
+            device_info: dict[str, Any] | None,
+            force: bool = False,
+            ignore_errors: bool = False,
+        ) -> None:
+            """Flush the target out of the driver (gone already: done)."""
+            name, path = self._device(props)
+            if not os.path.exists(path):
+                return
+            try:
+                self._run("aoe-flush", name)
+            except Exception:
+                if not (force and ignore_errors):
+                    raise
+                log.warning("aoe-flush %s failed; ignored (forced)", name)
+
+        def extend_volume(self, props: dict[str, Any]) -> int:
+            """Revalidate the target and return its size in bytes."""
+            name, path = self._device(props)
+            if not os.path.exists(path):
+                raise exception.VolumeDeviceNotFound(device=path)
+            self._run("aoe-revalidate", name)
+            size = utils.get_device_size(self, path)
+            if size is None:
+                raise exception.BrickException(
+                    message=f"cannot read the size of {path}"
+                )
+            return int(size)
+
+    return AoEConnector
 
 
 def _import_eventlet_here() -> None:
@@ -228,6 +623,16 @@ def _import_eventlet_here() -> None:
     with warnings.catch_warnings(), contextlib.suppress(ImportError):
         warnings.simplefilter("ignore")
         import eventlet  # noqa: F401
+
+
+def _mount_points() -> set[str]:
+    """Mount points listed in /proc/mounts (octal escapes decoded)."""
+    with open("/proc/mounts") as f:
+        return {
+            line.split()[1].encode().decode("unicode_escape")
+            for line in f
+            if line.strip()
+        }
 
 
 def _failed(operation: str, driver: str | None, e: BaseException) -> Exception:

@@ -38,6 +38,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ca", help="TLS: CA that signed the agent")
     p.add_argument("--timeout", type=float, default=300.0)
     p.add_argument("-f", dest="file", help="JSON params from FILE or -")
+    shape = p.add_mutually_exclusive_group()
+    shape.add_argument(
+        "--json",
+        action="store_true",
+        help="print the result as JSON (the default when not on a terminal)",
+    )
+    shape.add_argument(
+        "--text",
+        action="store_true",
+        help="print a summary where there is one (default on a terminal)",
+    )
     # For the bash completion (contrib/hostagent-client.bash): one line per
     # method, "NAMESPACE VERB name= name:= ...".
     p.add_argument("--list-methods", action="store_true")
@@ -83,6 +94,8 @@ def help_text(
         "  --host H --port N --cert F --key F --ca F   TLS listener",
         "  --timeout S        seconds to wait for the answer",
         "  -f FILE|-          JSON object of params (- = stdin)",
+        "  --json | --text    JSON, or a summary (Host getCapabilities);",
+        "                     default: a summary on a terminal, else JSON",
         "",
         f"methods ({src}):",
     ]
@@ -109,7 +122,7 @@ def help_text(
 def method_lines(doc: dict[str, Any], src: str) -> str:
     """``--list-methods`` output: ``NAMESPACE VERB name= name:= ...``.
 
-    A param whose schema is a plain string is offered as ``name=``, any
+    A param whose schema is a string (or null) is offered as ``name=``, any
     other as ``name:=`` (a JSON value), as :func:`build_params` reads them.
     The first line, a comment, says where the list came from.
     """
@@ -124,7 +137,12 @@ def method_lines(doc: dict[str, Any], src: str) -> str:
             pname = p.get("name", "")
             if not pname or any(c.isspace() for c in pname):
                 continue
-            plain = (p.get("schema") or {}).get("type") == "string"
+            kind = (p.get("schema") or {}).get("type")
+            # A string that may also be null (an optional name) is still
+            # typed as a plain string on the command line.
+            plain = kind == "string" or (
+                isinstance(kind, list) and "string" in kind
+            )
             words.append(pname + ("=" if plain else ":="))
         lines.append(" ".join(words))
     return "\n".join(lines) + "\n"
@@ -201,8 +219,61 @@ def main(argv: list[str] | None = None) -> int:
             f"hostagent-client: cannot talk to {where}: {e}", file=sys.stderr
         )
         return EXIT_ERROR
-    print(json.dumps(result, indent=2))
+    text = args.text or (not args.json and sys.stdout.isatty())
+    if method == "Host.getCapabilities" and text:
+        print(capabilities_text(result), end="")
+    else:
+        print(json.dumps(result, indent=2))
     return 0
+
+
+def capabilities_text(caps: dict[str, Any]) -> str:
+    """``Host getCapabilities`` for a person: what works here, and why not.
+
+    One line per driver and per backend (READY or NOT READY, the tools
+    found or missing, the problems), then the connector info os-brick
+    reports.  ``--json`` gives the full document.
+    """
+    out = [f"hostagent {caps.get('version', '?')}", "", "drivers:"]
+    status = caps.get("driver_status", {})
+    for d in caps.get("drivers", []):
+        out.append("  " + _status_line(d, status.get(d, {})))
+    backends = caps.get("backends", {})
+    out += ["", "backends:" if backends else "backends: none configured"]
+    for name, b in backends.items():
+        opts = ", ".join(
+            f"{k}={json.dumps(v)}"
+            for k, v in b.items()
+            if k not in ("driver", "ready", "tools", "problems")
+        )
+        out.append(
+            "  " + _status_line(f"{name:<12} {b.get('driver', '?')}", b)
+        )
+        out.append(f"      {opts}")
+    info = caps.get("connector_info")
+    if info is None:
+        out += ["", "connector_info: not available (os-brick cannot run)"]
+    else:
+        out += ["", "connector_info:"]
+        width = max((len(k) for k in info), default=0)
+        for k, v in sorted(info.items()):
+            shown = ", ".join(map(str, v)) if isinstance(v, list) else v
+            out.append(f"  {k:<{width}}  {shown}")
+    return "\n".join(out) + "\n"
+
+
+def _status_line(label: str, st: dict[str, Any], extra: str = "") -> str:
+    state = "ready" if st.get("ready") else "NOT READY"
+    tools = " ".join(
+        f"{t}{'' if ok else '(missing)'}"
+        for t, ok in st.get("tools", {}).items()
+    )
+    line = f"{label:<26} {state:<10} {tools}".rstrip()
+    if extra:
+        line += f"\n      {extra}"
+    for problem in st.get("problems", []):
+        line += f"\n      - {problem}"
+    return line
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import dataclasses
 import ipaddress
 import logging
 import os
+import re
 import tomllib
 import types
 import typing
@@ -28,7 +29,22 @@ KNOWN_DRIVERS = (
     "rbd",
     "nfs",
     "local",
+    "aoe",
+    "storpool",
 )
+# AoE is opt-in: it is unauthenticated layer-2 traffic that any host on the
+# segment can answer, and few sites still run it.  StorPool needs its own
+# client software and /etc/storpool.conf, so it is opt-in too.
+DEFAULT_DRIVERS = tuple(
+    d for d in KNOWN_DRIVERS if d not in ("aoe", "storpool")
+)
+
+# Backend options that only make sense for one driver.
+DRIVER_ONLY_OPTIONS = {
+    "storpool_conf": "storpool",
+    "ceph_conf": "rbd",
+}
+BACKEND_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 JOURNAL_MODES = ("auto", "yes", "no")
 
@@ -66,12 +82,34 @@ class StorageConfig:
 class BrickConfig:
     """``[brick]``: which connectors may run and how."""
 
-    drivers: list[str] = field(default_factory=lambda: list(KNOWN_DRIVERS))
+    drivers: list[str] = field(default_factory=lambda: list(DEFAULT_DRIVERS))
     multipath: bool = True
     enforce_multipath: bool = False
     my_ip: str = ""
     device_scan_attempts: int = 3
     workers: int = 16
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """``[backend.NAME]``: a driver type plus its options on this host.
+
+    The host-side half of the Xen storage manager's "backends": the
+    engine names a backend in ``attach_volume`` and the agent attaches
+    with these options instead of the driver type's ``[brick]``
+    defaults.  Keys not given take their value from ``[brick]``.
+    """
+
+    driver: str = ""
+    multipath: bool = True
+    enforce_multipath: bool = False
+    device_scan_attempts: int = 3
+    # StorPool: the config file read instead of /etc/storpool.conf.
+    storpool_conf: str = ""
+    # RBD: the ceph.conf the rbd tool uses (CEPH_CONF) instead of the
+    # default /etc/ceph/ceph.conf.
+    ceph_conf: str = ""
+    name: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True)
@@ -92,6 +130,7 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     brick: BrickConfig = field(default_factory=BrickConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    backend: dict[str, BackendConfig] = field(default_factory=dict)
 
     @property
     def db_path(self) -> Path:
@@ -143,10 +182,60 @@ def from_dict(raw: dict[str, Any]) -> Config:
             raise ConfigError(f"unknown section [{name}]")
         if not isinstance(value, dict):
             raise ConfigError(f"[{name}] must be a table")
+        if name == "backend":
+            continue  # needs [brick] for its defaults; built below
         sections[name] = _build_section(name, hints[name], value)
+    brick = sections.get("brick", BrickConfig())
+    sections["backend"] = {
+        n: _build_backend(n, v, brick)
+        for n, v in raw.get("backend", {}).items()
+    }
     config = Config(**sections)
     _check(config)
     return config
+
+
+def _build_backend(name: str, raw: Any, brick: BrickConfig) -> BackendConfig:
+    where = f"backend.{name}"
+    if not BACKEND_NAME.match(name):
+        raise ConfigError(
+            f"[{where}]: a backend name is 1-64 letters, digits, - or _"
+        )
+    if not isinstance(raw, dict):
+        raise ConfigError(f"[{where}] must be a table")
+    if "name" in raw:
+        raise ConfigError(f"unknown key {where}.name")
+    values: dict[str, Any] = {
+        "multipath": brick.multipath,
+        "enforce_multipath": brick.enforce_multipath,
+        "device_scan_attempts": brick.device_scan_attempts,
+    }
+    values.update(_build_section(where, BackendConfig, raw).__dict__)
+    for key in ("multipath", "enforce_multipath", "device_scan_attempts"):
+        if key not in raw:
+            values[key] = getattr(brick, key)
+    values["name"] = name
+    b = BackendConfig(**values)
+    if not b.driver:
+        raise ConfigError(f"{where}.driver is required")
+    if b.driver not in KNOWN_DRIVERS:
+        raise ConfigError(
+            f"{where}.driver: unknown driver {b.driver!r}; known: "
+            + ", ".join(KNOWN_DRIVERS)
+        )
+    if b.driver not in brick.drivers:
+        raise ConfigError(
+            f"{where}.driver: {b.driver!r} is not in brick.drivers; "
+            "add it there to allow it on this host"
+        )
+    for key, only in DRIVER_ONLY_OPTIONS.items():
+        value = getattr(b, key)
+        if value and b.driver != only:
+            raise ConfigError(f"{where}.{key} applies to {only} backends only")
+        if value and not os.path.isabs(value):
+            raise ConfigError(f"{where}.{key} must be an absolute path")
+    _positive(f"{where}.device_scan_attempts", b.device_scan_attempts)
+    return b
 
 
 def _build_section(name: str, cls: type[Any], raw: dict[str, Any]) -> Any:
@@ -244,6 +333,13 @@ def parse_hostport(key: str, value: str) -> tuple[str, int]:
 def log_level(c: Config) -> int:
     """The :mod:`logging` level for ``log.level``."""
     return int(getattr(logging, c.log.level.upper()))
+
+
+def backend_options(b: BackendConfig) -> dict[str, Any]:
+    """A backend's options as plain data (capabilities, logs)."""
+    out = dataclasses.asdict(b)
+    del out["name"]
+    return {k: v for k, v in out.items() if v != ""}
 
 
 def as_dict(c: Config) -> dict[str, Any]:

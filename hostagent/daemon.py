@@ -226,6 +226,9 @@ class Daemon:
         # Before listening: no client may see a half-done attach or detach.
         self.status("reconciling interrupted operations")
         await self.service.reconcile()
+        # After reconciling: the device states noted are the settled ones.
+        self.status("watching device events")
+        await self.service.events.start()
         self.status("listening")
         await self._listen()
 
@@ -240,6 +243,7 @@ class Daemon:
             "STOPPING=1",
         )
         await self.server.close(SHUTDOWN_TIMEOUT)
+        await self.service.events.stop()
         self.status("stopping: closing the database")
         await self.service.close()
         self._opened = False
@@ -262,6 +266,7 @@ class Daemon:
                 log.critical("cannot start: %s", e)
                 self.status(f"cannot start: {e}")
                 if self._opened:
+                    await self.service.events.stop()
                     await self.service.close()
                 return EXIT_STARTUP
             # A SIGTERM during start-up: never claim to be ready.

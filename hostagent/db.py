@@ -56,6 +56,9 @@ class VolumeRecord:
     last_error: str | None
     created: float
     updated: float
+    # The [backend.NAME] the volume was attached with (None: the driver
+    # type's [brick] defaults); detach must use the same options.
+    backend: str | None = None
 
 
 class StoredVolume(NamedTuple):
@@ -68,6 +71,7 @@ class StoredVolume(NamedTuple):
     multipath_id: str | None
     state: str
     last_error: str | None
+    backend: str | None
 
 
 _proxy = pw.DatabaseProxy()
@@ -95,6 +99,7 @@ class _Volume(_Base):
     last_error = pw.TextField(null=True)
     created = pw.FloatField()
     updated = pw.FloatField()
+    backend = pw.TextField(null=True)
 
     class Meta:
         table_name = "volume"
@@ -116,7 +121,8 @@ _STORED = ", ".join(f'"{name}"' for name in StoredVolume._fields)
 
 # Ordered migrations: MIGRATIONS[i] brings a database from version i to
 # i + 1.  Version 1 is the table vdsm's managed-volume DB had; version 2
-# adds the flow state, so an interrupted attach or detach is visible.
+# adds the flow state, so an interrupted attach or detach is visible;
+# version 3 records the backend a volume was attached with.
 def _v1(db: pw.SqliteDatabase) -> None:
     _sql(
         db,
@@ -141,7 +147,16 @@ def _v2(db: pw.SqliteDatabase) -> None:
     _sql(db, "UPDATE volume SET created = updated")
 
 
-MIGRATIONS: tuple[Callable[[pw.SqliteDatabase], None], ...] = (_v1, _v2)
+def _v3(db: pw.SqliteDatabase) -> None:
+    # Rows from before backends were attached with the [brick] defaults.
+    _sql(db, "ALTER TABLE volume ADD COLUMN backend TEXT")
+
+
+MIGRATIONS: tuple[Callable[[pw.SqliteDatabase], None], ...] = (
+    _v1,
+    _v2,
+    _v3,
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 PRAGMAS = (
@@ -297,7 +312,12 @@ class Database:
         ).fetchone()
         return None if row is None else str(row[0])
 
-    def insert(self, vol_id: str, connection_info: dict[str, Any]) -> None:
+    def insert(
+        self,
+        vol_id: str,
+        connection_info: dict[str, Any],
+        backend: str | None = None,
+    ) -> None:
         """Record the intent to attach ``vol_id`` (state ``attaching``)."""
         now = time.time()
         _Volume.insert(
@@ -306,6 +326,7 @@ class Database:
             state=ATTACHING,
             created=now,
             updated=now,
+            backend=backend,
         ).execute()
 
     def set_attachment(self, vol_id: str, attachment: dict[str, Any]) -> None:
@@ -373,6 +394,7 @@ class Database:
                 "last_error": r.last_error,
                 "created": r.created,
                 "updated": r.updated,
+                "backend": r.backend,
             }
             for r in records
         ]
@@ -426,4 +448,5 @@ def _decode(row: Any) -> VolumeRecord:
         last_error=row.last_error,
         created=float(row.created if row.created is not None else 0.0),
         updated=float(row.updated),
+        backend=row.backend,
     )

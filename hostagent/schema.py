@@ -39,6 +39,25 @@ CONNECTION_INFO: dict[str, Any] = {
     },
 }
 
+BACKEND: dict[str, Any] = {
+    "type": "string",
+    "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$",
+    "maxLength": 64,
+    "description": (
+        "the name of a [backend.NAME] section of the agent's config "
+        "(letters, digits, - and _)"
+    ),
+}
+
+TOOL_STATUS: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "ready": {"type": "boolean"},
+        "tools": {"type": "object"},
+        "problems": {"type": "array", "items": {"type": "string"}},
+    },
+}
+
 ATTACHMENT: dict[str, Any] = {
     "type": ["object", "null"],
     "description": "What os-brick's connect_volume returned.",
@@ -54,6 +73,20 @@ VOLUME_INFO: dict[str, Any] = {
         "exists": {"type": "boolean"},
         "state": {"enum": ["attaching", "attached", "detaching"]},
         "last_error": {"type": ["string", "null"]},
+        "backend": {"type": ["string", "null"]},
+    },
+}
+
+CHANGED: dict[str, Any] = {
+    "type": "object",
+    "description": (
+        "Params of the ManagedVolume.changed notification sent to "
+        "subscribed connections when a volume's device goes or comes back."
+    ),
+    "properties": {
+        "vol_id": VOL_ID,
+        "exists": {"type": "boolean"},
+        "path": {"type": ["string", "null"]},
     },
 }
 
@@ -97,15 +130,34 @@ METHODS: tuple[Method, ...] = (
     ),
     Method(
         "Host.getCapabilities",
-        "Report this host's os-brick connector info, version and drivers.",
+        "Report this host's os-brick connector info, version, drivers "
+        "and backends, and whether each one's tools are present.",
         result={
             "type": "object",
             "properties": {
                 "connector_info": {"type": "object"},
                 "version": {"type": "string"},
                 "drivers": {"type": "array", "items": {"type": "string"}},
+                "driver_status": {
+                    "type": "object",
+                    "additionalProperties": TOOL_STATUS,
+                },
+                "backends": {
+                    "type": "object",
+                    "description": "backend name -> its options and status",
+                },
             },
         },
+    ),
+    Method(
+        "Host.subscribe",
+        "Send this connection ManagedVolume.changed notifications.",
+        result={"type": "boolean"},
+    ),
+    Method(
+        "Host.unsubscribe",
+        "Stop sending this connection notifications.",
+        result={"type": "boolean"},
     ),
     Method(
         "ManagedVolume.attach_volume",
@@ -113,6 +165,11 @@ METHODS: tuple[Method, ...] = (
         params=(
             Param("vol_id", VOL_ID),
             Param("connection_info", CONNECTION_INFO),
+            Param(
+                "backend",
+                {**BACKEND, "type": ["string", "null"]},
+                required=False,
+            ),
         ),
         result={
             "type": "object",
@@ -130,6 +187,13 @@ METHODS: tuple[Method, ...] = (
         "Detach a volume; detaching an unknown volume succeeds.",
         params=(Param("vol_id", VOL_ID),),
         result={"type": "null"},
+        errors=(925, 926, 927),
+    ),
+    Method(
+        "ManagedVolume.extend_volume",
+        "Make the host see a volume's new size; return it in bytes.",
+        params=(Param("vol_id", VOL_ID),),
+        result={"type": "integer"},
         errors=(925, 926, 927),
     ),
     Method(
@@ -192,6 +256,15 @@ def document() -> dict[str, Any]:
                 ],
             }
             for m in METHODS
+        ],
+        # OpenRPC has no word for server-to-client notifications; this
+        # extension describes the ones a subscribed connection receives.
+        "x-notifications": [
+            {
+                "name": "ManagedVolume.changed",
+                "summary": "A volume's device went away or came back.",
+                "params": copy.deepcopy(CHANGED),
+            }
         ],
     }
 

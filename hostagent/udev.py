@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Iterable
+from typing import Any
 
 import pyudev
 
@@ -123,3 +124,46 @@ def devices_with_media() -> set[int]:
         if len(fields) == 4 and fields[0].isdigit() and fields[1].isdigit():
             found.add(os.makedev(int(fields[0]), int(fields[1])))
     return found
+
+
+class BlockMonitor:
+    """Kernel uevents for block devices, for an event loop's reader.
+
+    The kernel's netlink source needs no udevd (containers, this
+    project's CI): the kernel itself announces every add, remove and
+    change (a loop device losing or regaining its backing file is a
+    "change").  udev's source would carry the same events later and
+    only where udevd runs.
+    """
+
+    def __init__(self, context: pyudev.Context | None = None) -> None:
+        self._monitor: Any = pyudev.Monitor.from_netlink(
+            context or pyudev.Context(), source="kernel"
+        )
+        self._monitor.filter_by("block")
+        # A burst of events (a multipath map with many paths, a host
+        # rescan) must not overflow the socket: 4 MiB of buffer.
+        self._monitor.set_receive_buffer_size(4 * 1024 * 1024)
+        self._monitor.start()
+
+    def fileno(self) -> int:
+        """The netlink socket, for ``loop.add_reader``."""
+        return int(self._monitor.fileno())
+
+    def drain(self) -> list[tuple[str, str]]:
+        """``(action, device node)`` of every event waiting; never blocks."""
+        events = []
+        while True:
+            try:
+                dev = self._monitor.poll(timeout=0)
+            except OSError:
+                # ENOBUFS: events were lost; the caller rechecks all.
+                events.append(("overflow", ""))
+                return events
+            if dev is None:
+                return events
+            events.append((str(dev.action), str(dev.device_node or "")))
+
+    def close(self) -> None:
+        """Stop receiving (pyudev closes the socket with the monitor)."""
+        self._monitor = None

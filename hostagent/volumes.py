@@ -34,18 +34,20 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from hostagent import __version__, db
+from hostagent import __version__, db, hosttools
 from hostagent.brick import MULTIPATH_DRIVERS, Brick
-from hostagent.config import Config
+from hostagent.config import BackendConfig, Config, backend_options
 from hostagent.db import Database, VolumeRecord
 from hostagent.errors import (
     AgentError,
     ConnectionInfoMismatch,
     ConnectorFailed,
     DriverNotSupported,
+    InvalidParams,
     MultipathMissing,
     VolumeBusy,
 )
+from hostagent.events import Events
 from hostagent.flow import FailPoints, Flow, FlowError, Step
 from hostagent.redact import SCRUBBER
 from hostagent.udev import Udev
@@ -90,6 +92,7 @@ class VolumeService:
         # volumes_info's decoded JSON: (scrubber generation, text -> value).
         self._shown: tuple[int, dict[str | None, Any]] = (-1, {})
         self.device_wait = DEVICE_WAIT
+        self.events = Events(lambda: self.info(None))
 
     # -- plumbing ----------------------------------------------------------
 
@@ -176,6 +179,7 @@ class VolumeService:
             "version": __version__,
             "drivers": list(self.config.brick.drivers),
         }
+        caps.update(await self.in_worker(self._tool_status))
         try:
             await self.brick_ready()
             props = await self.in_worker(self.brick.connector_properties)
@@ -186,6 +190,62 @@ class VolumeService:
         else:
             caps["connector_info"] = props
         return caps
+
+    def _tool_status(self) -> dict[str, Any]:
+        backends = {}
+        for name, b in sorted(self.config.backend.items()):
+            backends[name] = backend_options(b) | hosttools.backend(b)
+        return {
+            "driver_status": hosttools.drivers(self.config.brick),
+            "backends": backends,
+        }
+
+    # -- backends ----------------------------------------------------------
+
+    def check_backend(
+        self, driver: str, name: str | None
+    ) -> BackendConfig | None:
+        """The ``[backend.NAME]`` an attach asked for (-32602 if wrong)."""
+        if name is None:
+            return None
+        b = self.config.backend.get(name)
+        if b is None:
+            known = ", ".join(sorted(self.config.backend)) or "none"
+            raise InvalidParams(
+                f"backend {name!r} is not configured on this host "
+                f"(configured: {known})",
+                {"param": "backend", "backend": name},
+            )
+        if b.driver != driver:
+            raise InvalidParams(
+                f"backend {name!r} is for {b.driver} volumes, but "
+                f"connection_info.driver_volume_type is {driver!r}",
+                {"param": "backend", "backend": name, "driver": b.driver},
+            )
+        return b
+
+    def record_backend(self, rec: VolumeRecord) -> BackendConfig | None:
+        """The backend options a recorded volume was attached with.
+
+        A backend removed from the config (or now for another driver)
+        since the attach falls back to the [brick] defaults, so the
+        volume can still be detached.
+        """
+        if rec.backend is None:
+            return None
+        b = self.config.backend.get(rec.backend)
+        driver = rec.connection_info.get("driver_volume_type")
+        if b is None or b.driver != driver:
+            log.warning(
+                "volume %s was attached with backend %r, which is no "
+                "longer configured for %s; using the [brick] defaults",
+                rec.vol_id,
+                rec.backend,
+                driver,
+                extra={"VOL_ID": rec.vol_id},
+            )
+            return None
+        return b
 
     # -- attach ------------------------------------------------------------
 
@@ -201,23 +261,33 @@ class VolumeService:
         return str(driver)
 
     async def attach(
-        self, vol_id: str, connection_info: dict[str, Any]
+        self,
+        vol_id: str,
+        connection_info: dict[str, Any],
+        backend: str | None = None,
     ) -> dict[str, Any]:
-        """Attach ``vol_id``; return path, attachment and managed path."""
+        """Attach ``vol_id``; return path, attachment and managed path.
+
+        ``backend`` names a ``[backend.NAME]`` whose options to use;
+        without it the driver type's ``[brick]`` defaults apply.
+        """
         driver = self.check_driver(connection_info)
+        options = self.check_backend(driver, backend)
         SCRUBBER.remember(connection_info)
         await self.brick_ready()
         async with self.volume_lock(vol_id):
             existing = await self.in_db(self.db.get, vol_id)
             if existing is not None:
-                return await self._reattach(existing, connection_info)
-            attempt = _Attach(self, vol_id, driver, connection_info)
+                return await self._reattach(existing, connection_info, backend)
+            await self.check_multipath(driver, options)
+            attempt = _Attach(self, vol_id, driver, connection_info, options)
             started = time.monotonic()
             try:
                 await Flow("attach", self.failpoints).run(attempt.steps())
             except FlowError as e:
                 await attempt.record_leak(e)
                 raise e.error from e
+            self.events.track(vol_id, True, attempt.path)
             log.info(
                 "attached volume %s at %s in %.3f s",
                 vol_id,
@@ -228,7 +298,10 @@ class VolumeService:
             return self._attach_result(vol_id, attempt.path, attempt.info)
 
     async def _reattach(
-        self, rec: VolumeRecord, connection_info: dict[str, Any]
+        self,
+        rec: VolumeRecord,
+        connection_info: dict[str, Any],
+        backend: str | None = None,
     ) -> dict[str, Any]:
         if rec.state != db.ATTACHED:
             raise VolumeBusy(
@@ -246,6 +319,12 @@ class VolumeService:
                 f"volume {rec.vol_id} is already attached with different "
                 "connection info; detach it first",
                 {"vol_id": rec.vol_id},
+            )
+        if rec.backend != backend:
+            raise ConnectionInfoMismatch(
+                f"volume {rec.vol_id} is already attached with backend "
+                f"{rec.backend!r}, not {backend!r}; detach it first",
+                {"vol_id": rec.vol_id, "backend": rec.backend},
             )
         assert rec.path is not None
         # The symlink lives on tmpfs; a reboot without a detach loses it.
@@ -276,18 +355,40 @@ class VolumeService:
         # A stat and a sysfs read: less than the hand-off to a thread.
         return self.udev.exists(path, None)
 
-    async def wait_for_device(self, driver: str, info: dict[str, Any]) -> str:
+    async def check_multipath(
+        self, driver: str, backend: BackendConfig | None
+    ) -> None:
+        """Refuse (928) an enforced-multipath attach without multipathd.
+
+        Checked before connecting: without the daemon no dm device can
+        appear, and os-brick would otherwise scan and log in for nothing.
+        """
+        if not self.brick.enforces_multipath(driver, backend):
+            return
+        if not await self.in_worker(
+            self.brick.multipath_ready, driver, backend
+        ):
+            raise MultipathMissing(
+                "multipath is enforced"
+                + (f" by backend {backend.name!r}" if backend else "")
+                + " but multipathd is not running on this host",
+                {"driver": driver, "backend": backend and backend.name},
+            )
+
+    async def wait_for_device(
+        self,
+        driver: str,
+        info: dict[str, Any],
+        backend: BackendConfig | None = None,
+    ) -> str:
         """Wait for the connected device; return the VM's path.
 
-        Raises 928 when multipath is enforced and there is no multipath
-        device, 926 when the device does not show up in time.
+        Raises 928 when multipath is enforced (by ``[brick]`` or the
+        backend) and there is no multipath device, 926 when the device
+        does not show up in time.
         """
         mpath = info.get("multipath_id") or None
-        if (
-            self.config.brick.enforce_multipath
-            and self.brick.uses_multipath(driver)
-            and not mpath
-        ):
+        if self.brick.enforces_multipath(driver, backend) and not mpath:
             raise MultipathMissing(
                 f"multipath is enforced but the {driver} connector returned "
                 "no multipath device",
@@ -345,6 +446,7 @@ class VolumeService:
             await self.brick_ready()
             started = time.monotonic()
             await self._teardown(rec, "detach", rec.last_error)
+            self.events.forget(vol_id)
             log.info(
                 "detached volume %s in %.3f s",
                 vol_id,
@@ -442,6 +544,7 @@ class VolumeService:
                 extra={"VOL_ID": vol_id},
             )
             return
+        backend = self.record_backend(rec)
         log.info(
             "volume %s: disconnecting %s (%s)",
             vol_id,
@@ -450,11 +553,75 @@ class VolumeService:
             extra={"VOL_ID": vol_id},
         )
         await self.in_worker(
-            self.brick.disconnect,
-            driver,
-            rec.connection_info["data"],
-            rec.attachment,
+            lambda: self.brick.disconnect(
+                driver,
+                rec.connection_info["data"],
+                rec.attachment,
+                backend=backend,
+            )
         )
+        data = rec.connection_info["data"]
+        if driver == "nfs" and not await self.in_db(
+            self._share_in_use, data.get("export"), vol_id
+        ):
+            await self.in_worker(
+                lambda: self.brick.release_share(driver, data, backend)
+            )
+
+    def _share_in_use(self, export: Any, vol_id: str) -> bool:
+        """Whether another volume record is on the NFS share ``export``."""
+        return any(
+            r.vol_id != vol_id
+            and r.connection_info.get("driver_volume_type") == "nfs"
+            and r.connection_info.get("data", {}).get("export") == export
+            for r in self.db.list()
+        )
+
+    # -- extend ------------------------------------------------------------
+
+    async def extend(self, vol_id: str) -> int:
+        """Have the connector pick up a grown volume; its size in bytes."""
+        async with self.volume_lock(vol_id):
+            rec = await self.in_db(self.db.get, vol_id)
+            if rec is None:
+                raise InvalidParams(
+                    f"volume {vol_id} is not attached on this host",
+                    {"param": "vol_id", "vol_id": vol_id},
+                )
+            if rec.state != db.ATTACHED:
+                raise VolumeBusy(
+                    f"volume {vol_id} is {rec.state}; cannot extend it",
+                    {"vol_id": vol_id, "state": rec.state},
+                )
+            await self.brick_ready()
+            driver = rec.connection_info["driver_volume_type"]
+            # A connector asked about a device with no media answers 0
+            # (the local one) or a stale size; neither is the new size.
+            if not await self.in_worker(
+                self.udev.exists, rec.path, rec.multipath_id
+            ):
+                raise ConnectorFailed(
+                    f"volume {vol_id}: device {rec.path} is not present; "
+                    "cannot extend it",
+                    {
+                        "driver": driver,
+                        "operation": "extend_volume",
+                        "error_class": "VolumeDeviceNotFound",
+                    },
+                )
+            backend = self.record_backend(rec)
+            size = await self.in_worker(
+                lambda: self.brick.extend(
+                    driver, rec.connection_info["data"], backend=backend
+                )
+            )
+            log.info(
+                "volume %s extended: %d bytes",
+                vol_id,
+                size,
+                extra={"VOL_ID": vol_id},
+            )
+            return size
 
     # -- start-up reconciliation -------------------------------------------
 
@@ -732,6 +899,7 @@ class VolumeService:
                 "exists": ok,
                 "state": r.state,
                 "last_error": r.last_error,
+                "backend": r.backend,
             }
             for r, ok in zip(rows, present, strict=True)
         ]
@@ -773,11 +941,13 @@ class _Attach:
         vol_id: str,
         driver: str,
         connection_info: dict[str, Any],
+        backend: BackendConfig | None = None,
     ) -> None:
         self.s = service
         self.vol_id = vol_id
         self.driver = driver
         self.connection_info = connection_info
+        self.backend = backend
         self.info: dict[str, Any] | None = None
         self.path = ""
 
@@ -794,7 +964,12 @@ class _Attach:
 
     async def record(self) -> None:
         """Write the row in state ``attaching``."""
-        await self.s.in_db(self.s.db.insert, self.vol_id, self.connection_info)
+        await self.s.in_db(
+            self.s.db.insert,
+            self.vol_id,
+            self.connection_info,
+            self.backend.name if self.backend else None,
+        )
 
     async def forget(self) -> None:
         """Delete the row."""
@@ -809,7 +984,10 @@ class _Attach:
             extra={"VOL_ID": self.vol_id},
         )
         self.info = await self.s.in_worker(
-            self.s.brick.connect, self.driver, self.connection_info["data"]
+            self.s.brick.connect,
+            self.driver,
+            self.connection_info["data"],
+            self.backend,
         )
 
     async def disconnect(self) -> None:
@@ -824,6 +1002,7 @@ class _Attach:
             last_error=None,
             created=0.0,
             updated=0.0,
+            backend=self.backend.name if self.backend else None,
         )
         await self.s.disconnect(self.vol_id, self.driver, rec)
 
@@ -835,7 +1014,9 @@ class _Attach:
     async def wait(self) -> None:
         """Wait for the device; refuse one that another volume owns."""
         assert self.info is not None
-        self.path = await self.s.wait_for_device(self.driver, self.info)
+        self.path = await self.s.wait_for_device(
+            self.driver, self.info, self.backend
+        )
         mpath = self.info.get("multipath_id") or None
         owner = await self.s.in_db(
             self.s.db.find_device_owner, mpath, self.path, self.vol_id

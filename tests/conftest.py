@@ -60,6 +60,12 @@ def write_config(
         base.setdefault(name, {}).update(values)
     lines = []
     for name, values in base.items():
+        if name == "backend":  # [backend.NAME] tables
+            for bname, options in values.items():
+                lines.append(f"[backend.{bname}]")
+                lines += [f"{k} = {json.dumps(v)}" for k, v in options.items()]
+                lines.append("")
+            continue
         lines.append(f"[{name}]")
         lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
         lines.append("")

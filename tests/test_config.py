@@ -23,7 +23,9 @@ def test_empty_file_is_all_defaults(tmp_path: Path) -> None:
     assert c == config.Config()
     assert c.server.unix_socket == "/run/hostagent/hostagent.sock"
     assert c.server.max_message_bytes == 1048576
-    assert c.brick.drivers == list(config.KNOWN_DRIVERS)
+    assert c.brick.drivers == list(config.DEFAULT_DRIVERS)
+    assert "aoe" in config.KNOWN_DRIVERS
+    assert "aoe" not in c.brick.drivers
     assert c.db_path == Path("/var/lib/hostagent/hostagent.db")
 
 

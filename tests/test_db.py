@@ -53,7 +53,7 @@ def test_upgrade_from_schema_1(tmp_path: Path) -> None:
     con.close()
     new = Database(path)
     new.open()
-    assert new.version() == 2
+    assert new.version() == db.SCHEMA_VERSION
     rec = new.get("vol-a")
     assert rec is not None
     assert rec.state == db.ATTACHED
@@ -107,3 +107,45 @@ def test_update_of_missing_row_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         d.set_state("nope", "exploded")
     d.close()
+
+
+def test_upgrade_from_schema_2_adds_backend(tmp_path: Path) -> None:
+    """Rows written before backends keep everything; backend is None."""
+    path = tmp_path / "h.db"
+    old = Database(path, migrations=2)
+    old.open()
+    assert old.version() == 2
+    old.close()
+    con = sqlite3.connect(path)
+    assert "backend" not in [
+        r[1] for r in con.execute("PRAGMA table_info(volume)")
+    ]
+    con.execute(
+        "INSERT INTO volume (vol_id, connection_info, path, attachment,"
+        " multipath_id, updated, state, last_error, created)"
+        " VALUES (?, ?, ?, ?, NULL, 1.5, 'attached', NULL, 1.0)",
+        (
+            "vol-b",
+            json.dumps({"driver_volume_type": "local", "data": {}}),
+            "/dev/loop9",
+            json.dumps({"path": "/dev/loop9"}),
+        ),
+    )
+    con.commit()
+    con.close()
+    new = Database(path)
+    new.open()
+    assert new.version() == 3
+    rec = new.get("vol-b")
+    assert rec is not None
+    assert (rec.path, rec.state, rec.created, rec.updated) == (
+        "/dev/loop9",
+        db.ATTACHED,
+        1.0,
+        1.5,
+    )
+    assert rec.attachment == {"path": "/dev/loop9"}
+    assert rec.backend is None
+    new.insert("vol-c", {"driver_volume_type": "rbd", "data": {}}, "gold")
+    assert new.get("vol-c").backend == "gold"  # type: ignore[union-attr]
+    new.close()

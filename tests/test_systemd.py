@@ -185,6 +185,7 @@ def test_notify_ready_status_watchdog_stopping(
         "taking the instance lock",
         "opening the database",
         "reconciling interrupted operations",
+        "watching device events",
         "listening",
     ]
     assert (ready.get("STATUS") or "").startswith(

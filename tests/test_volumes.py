@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from conftest import Agent, Loops, local_info, new_vol_id
 
+from hostagent import db
 from hostagent.client import RpcError
 
 ATTACH = "ManagedVolume.attach_volume"
@@ -52,6 +53,7 @@ def test_attach_info_detach(agent: Agent, loops: Loops) -> None:
         "exists": True,
         "state": "attached",
         "last_error": None,
+        "backend": None,
     }
     assert rows(agent) == [(vid, "attached", dev)]
     assert agent.call(DETACH, {"vol_id": vid}) is None
@@ -221,7 +223,7 @@ def test_db_file_is_private_wal_and_versioned(agent: Agent) -> None:
         assert con.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         assert con.execute(
             "SELECT version FROM schema_version"
-        ).fetchall() == [(2,)]
+        ).fetchall() == [(db.SCHEMA_VERSION,)]
 
 
 def test_socket_is_group_only(agent: Agent) -> None:

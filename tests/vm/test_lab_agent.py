@@ -150,11 +150,13 @@ def test_nfs(run: GuestRun) -> None:
     assert data["links_after"] == []
 
 
-@pytest.mark.xfail(
-    reason="os-brick's NFS connector keeps the share mounted on "
-    "disconnect and the agent does not unmount it",
-    strict=False,
-)
+def test_nfs_share_stays_while_another_volume_uses_it(run: GuestRun) -> None:
+    """Detaching one of two volumes on a share keeps the share mounted."""
+    data = run.case_ok("agent_nfs")
+    assert len(data["nfs_mounts_while_other"]) == 1
+    assert only(data["other_info"])["exists"] is True
+
+
 def test_nfs_detach_unmounts_share(run: GuestRun) -> None:
     """After detaching the share's last volume, the share is unmounted."""
     assert run.case_ok("agent_nfs")["nfs_mounts_after"] == []

@@ -247,32 +247,54 @@ def case_nvme(agent: g.Agent) -> None:
 
 
 def case_nfs(agent: g.Agent, share: str) -> None:
-    """NFS through the agent's nfs connector."""
+    """NFS through the agent's nfs connector, two volumes on one share."""
     with g.Case("agent_nfs") as case, agent.client() as c:
         export = Path(share.split(":", 1)[1])
-        name = "volume-agent.img"
-        with open(export / name, "wb") as f:
-            f.truncate(64 << 20)
-        vol_id = vol()
-        conn_info = {
-            "driver_volume_type": "nfs",
-            # v3: see job_nfs.py for why the guest cannot serve v4.
-            "data": {"export": share, "name": name, "options": "-o vers=3"},
-        }
+
+        def mounts() -> list[str]:
+            return [
+                m
+                for m in Path("/proc/mounts").read_text().splitlines()
+                if m.startswith(share)
+            ]
+
+        def conn_info(name: str) -> dict[str, Any]:
+            with open(export / name, "wb") as f:
+                f.truncate(64 << 20)
+            return {
+                "driver_volume_type": "nfs",
+                # v3: see job_nfs.py for why the guest cannot serve v4.
+                "data": {
+                    "export": share,
+                    "name": name,
+                    "options": "-o vers=3",
+                },
+            }
+
+        vol_id, other = vol(), vol()
         with case.step("attach"):
-            result = c.call("ManagedVolume.attach_volume", [vol_id, conn_info])
+            result = c.call(
+                "ManagedVolume.attach_volume",
+                [vol_id, conn_info("volume-agent.img")],
+            )
         case.data["result"] = result
         case.data["info"] = info_of(c, vol_id)
         with case.step("io"):
             case.data["io"] = io_within(result["path"], 60)
+        with case.step("attach_second"):
+            c.call(
+                "ManagedVolume.attach_volume",
+                [other, conn_info("volume-other.img")],
+            )
         with case.step("detach"):
             c.call("ManagedVolume.detach_volume", [vol_id])
-        case.data["info_after"] = info_of(c, vol_id)
-        case.data["nfs_mounts_after"] = [
-            m
-            for m in Path("/proc/mounts").read_text().splitlines()
-            if m.startswith(share)
-        ]
+        # The share still carries the other volume: it must stay mounted.
+        case.data["nfs_mounts_while_other"] = mounts()
+        case.data["other_info"] = info_of(c, other)
+        with case.step("detach_second"):
+            c.call("ManagedVolume.detach_volume", [other])
+        case.data["info_after"] = info_of(c, vol_id) + info_of(c, other)
+        case.data["nfs_mounts_after"] = mounts()
         case.data["links_after"] = links(agent)
 
 
@@ -312,7 +334,11 @@ def case_aoe(agent: g.Agent) -> None:
 
 def main() -> None:
     """Start the host side and the agent, then run the cases."""
-    agent = g.Agent()
+    # AoE is opt-in (brick.drivers); the lab has the aoe driver and vblade.
+    agent = g.Agent(
+        extra_brick='drivers = ["iscsi", "fibre_channel", "nvmeof", '
+        '"rbd", "nfs", "local", "aoe"]\n'
+    )
     initiator = ""
     share = ""
     with g.Case("agent_start") as case:

@@ -1,0 +1,91 @@
+"""What this host can attach: the tools and kernel interfaces per driver.
+
+``Host.getCapabilities`` reports, for each driver type and each
+``[backend.NAME]``, whether what its connector runs is present, so an
+engine can pick hosts that fit before it asks for an attach.  Only cheap
+checks: a PATH lookup, a sysfs or /dev entry; nothing is started.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Any
+
+from hostagent.brick import MULTIPATH_DRIVERS
+from hostagent.config import BackendConfig, BrickConfig
+
+# Commands each connector runs (os-brick's, or ours for AoE).
+DRIVER_TOOLS: dict[str, tuple[str, ...]] = {
+    "iscsi": ("iscsiadm",),
+    "fibre_channel": (),
+    "nvmeof": ("nvme",),
+    "rbd": ("rbd",),
+    "nfs": ("mount.nfs",),
+    "local": (),
+    "aoe": ("aoe-discover", "aoe-revalidate", "aoe-flush"),
+    "storpool": (),
+}
+MULTIPATH_TOOLS = ("multipath", "multipathd")
+
+FC_HOST = "/sys/class/fc_host"
+AOE_DISCOVER = "/dev/etherd/discover"
+STORPOOL_CONF = "/etc/storpool.conf"
+# systemd gives services a PATH with the sbin directories; a shell
+# started by a user may not have them.
+_EXTRA_PATH = ("/usr/local/sbin", "/usr/sbin", "/sbin")
+
+
+def which(tool: str) -> bool:
+    """True when ``tool`` is an executable on PATH (or in an sbin dir)."""
+    path = os.environ.get("PATH", os.defpath).split(os.pathsep)
+    search = os.pathsep.join(path + [p for p in _EXTRA_PATH if p not in path])
+    return shutil.which(tool, path=search) is not None
+
+
+def status(
+    driver: str,
+    multipath: bool,
+    enforce_multipath: bool,
+    storpool_conf: str = "",
+) -> dict[str, Any]:
+    """``{"ready", "tools", "problems"}`` for one driver with options.
+
+    ``ready`` is false when an attach could not work here; a missing
+    multipath tool only counts when multipath is enforced (otherwise
+    os-brick falls back to a single path).
+    """
+    tools = {t: which(t) for t in DRIVER_TOOLS.get(driver, ())}
+    problems = [f"{t} not found" for t, ok in tools.items() if not ok]
+    if multipath and driver in MULTIPATH_DRIVERS:
+        for t in MULTIPATH_TOOLS:
+            tools[t] = which(t)
+            if not tools[t] and enforce_multipath:
+                problems.append(f"{t} not found and multipath is enforced")
+    if driver == "fibre_channel":
+        try:
+            hbas = sorted(os.listdir(FC_HOST))
+        except OSError:
+            hbas = []
+        if not hbas:
+            problems.append(f"no Fibre Channel HBA ({FC_HOST} is empty)")
+    elif driver == "aoe" and not os.path.exists(AOE_DISCOVER):
+        problems.append(f"aoe driver not loaded (no {AOE_DISCOVER})")
+    elif driver == "storpool":
+        conf = storpool_conf or STORPOOL_CONF
+        if not os.path.isfile(conf):
+            problems.append(f"StorPool config {conf} not found")
+    return {"ready": not problems, "tools": tools, "problems": problems}
+
+
+def drivers(brick: BrickConfig) -> dict[str, dict[str, Any]]:
+    """:func:`status` of every allowed driver with the [brick] options."""
+    return {
+        d: status(d, brick.multipath, brick.enforce_multipath)
+        for d in brick.drivers
+    }
+
+
+def backend(b: BackendConfig) -> dict[str, Any]:
+    """:func:`status` of one backend with its own options."""
+    return status(b.driver, b.multipath, b.enforce_multipath, b.storpool_conf)

@@ -1,0 +1,270 @@
+"""RBD through os-brick's RBD connector with local attach (krbd).
+
+No Ceph cluster here and no rbd kernel module, so ``rbd`` is a shim on
+the daemon's PATH playing the rbd tool, the kernel and udev at once, in
+fakehost.py's private /dev: ``map`` checks the image exists in the fake
+cluster (else it fails with rbd's own message and status), makes a
+/dev/rbdN block node (a real loop device's numbers) and udev's
+/dev/rbd/<pool>/<image> link, and prints the device; ``showmapped
+--format=json`` lists mappings in Mimic's format; ``unmap`` removes
+them.  Every call's argv and CEPH_CONF are logged for the assertions.
+
+Checked against a real cluster (see README "RBD"): the same attach on a
+host with ceph-common and a reachable cluster gives the same argv.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Agent, Loops, new_vol_id
+from test_fc import FakeHostAgent
+
+ATTACH = "ManagedVolume.attach_volume"
+DETACH = "ManagedVolume.detach_volume"
+INFO = "ManagedVolume.volumes_info"
+
+KEY = "AQBx3+9lAAAAABAAq2Vd4xjz0kTyYV0XuSkXQQ=="
+KEYRING = f"[client.cinder]\n\tkey = {KEY}\n"
+
+RBD = r"""#!/usr/bin/env python3
+import json, os, stat, sys
+from pathlib import Path
+
+state = Path(os.environ["FAKE_CEPH"])
+args = sys.argv[1:]
+with open(state / "calls", "a") as f:
+    conf = os.environ.get("CEPH_CONF")
+    f.write(json.dumps({"argv": args, "CEPH_CONF": conf}) + "\n")
+maps = json.loads((state / "mapped").read_text() or "[]")
+images = dict(l.split() for l in (state / "images").read_text().splitlines())
+
+def opt(name):
+    return args[args.index(name) + 1] if name in args else None
+
+def fail(msg, code):
+    sys.stderr.write(msg + "\n")
+    sys.exit(code)
+
+if args[:1] == ["map"]:
+    image, pool = args[1], opt("--pool")
+    conf = opt("--conf")
+    if conf is not None and not os.path.exists(conf):
+        fail("did not load config file, using default settings.", 1)
+    if f"{pool}/{image}" not in images:
+        fail(f"rbd: error opening image {image}: (2) No such file or "
+             "directory\nrbd: map failed: (2) No such file or directory", 2)
+    n = max([int(m["id"]) for m in maps] + [-1]) + 1
+    dev = f"/dev/rbd{n}"
+    rdev = os.stat(images[f"{pool}/{image}"]).st_rdev
+    os.mknod(dev, stat.S_IFBLK | 0o660, rdev)
+    os.makedirs(f"/dev/rbd/{pool}", exist_ok=True)
+    os.symlink(f"../../rbd{n}", f"/dev/rbd/{pool}/{image}")
+    maps.append({"id": str(n), "pool": pool, "namespace": "", "name": image,
+                 "snap": "-", "device": dev})
+    print(dev)
+elif args[:1] == ["showmapped"]:
+    print(json.dumps(maps))
+elif args[:1] == ["unmap"]:
+    dev = args[1]
+    m = next((m for m in maps if m["device"] == dev), None)
+    if m is None:
+        fail("rbd: sysfs write failed\nrbd: unmap failed: (2) No such file "
+             "or directory", 2)
+    os.unlink(f"/dev/rbd/{m['pool']}/{m['name']}")
+    os.unlink(dev)
+    maps.remove(m)
+else:
+    fail("rbd: error parsing command", 1)
+(state / "mapped").write_text(json.dumps(maps))
+"""
+
+
+class FakeCeph:
+    """The shim's state: images, mappings, the calls it got."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.bin = root / "bin"
+        self.bin.mkdir(parents=True)
+        (self.bin / "rbd").write_text(RBD)
+        (self.bin / "rbd").chmod(0o755)
+        (root / "images").touch()
+        (root / "mapped").write_text("[]")
+
+    def create(self, spec: str, device: str) -> None:
+        """An image ``pool/name`` whose data is ``device``."""
+        with open(self.root / "images", "a") as f:
+            f.write(f"{spec} {device}\n")
+
+    def calls(self) -> list[dict[str, Any]]:
+        p = self.root / "calls"
+        return (
+            [json.loads(x) for x in p.read_text().splitlines()]
+            if (p.exists())
+            else []
+        )
+
+    def mapped(self) -> list[dict[str, str]]:
+        return list(json.loads((self.root / "mapped").read_text()))
+
+
+@pytest.fixture
+def ceph(
+    tmp_path: Path, loops: Loops
+) -> Iterator[tuple[FakeHostAgent, FakeCeph]]:
+    fake = FakeCeph(tmp_path / "ceph")
+    fake.create("volumes/volume-1", loops.create())
+    d = tmp_path / "agent"
+    d.mkdir()
+    a = FakeHostAgent(
+        d,
+        {},
+        env={
+            "PATH": f"{fake.bin}:{os.environ['PATH']}",
+            "FAKE_CEPH": str(fake.root),
+        },
+    )
+    a.configure(
+        backend={
+            "ceph-b": {"driver": "rbd", "ceph_conf": "/etc/ceph/b.conf"},
+        }
+    )
+    a.start()
+    yield a, fake
+    if a.alive():
+        a.stop(signal.SIGKILL)
+    shutil.rmtree(a.sock_dir, ignore_errors=True)
+
+
+def rbd_info(name: str = "volumes/volume-1", **extra: Any) -> dict[str, Any]:
+    return {
+        "driver_volume_type": "rbd",
+        "data": {
+            "name": name,
+            "hosts": ["192.0.2.10", "2001:db8::11"],
+            "ports": ["6789", "3300"],
+            "cluster_name": "ceph",
+            "auth_enabled": True,
+            "auth_username": "cinder",
+            "secret_type": "ceph",
+            "secret_uuid": "457eb676-33da-42ec-9a8c-9293d545c337",
+            **extra,
+        },
+    }
+
+
+MON_ARGS = [
+    "--id",
+    "cinder",
+    "--mon_host",
+    "192.0.2.10:6789,[2001:db8::11]:3300",
+]
+
+
+def test_map_and_unmap_command_lines(
+    ceph: tuple[FakeHostAgent, FakeCeph],
+) -> None:
+    a, fake = ceph
+    vid = new_vol_id()
+    res = a.call(ATTACH, [vid, rbd_info()])
+    # os-brick's path rule: udev's /dev/rbd/<pool>/<image> link.
+    assert res["path"] == "/dev/rbd/volumes/volume-1"
+    assert res["attachment"] == {
+        "path": "/dev/rbd/volumes/volume-1",
+        "type": "block",
+    }
+    assert [c["argv"] for c in fake.calls()] == [
+        ["map", "volume-1", "--pool", "volumes", *MON_ARGS]
+    ]
+    assert fake.calls()[0]["CEPH_CONF"] is None  # no backend: defaults
+    (info,) = a.call(INFO)
+    assert info["exists"] is True
+    assert a.call(DETACH, [vid]) is None
+    assert [c["argv"] for c in fake.calls()[1:]] == [
+        ["showmapped", "--format=json", *MON_ARGS],
+        ["unmap", "/dev/rbd0", *MON_ARGS],
+    ]
+    assert fake.mapped() == []
+    assert a.call(INFO) == []
+
+
+def test_backend_ceph_conf_is_used_for_map_and_unmap(
+    ceph: tuple[FakeHostAgent, FakeCeph],
+) -> None:
+    """The backend's options survive a restart: detach reads the DB."""
+    a, fake = ceph
+    vid = new_vol_id()
+    a.call(
+        ATTACH,
+        {"vol_id": vid, "connection_info": rbd_info(), "backend": "ceph-b"},
+    )
+    a.restart()
+    a.call(DETACH, [vid])
+    calls = fake.calls()
+    assert [c["argv"][0] for c in calls] == ["map", "showmapped", "unmap"]
+    assert {c["CEPH_CONF"] for c in calls} == {"/etc/ceph/b.conf"}
+
+
+def test_keyring_goes_to_a_private_conf_and_nowhere_else(
+    ceph: tuple[FakeHostAgent, FakeCeph],
+) -> None:
+    """cinderlib passes the keyring; os-brick writes it to a temp conf."""
+    a, fake = ceph
+    vid = new_vol_id()
+    res = a.call(ATTACH, [vid, rbd_info(keyring=KEYRING)])
+    (call,) = fake.calls()
+    conf = call["argv"][call["argv"].index("--conf") + 1]
+    assert call["argv"][:-2] == [
+        "map",
+        "volume-1",
+        "--pool",
+        "volumes",
+        *MON_ARGS,
+    ]
+    assert res["attachment"]["conf"] == conf
+    (info,) = a.call(INFO)
+    assert info["connection_info"]["data"]["keyring"] == "***"
+    assert KEY not in json.dumps(res) + json.dumps(info)
+    assert KEY not in a.log()
+    a.call(DETACH, [vid])
+    assert [c["argv"][-2:] for c in fake.calls()[1:]] == [["--conf", conf]] * 2
+
+
+def test_missing_image_is_926_with_rbds_message(
+    ceph: tuple[FakeHostAgent, FakeCeph],
+) -> None:
+    a, fake = ceph
+    err = a.error(ATTACH, [new_vol_id(), rbd_info("volumes/nope")])
+    assert err.code == 926
+    assert err.data["error_class"] == "ProcessExecutionError"
+    assert (
+        "rbd: map failed: (2) No such file or directory" in err.data["error"]
+    )
+    assert fake.mapped() == []
+    assert a.call(INFO) == []
+
+
+def test_malformed_name_is_926(ceph: tuple[FakeHostAgent, FakeCeph]) -> None:
+    a, fake = ceph
+    err = a.error(ATTACH, [new_vol_id(), rbd_info("no-pool-here")])
+    assert err.code == 926
+    assert err.data["error_class"] == "ValueError"
+    assert fake.calls() == []
+
+
+def test_without_ceph_common_is_926(agent: Agent) -> None:
+    """This machine has no rbd tool: os-brick says so before mapping."""
+    if shutil.which("rbd"):
+        pytest.skip("rbd is installed here")
+    err = agent.error(ATTACH, [new_vol_id(), rbd_info()])
+    assert err.code == 926
+    assert "ceph-common package is not installed" in err.message
+    assert agent.call(INFO) == []

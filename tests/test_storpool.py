@@ -1,0 +1,356 @@
+"""StorPool through os-brick's StorPool connector and a local JSON API.
+
+The seed's design: the connector attaches and detaches by calling
+StorPool's JSON-over-HTTP API.  ``FakeStorPool`` is an HTTP server on
+127.0.0.1 implementing the calls os-brick's connector makes
+(``VolumesReassignWait``, ``VolumeGetInfo``, ``Volume``), with
+StorPool's auth header, reply envelope (``{"data": ...}`` or
+``{"error": {"name", "descr", "transient"}}``) and volume naming
+(``os--volume-<id>``, ``~<globalId>``).  It also plays this host's
+StorPool block client: a volume assigned to our SP_OURID appears in the
+daemon's private /dev (fakehost.py) as ``/dev/spN`` (a real loop device's
+numbers) with the ``/dev/storpool/<name>`` and
+``/dev/storpool-byid/<globalId>`` links, and goes when detached.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import signal
+import stat
+import subprocess
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Agent, Loops, new_vol_id
+from test_fc import FakeHostAgent
+
+ATTACH = "ManagedVolume.attach_volume"
+DETACH = "ManagedVolume.detach_volume"
+EXTEND = "ManagedVolume.extend_volume"
+INFO = "ManagedVolume.volumes_info"
+
+TOKEN = "9876543210123456789"
+OURID = "7"
+CINDER_ID = "5e5ff6f2-7e36-4a57-9bb9-a1cfa0b3f7a1"
+SP_NAME = f"os--volume-{CINDER_ID}"
+
+
+class FakeStorPool(ThreadingHTTPServer):
+    """The part of StorPool's API (and block client) os-brick uses."""
+
+    def __init__(self, dev_root: Path) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.dev_root = dev_root
+        self.volumes: dict[str, dict[str, Any]] = {}
+        self.calls: list[tuple[str, str, Any]] = []
+        self.lock = threading.Lock()
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+    def create(self, name: str, device: str, gid: str) -> None:
+        size = int(
+            subprocess.run(
+                ["blockdev", "--getsize64", device],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+        )
+        self.volumes[name] = {
+            "name": name,
+            "globalId": gid,
+            "size": size,
+            "device": device,
+            "attached": {},
+        }
+
+    def find(self, name: str) -> dict[str, Any] | None:
+        if name.startswith("~"):
+            return next(
+                (
+                    v
+                    for v in self.volumes.values()
+                    if v["globalId"] == name[1:]
+                ),
+                None,
+            )
+        return self.volumes.get(name)
+
+    def block_client(self, vol: dict[str, Any], attached: bool) -> None:
+        """storpool_block on the agent's host: the device comes or goes."""
+        dev = self.dev_root
+        node = dev / f"sp-{vol['globalId']}"
+        links = [
+            dev / "storpool" / vol["name"],
+            dev / "storpool-byid" / vol["globalId"],
+        ]
+        if attached:
+            os.mknod(
+                node, stat.S_IFBLK | 0o660, os.stat(vol["device"]).st_rdev
+            )
+            for link in links:
+                link.parent.mkdir(exist_ok=True)
+                os.symlink(f"../{node.name}", link)
+        else:
+            for p in [*links, node]:
+                p.unlink(missing_ok=True)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: FakeStorPool
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def reply(self, status: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def error(self, status: int, name: str, descr: str) -> None:
+        self.reply(
+            status,
+            {"error": {"name": name, "descr": descr, "transient": False}},
+        )
+
+    def do_GET(self) -> None:
+        self.handle_call("GET", None)
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        self.handle_call("POST", json.loads(raw) if raw else None)
+
+    def handle_call(self, method: str, body: Any) -> None:
+        s = self.server
+        with s.lock:
+            s.calls.append((method, self.path, body))
+            if self.headers.get("Authorization") != f"Storpool v1:{TOKEN}":
+                return self.error(401, "authError", "Authentication failed")
+            prefix = "/ctrl/1.0/MultiCluster/"
+            if not self.path.startswith(prefix):
+                return self.error(404, "invalidParam", "no such call")
+            call, _, arg = self.path[len(prefix) :].partition("/")
+            if method == "POST" and call == "VolumesReassignWait":
+                return self.reassign(body)
+            if method == "GET" and call in ("VolumeGetInfo", "Volume"):
+                vol = s.find(arg)
+                if vol is None:
+                    return self.error(
+                        404, "objectDoesNotExist", f"volume {arg} not found"
+                    )
+                info = {k: vol[k] for k in ("name", "globalId", "size")}
+                return self.reply(
+                    200, {"data": info if call == "VolumeGetInfo" else [info]}
+                )
+            return self.error(404, "invalidParam", f"no call {call}")
+
+    def reassign(self, body: dict[str, Any]) -> None:
+        s = self.server
+        for item in body["reassign"]:
+            vol = s.find(item["volume"])
+            if vol is None:
+                return self.error(
+                    404,
+                    "objectDoesNotExist",
+                    f"volume {item['volume']} not found",
+                )
+            for mode in ("rw", "ro"):
+                for client in item.get(mode, []):
+                    if str(client) == OURID and not vol["attached"]:
+                        s.block_client(vol, True)
+                    vol["attached"][str(client)] = mode
+            for client in item.get("detach", []):
+                if (
+                    vol["attached"].pop(str(client), None)
+                    and str(client) == OURID
+                ):
+                    s.block_client(vol, False)
+        return self.reply(200, {"data": {"ok": True}})
+
+
+@pytest.fixture
+def storpool(
+    tmp_path: Path, loops: Loops
+) -> Iterator[tuple[FakeHostAgent, FakeStorPool, str]]:
+    d = tmp_path / "agent"
+    d.mkdir()
+    a = FakeHostAgent(d, {})
+    server = FakeStorPool(a.root / "dev")
+    dev = loops.create()
+    server.create(SP_NAME, dev, "b7kz.b.c3f")
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    conf = tmp_path / "storpool.conf"
+    # The unnamed section is every host's; [hostname] wins for this one.
+    conf.write_text(
+        f"SP_API_HTTP_HOST=127.0.0.1\n"
+        f"SP_API_HTTP_PORT={server.port}\n"
+        f"SP_AUTH_TOKEN={TOKEN}\n"
+        "SP_OURID=99\n"
+        f"[{platform.node()}]\n"
+        f"SP_OURID={OURID}\n"
+    )
+    a.configure(
+        brick={"drivers": ["local", "storpool"]},
+        backend={"sp": {"driver": "storpool", "storpool_conf": str(conf)}},
+    )
+    a.start()
+    yield a, server, dev
+    if a.alive():
+        a.stop(signal.SIGKILL)
+    server.shutdown()
+    server.server_close()
+    shutil.rmtree(a.sock_dir, ignore_errors=True)
+
+
+def sp_info(volume: str = CINDER_ID, mode: str = "rw") -> dict[str, Any]:
+    return {
+        "driver_volume_type": "storpool",
+        "data": {"client_id": 1, "volume": volume, "access_mode": mode},
+    }
+
+
+def test_attach_detach_through_the_api(
+    storpool: tuple[FakeHostAgent, FakeStorPool, str],
+) -> None:
+    a, sp, _dev = storpool
+    vid = new_vol_id()
+    res = a.call(
+        ATTACH, {"vol_id": vid, "connection_info": sp_info(), "backend": "sp"}
+    )
+    assert res["path"] == "/dev/storpool-byid/b7kz.b.c3f"
+    assert res["attachment"] == {
+        "type": "block",
+        "path": "/dev/storpool-byid/b7kz.b.c3f",
+    }
+    assert sp.calls == [
+        (
+            "POST",
+            "/ctrl/1.0/MultiCluster/VolumesReassignWait",
+            {"reassign": [{"volume": SP_NAME, "rw": [OURID]}]},
+        ),
+        ("GET", f"/ctrl/1.0/MultiCluster/VolumeGetInfo/{SP_NAME}", None),
+    ]
+    assert sp.volumes[SP_NAME]["attached"] == {OURID: "rw"}
+    (info,) = a.call(INFO)
+    assert info["exists"] is True
+    assert a.call(DETACH, [vid]) is None
+    assert sp.calls[2:] == [
+        (
+            "POST",
+            "/ctrl/1.0/MultiCluster/VolumesReassignWait",
+            {
+                "reassign": [
+                    {
+                        "volume": "~b7kz.b.c3f",
+                        "detach": [OURID],
+                        "force": False,
+                    }
+                ]
+            },
+        )
+    ]
+    assert sp.volumes[SP_NAME]["attached"] == {}
+    assert a.call(INFO) == []
+    assert TOKEN not in a.log()
+
+
+def test_extend_asks_the_api_for_the_size(
+    storpool: tuple[FakeHostAgent, FakeStorPool, str],
+) -> None:
+    a, sp, dev = storpool
+    vid = new_vol_id()
+    a.call(ATTACH, [vid, sp_info(), "sp"])
+    back = subprocess.run(
+        ["losetup", "-n", "-O", "BACK-FILE", dev],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    os.truncate(back, 64 * 1024 * 1024)
+    subprocess.run(["losetup", "-c", dev], check=True)
+    sp.volumes[SP_NAME]["size"] = 64 * 1024 * 1024
+    assert a.call(EXTEND, [vid]) == 64 * 1024 * 1024
+    assert sp.calls[-1] == (
+        "GET",
+        f"/ctrl/1.0/MultiCluster/Volume/{SP_NAME}",
+        None,
+    )
+
+
+def test_unknown_volume_is_926_with_the_api_error(
+    storpool: tuple[FakeHostAgent, FakeStorPool, str],
+) -> None:
+    a, _sp, _ = storpool
+    err = a.error(ATTACH, [new_vol_id(), sp_info(new_vol_id()), "sp"])
+    assert err.code == 926
+    assert "objectDoesNotExist" in err.message
+    assert a.call(INFO) == []
+
+
+def test_bad_access_mode_is_926_before_any_call(
+    storpool: tuple[FakeHostAgent, FakeStorPool, str],
+) -> None:
+    a, sp, _ = storpool
+    err = a.error(ATTACH, [new_vol_id(), sp_info(mode="rwx"), "sp"])
+    assert err.code == 926
+    assert "access_mode" in err.message
+    assert sp.calls == []
+
+
+def test_wrong_token_is_926(
+    storpool: tuple[FakeHostAgent, FakeStorPool, str], tmp_path: Path
+) -> None:
+    a, _sp, _ = storpool
+    conf = tmp_path / "storpool.conf"
+    conf.write_text(conf.read_text().replace(TOKEN, "123"))
+    a.restart()
+    err = a.error(ATTACH, [new_vol_id(), sp_info(), "sp"])
+    assert err.code == 926
+    assert "authError" in err.message
+
+
+def test_default_storpool_conf_missing_is_926(agent_factory: Any) -> None:
+    """Without a backend os-brick reads /etc/storpool.conf (none here)."""
+    if os.path.exists("/etc/storpool.conf"):
+        pytest.skip("this host has a StorPool config")
+    a: Agent = agent_factory()
+    a.configure(brick={"drivers": ["storpool"]})
+    a.start()
+    caps = a.call("Host.getCapabilities")
+    assert caps["driver_status"]["storpool"]["problems"] == [
+        "StorPool config /etc/storpool.conf not found"
+    ]
+    err = a.error(ATTACH, [new_vol_id(), sp_info()])
+    assert err.code == 926
+    assert "Could not initialize the StorPool API" in err.message
+
+
+def test_broken_config_names_the_file_not_its_lines(
+    storpool: tuple[FakeHostAgent, FakeStorPool, str], tmp_path: Path
+) -> None:
+    a, _sp, _ = storpool
+    conf = tmp_path / "storpool.conf"
+    # A stray "=" (a key lost in an edit) is a parsing error whose text
+    # quotes the line: the token must not travel with it.
+    conf.write_text(f"SP_OURID=7\n={TOKEN}\n")
+    a.restart()
+    err = a.error(ATTACH, [new_vol_id(), sp_info(), "sp"])
+    assert err.code == 926
+    assert f"{conf} is not a valid StorPool config" in err.message
+    assert TOKEN not in str(err.data)
+    assert TOKEN not in a.log()
