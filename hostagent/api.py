@@ -200,6 +200,9 @@ class Api:
         self.methods: dict[str, Callable[..., Any]] = {}
         self.immediate: set[str] = set()
         self._signatures: dict[str, inspect.Signature] = {}
+        # Methods whose params are all optional: a call without params
+        # fits them without a signature check.
+        self._no_required: set[str] = set()
         self._add("Host.ping", self.ping)
         self._add("Host.getCapabilities", self.get_capabilities)
         self._add("Host.subscribe", self.subscribe)
@@ -265,6 +268,10 @@ class Api:
         sig = inspect.signature(method)
         method.__signature__ = sig  # type: ignore[attr-defined]
         self._signatures[name] = sig
+        if all(
+            p.default is not p.empty for p in list(sig.parameters.values())[1:]
+        ):
+            self._no_required.add(name)
         self.methods[name] = method
 
     def ping(self, ctx: Peer) -> bool:
@@ -408,6 +415,8 @@ class Api:
         """
         method = self.methods[name]
         params = req.params
+        if not params and name in self._no_required:
+            return _response(name, req, method(peer))
         args = [peer, *params] if isinstance(params, list) else [peer]
         kwargs = params if isinstance(params, dict) else {}
         try:

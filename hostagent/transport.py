@@ -165,7 +165,9 @@ class Server:
                     continue
                 answer = self._answer(line, peer)
                 if answer is None or isinstance(answer, bytes):
-                    await self._respond(answer, peer, out, None)
+                    if answer is not None:
+                        out.write(answer)
+                        await writer.drain()
                     continue
                 await in_flight.acquire()
                 task = asyncio.create_task(
