@@ -6,7 +6,7 @@ RUN_DIR := $(CURDIR)/.run
 STAMP := $(VENV)/.installed
 SYSDEPS := .cache/sysdeps.stamp
 
-.PHONY: all install run check lint test fuzz check-vm clean rpm
+.PHONY: all install run check lint test fuzz bench check-vm clean rpm
 
 all: install
 
@@ -45,9 +45,9 @@ run: install
 	exec $(BIN)/hostagentd --config $(RUN_DIR)/hostagent.toml
 
 lint: install
-	$(BIN)/ruff check hostagent tests contrib
-	$(BIN)/ruff format --check hostagent tests contrib
-	$(BIN)/mypy hostagent
+	$(BIN)/ruff check hostagent tests contrib bench
+	$(BIN)/ruff format --check hostagent tests contrib bench
+	$(BIN)/mypy hostagent bench
 
 test: install
 	$(BIN)/pytest -q tests --ignore=tests/vm
@@ -69,6 +69,12 @@ fuzz: install
 # builds it too, so make check covers it).
 rpm: $(SYSDEPS)
 	contrib/build-rpm.sh dist
+
+# Every figure of the benchmark table, each beside its reference, in one
+# run (needs root: loop devices).  Prints the table and writes
+# bench/results.json; exits 1 when a figure misses its target.
+bench: install
+	$(BIN)/python -m bench
 
 clean:
 	rm -rf $(VENV) $(RUN_DIR) .cache .mypy_cache .ruff_cache .pytest_cache dist

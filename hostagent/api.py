@@ -5,14 +5,18 @@ owns the protocol rules (strict JSON, request shape, batches,
 notifications) and the method table; the methods themselves are thin:
 check params against :mod:`hostagent.schema` and call the volume service.
 jsonrpcserver does the dispatching (method lookup, binding params by name
-or position, building responses); its default jsonschema request validator
-is replaced by :func:`check_request`, which costs a fraction as much.
+or position, building responses), one request at a time through its
+``dispatch_request``: its top-level ``dispatch`` would re-parse and
+re-validate what :func:`check_request` already checked (its default
+jsonschema validator costs more than a whole ping) and gathers every
+request, even a single one, in a task of its own.
 """
 
 from __future__ import annotations
 
 import contextvars
 import functools
+import inspect
 import json
 import logging
 import time
@@ -22,8 +26,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jsonrpcserver import Error, Result, Success
-from jsonrpcserver.async_main import dispatch_to_response
+from jsonrpcserver.async_dispatcher import dispatch_request
+from jsonrpcserver.dispatcher import create_request, to_response
+from jsonrpcserver.dispatcher import dispatch_request as dispatch_now
+from jsonrpcserver.request import Request
 from jsonrpcserver.response import to_serializable
+from jsonrpcserver.sentinels import NOID
 
 from hostagent import schema
 from hostagent.errors import (
@@ -46,6 +54,7 @@ MUTATING = frozenset(
         "ManagedVolume.extend_volume",
     }
 )
+
 
 # The JSON-RPC id of the request being handled in this task, so every log
 # line written while handling it (here, in the service, in os-brick's
@@ -100,6 +109,15 @@ def _finite_float(text: str) -> float:
 # DB's JSON encoder) from ever meeting Python's recursion limit.
 MAX_DEPTH = 64
 
+# Made once: json.loads() and json.dumps() with options build a new
+# decoder or encoder on every call, which costs as much as the parsing.
+_DECODER = json.JSONDecoder(
+    parse_constant=_reject_constant, parse_float=_finite_float
+)
+_ENCODER = json.JSONEncoder(
+    separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
+
 
 def loads(data: bytes) -> Any:
     """Parse one message: UTF-8 JSON without NaN, Infinity or overflow."""
@@ -110,9 +128,7 @@ def loads(data: bytes) -> Any:
             f"parse error: message is not valid UTF-8 (byte {e.start})"
         ) from None
     try:
-        value = json.loads(
-            text, parse_constant=_reject_constant, parse_float=_finite_float
-        )
+        value = _DECODER.decode(text)
     except RecursionError:
         raise ParseError("parse error: JSON nested too deeply") from None
     except ValueError as e:
@@ -147,9 +163,7 @@ def _depth(value: Any) -> int:
 
 def dumps(obj: Any) -> bytes:
     """Serialize one response line (with its newline)."""
-    text = json.dumps(
-        obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    )
+    text = _ENCODER.encode(obj)
     try:
         return text.encode() + b"\n"
     except UnicodeEncodeError:
@@ -206,16 +220,30 @@ def error_response(err: AgentError, req_id: Any = None) -> dict[str, Any]:
 
 # -- the methods ------------------------------------------------------------
 
-Handler = Callable[..., Awaitable[Any]]
+Handler = Callable[..., Any]
+
+# What :meth:`Api.answer` gives the transport: a response line, nothing
+# (a notification), or an awaitable of either for a request that waits.
+Answer = bytes | Awaitable[bytes | None] | None
 
 
 class Api:
-    """The method table and the request handler."""
+    """The method table and the request handler.
+
+    Methods written as plain functions (``Host.ping``, ``rpc.discover``)
+    never wait for anything; their requests are answered at once, without
+    a task of their own.  Every other method is a coroutine function.
+    """
 
     def __init__(self, service: VolumeService, max_batch: int = 100):
         self.service = service
         self.max_batch = max_batch
-        self.methods: dict[str, Callable[..., Awaitable[Result]]] = {}
+        self.methods: dict[str, Callable[..., Any]] = {}
+        self.immediate: set[str] = set()
+        self._signatures: dict[str, inspect.Signature] = {}
+        # Methods whose params are all optional: a call without params
+        # fits them without a signature check.
+        self._no_required: set[str] = set()
         self._add("Host.ping", self.ping)
         self._add("Host.getCapabilities", self.get_capabilities)
         self._add("Host.subscribe", self.subscribe)
@@ -230,65 +258,64 @@ class Api:
         """Publish ``fn`` as ``name``, wrapped with validation and errors."""
         spec = schema.BY_NAME[name]
         order = [p.name for p in spec.params]
+        method: Callable[..., Any]
 
-        @functools.wraps(fn)
-        async def method(ctx: Peer, *args: Any, **kwargs: Any) -> Result:
-            started = time.monotonic()
-            params = dict(zip(order, args, strict=False)) | kwargs
-            fields = {
-                "METHOD": name,
-                "VOL_ID": params.get("vol_id"),
-                "PEER_UID": ctx.uid,
-                "REQUEST_ID": _REQUEST_ID.get(),
-            }
-            try:
-                for p in spec.params:
-                    if p.name in params:
-                        schema.validate(p.schema, params[p.name], p.name)
-                if name in MUTATING:
-                    log.info(
-                        "%s by %s vol_id=%s",
-                        name,
-                        ctx.describe(),
-                        params.get("vol_id"),
-                        extra=fields,
-                    )
-                value = await fn(ctx, **params)
-            except AgentError as e:
-                log.log(
-                    logging.WARNING if e.code >= 0 else logging.INFO,
-                    "%s failed: %d %s",
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def method(ctx: Peer, *args: Any, **kwargs: Any) -> Result:
+                started = time.monotonic()
+                params = dict(zip(order, args, strict=False)) | kwargs
+                fields = _log_fields(name, ctx, params)
+                try:
+                    _check_params(spec, ctx, params, fields)
+                    value = await fn(ctx, **params)
+                except Exception as e:
+                    return _failure(name, fields, e)
+                log.debug(
+                    "%s done in %.6f s",
                     name,
-                    e.code,
-                    e.message,
+                    time.monotonic() - started,
                     extra=fields,
                 )
-                return Error(e.code, e.message, SCRUBBER.scrub_data(e.data))
-            except Exception:
-                error_id = uuid.uuid4().hex[:12]
-                log.exception(
-                    "internal error %s in %s",
-                    error_id,
-                    name,
-                    extra=fields | {"ERROR_ID": error_id},
-                )
-                err = InternalError(
-                    f"internal error; see the agent log for error_id "
-                    f"{error_id}",
-                    {"error_id": error_id},
-                )
-                return Error(err.code, err.message, err.data)
-            log.debug(
-                "%s done in %.6f s",
-                name,
-                time.monotonic() - started,
-                extra=fields,
-            )
-            return Success(value)
+                return Success(value)
 
+        else:
+
+            @functools.wraps(fn)
+            def method(ctx: Peer, *args: Any, **kwargs: Any) -> Result:
+                started = time.monotonic()
+                params = dict(zip(order, args, strict=False)) | kwargs
+                try:
+                    _check_params(spec, ctx, params, None)
+                    value = fn(ctx, **params)
+                except Exception as e:
+                    return _failure(name, _log_fields(name, ctx, params), e)
+                # The fields are only built for a line that is written.
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug(
+                        "%s done in %.6f s",
+                        name,
+                        time.monotonic() - started,
+                        extra=_log_fields(name, ctx, params),
+                    )
+                return Success(value)
+
+            self.immediate.add(name)
+
+        # jsonrpcserver binds params with inspect.signature() on every call,
+        # which walks the functools.wraps chain each time; a signature set
+        # here (the same one it would compute) is found at once.
+        sig = inspect.signature(method)
+        method.__signature__ = sig  # type: ignore[attr-defined]
+        self._signatures[name] = sig
+        if all(
+            p.default is not p.empty for p in list(sig.parameters.values())[1:]
+        ):
+            self._no_required.add(name)
         self.methods[name] = method
 
-    async def ping(self, ctx: Peer) -> bool:
+    def ping(self, ctx: Peer) -> bool:
         """``Host.ping``."""
         return True
 
@@ -328,23 +355,36 @@ class Api:
         """``ManagedVolume.volumes_info``."""
         return await self.service.info(vol_ids or None)
 
-    async def discover(self, ctx: Peer) -> dict[str, Any]:
+    def discover(self, ctx: Peer) -> dict[str, Any]:
         """``rpc.discover``."""
         return schema.document()
 
     # -- protocol ----------------------------------------------------------
 
-    async def handle(self, line: bytes, peer: Peer) -> bytes | None:
-        """Answer one line: a response line, or ``None`` (notifications)."""
+    def answer(self, line: bytes, peer: Peer) -> Answer:
+        """Answer one line: at once when nothing in it waits, else later.
+
+        Returns the response line, ``None`` (notifications), or an
+        awaitable of one of those, which the transport runs as a task of
+        its own so that other requests go on meanwhile.
+        """
         try:
             message = loads(line)
         except AgentError as e:
             return dumps(error_response(e))
         if isinstance(message, list):
-            response: Any = await self._batch(message, peer)
-        else:
-            response = await self.call(message, peer)
-        return None if response is None else dumps(response)
+            return _dumped(self._batch(message, peer))
+        response = self.call_now(message, peer)
+        if response is None or isinstance(response, dict):
+            return None if response is None else dumps(response)
+        return _dumped(response)
+
+    async def handle(self, line: bytes, peer: Peer) -> bytes | None:
+        """Answer one line: a response line, or ``None`` (notifications)."""
+        answer = self.answer(line, peer)
+        if answer is None or isinstance(answer, bytes):
+            return answer
+        return await answer
 
     async def _batch(
         self, batch: list[Any], peer: Peer
@@ -370,6 +410,15 @@ class Api:
 
     async def call(self, request: Any, peer: Peer) -> dict[str, Any] | None:
         """Answer one request object (``None`` for a notification)."""
+        response = self.call_now(request, peer)
+        if response is None or isinstance(response, dict):
+            return response
+        return await response
+
+    def call_now(
+        self, request: Any, peer: Peer
+    ) -> dict[str, Any] | Awaitable[dict[str, Any] | None] | None:
+        """:meth:`call`, answered at once unless the method has to wait."""
         try:
             check_request(request)
         except AgentError as e:
@@ -387,28 +436,129 @@ class Api:
                 ),
                 request["id"],
             )
-        rid = request.get("id")
-        token = _REQUEST_ID.set(None if rid is None else str(rid)[:100])
+        req = create_request(request)
+        if name in self.immediate:
+            token = _REQUEST_ID.set(_id_text(req.id))
+            try:
+                return self._call_immediate(name, req, peer)
+            finally:
+                _REQUEST_ID.reset(token)
+        return self._call_later(name, req, peer)
+
+    def _call_immediate(
+        self, name: str, req: Request, peer: Peer
+    ) -> dict[str, Any] | None:
+        """Call a plain method directly: the same method table and the same
+        signature check as jsonrpcserver's, without the rest of its
+        per-call pipeline (which costs more than all else in a ping).
+        Params that do not fit go through jsonrpcserver, so that its error
+        is the one returned.
+        """
+        method = self.methods[name]
+        params = req.params
+        if not params and name in self._no_required:
+            return _response(name, req, method(peer))
+        args = [peer, *params] if isinstance(params, list) else [peer]
+        kwargs = params if isinstance(params, dict) else {}
         try:
-            response = await dispatch_to_response(
-                request,
-                self.methods,
-                context=peer,
-                deserializer=_identity,
-                validator=_identity,
-                post_process=to_serializable,
-            )
+            self._signatures[name].bind(*args, **kwargs)
+        except TypeError:
+            _, result = dispatch_now(self.methods, peer, req)
+        else:
+            result = method(*args, **kwargs)
+        return _response(name, req, result)
+
+    async def _call_later(
+        self, name: str, req: Request, peer: Peer
+    ) -> dict[str, Any] | None:
+        token = _REQUEST_ID.set(_id_text(req.id))
+        try:
+            _, result = await dispatch_request(self.methods, peer, req)
         finally:
             _REQUEST_ID.reset(token)
-        if not isinstance(response, dict):
-            return None  # a notification: no answer
-        if "error" in response:
-            _explain_bind_error(name, response["error"])
-        return response
+        return _response(name, req, result)
 
 
-def _identity(value: Any) -> Any:
-    return value
+def _id_text(rid: Any) -> str | None:
+    """A request id as the journal's REQUEST_ID= shows it."""
+    return None if rid is None or rid is NOID else str(rid)[:100]
+
+
+def _log_fields(
+    name: str, ctx: Peer, params: dict[str, Any]
+) -> dict[str, Any]:
+    """Structured fields for the journal, for the log lines of one call."""
+    return {
+        "METHOD": name,
+        "VOL_ID": params.get("vol_id"),
+        "PEER_UID": ctx.uid,
+        "REQUEST_ID": _REQUEST_ID.get(),
+    }
+
+
+def _check_params(
+    spec: schema.Method,
+    ctx: Peer,
+    params: dict[str, Any],
+    fields: dict[str, Any] | None,
+) -> None:
+    """Validate params against the schema; log who calls a mutating method."""
+    for p in spec.params:
+        if p.name in params:
+            schema.validate(p.schema, params[p.name], p.name)
+    if spec.name in MUTATING:
+        log.info(
+            "%s by %s vol_id=%s",
+            spec.name,
+            ctx.describe(),
+            params.get("vol_id"),
+            extra=fields or _log_fields(spec.name, ctx, params),
+        )
+
+
+def _failure(name: str, fields: dict[str, Any], e: Exception) -> Result:
+    """The error result for ``e``, raised by method ``name`` (logged)."""
+    if isinstance(e, AgentError):
+        log.log(
+            logging.WARNING if e.code >= 0 else logging.INFO,
+            "%s failed: %d %s",
+            name,
+            e.code,
+            e.message,
+            extra=fields,
+        )
+        return Error(e.code, e.message, SCRUBBER.scrub_data(e.data))
+    error_id = uuid.uuid4().hex[:12]
+    log.error(
+        "internal error %s in %s",
+        error_id,
+        name,
+        exc_info=(type(e), e, e.__traceback__),
+        extra=fields | {"ERROR_ID": error_id},
+    )
+    err = InternalError(
+        f"internal error; see the agent log for error_id {error_id}",
+        {"error_id": error_id},
+    )
+    return Error(err.code, err.message, err.data)
+
+
+def _response(
+    name: str, req: Request, result: Result
+) -> dict[str, Any] | None:
+    """The response object for ``result`` (``None`` for a notification)."""
+    if req.id is NOID:
+        return None  # a notification: no answer
+    response = to_serializable(to_response(req, result))
+    assert isinstance(response, dict)
+    if "error" in response:
+        _explain_bind_error(name, response["error"])
+    return response
+
+
+async def _dumped(pending: Awaitable[Any]) -> bytes | None:
+    response = await pending
+    return None if response is None else dumps(response)
 
 
 def _explain_bind_error(name: str, error: dict[str, Any]) -> None:

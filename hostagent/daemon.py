@@ -125,7 +125,7 @@ class Daemon:
         self.api = Api(self.service, cfg.server.max_batch)
         self.server = Server(
             cfg.server,
-            self.api.handle,
+            self.api.answer,
             listening=self.service.events.is_subscribed,
         )
         self.listeners: list[str] = []

@@ -12,6 +12,7 @@ thread, so that thread owns the only connection.
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
@@ -20,7 +21,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import peewee as pw
 
@@ -60,6 +61,19 @@ class VolumeRecord:
     backend: str | None = None
 
 
+class StoredVolume(NamedTuple):
+    """What volumes_info shows of a row, its JSON columns left as text."""
+
+    vol_id: str
+    connection_info: str
+    path: str | None
+    attachment: str | None
+    multipath_id: str | None
+    state: str
+    last_error: str | None
+    backend: str | None
+
+
 _proxy = pw.DatabaseProxy()
 
 
@@ -89,6 +103,20 @@ class _Volume(_Base):
 
     class Meta:
         table_name = "volume"
+
+
+# A row of ``_Volume.select()`` as the cursor returns it: every column, in
+# the model's field order.
+_Row = collections.namedtuple(  # type: ignore[misc]
+    "_Row", _Volume._meta.sorted_field_names
+)
+
+# The statements every attach and detach runs are written as SQL here:
+# peewee builds a query's SQL anew on each call, which costs ten times
+# what SQLite takes to run it.
+_COLUMNS = ", ".join(f'"{f.column_name}"' for f in _Volume._meta.sorted_fields)
+_GET = f'SELECT {_COLUMNS} FROM "volume" WHERE "vol_id" = ?'
+_STORED = ", ".join(f'"{name}"' for name in StoredVolume._fields)
 
 
 # Ordered migrations: MIGRATIONS[i] brings a database from version i to
@@ -230,36 +258,59 @@ class Database:
 
     # -- queries -----------------------------------------------------------
 
+    def stored(
+        self, vol_ids: Sequence[str] | None = None
+    ) -> list[StoredVolume]:
+        """:meth:`list`, with the JSON columns as stored (not decoded).
+
+        volumes_info asks for every volume, again and again; its caller
+        decodes (and redacts) a text only when it changed.
+        """
+        sql = f'SELECT {_STORED} FROM "volume"'
+        params: list[str] = []
+        if vol_ids:
+            params = list(dict.fromkeys(vol_ids))
+            sql += ' WHERE "vol_id" IN (' + ", ".join("?" * len(params)) + ")"
+        rows = _sql(self._db, sql + ' ORDER BY "vol_id"', params).fetchall()
+        return [StoredVolume._make(r) for r in rows]
+
     def get(self, vol_id: str) -> VolumeRecord | None:
         """The record of ``vol_id``, or ``None``."""
-        row = _Volume.get_or_none(_Volume.vol_id == vol_id)
-        return None if row is None else _decode(row)
+        row = _sql(self._db, _GET, (vol_id,)).fetchone()
+        return None if row is None else _decode(_Row._make(row))
 
     def list(self, vol_ids: Sequence[str] | None = None) -> list[VolumeRecord]:
         """Records of ``vol_ids`` (all when ``None`` or empty), by vol_id."""
         query = _Volume.select().order_by(_Volume.vol_id)
         if vol_ids:
             query = query.where(_Volume.vol_id.in_(list(vol_ids)))
-        return [_decode(r) for r in query]
+        # The cursor's plain rows: peewee's model instances (or its own
+        # tuples, converted column by column) cost more than decoding the
+        # JSON, and volumes_info lists every volume.
+        rows = cast(Any, self._db).execute(query)
+        return [_decode(_Row._make(r)) for r in rows]
 
     def find_device_owner(
         self, multipath_id: str | None, path: str | None, exclude: str
     ) -> str | None:
         """The vol_id (other than ``exclude``) using this device, if any."""
-        cond = []
+        conditions, params = [], []
         if multipath_id:
-            cond.append(_Volume.multipath_id == multipath_id)
+            conditions.append('"multipath_id" = ?')
+            params.append(multipath_id)
         if path:
-            cond.append(_Volume.path == path)
-        if not cond:
+            conditions.append('"path" = ?')
+            params.append(path)
+        if not conditions:
             return None
-        where = cond[0] if len(cond) == 1 else (cond[0] | cond[1])
-        row = (
-            _Volume.select(_Volume.vol_id)
-            .where(where & (_Volume.vol_id != exclude))
-            .first()
-        )
-        return None if row is None else str(row.vol_id)
+        row = _sql(
+            self._db,
+            'SELECT "vol_id" FROM "volume" WHERE ('
+            + " OR ".join(conditions)
+            + ') AND "vol_id" != ? LIMIT 1',
+            (*params, exclude),
+        ).fetchone()
+        return None if row is None else str(row[0])
 
     def insert(
         self,
@@ -293,15 +344,13 @@ class Database:
         self, connection_info: dict[str, Any], exclude: str
     ) -> str | None:
         """The vol_id (other than ``exclude``) with this connection info."""
-        row = (
-            _Volume.select(_Volume.vol_id)
-            .where(
-                (_Volume.connection_info == _dump(connection_info))
-                & (_Volume.vol_id != exclude)
-            )
-            .first()
-        )
-        return None if row is None else str(row.vol_id)
+        row = _sql(
+            self._db,
+            'SELECT "vol_id" FROM "volume" WHERE "connection_info" = ?'
+            ' AND "vol_id" != ? LIMIT 1',
+            (_dump(connection_info), exclude),
+        ).fetchone()
+        return None if row is None else str(row[0])
 
     def set_attached(
         self,
@@ -330,7 +379,7 @@ class Database:
 
     def delete(self, vol_id: str) -> None:
         """Forget ``vol_id`` (a no-op when it is unknown)."""
-        _Volume.delete().where(_Volume.vol_id == vol_id).execute()
+        _sql(self._db, 'DELETE FROM "volume" WHERE "vol_id" = ?', (vol_id,))
 
     def insert_many(self, records: Iterable[VolumeRecord]) -> None:
         """Write whole records in one transaction (benchmarks, imports)."""
@@ -360,14 +409,23 @@ class Database:
 
     def _update(self, vol_id: str, **fields: Any) -> None:
         fields["updated"] = time.time()
-        n = _Volume.update(**fields).where(_Volume.vol_id == vol_id).execute()
+        columns = [_Volume._meta.fields[name].column_name for name in fields]
+        n = _sql(
+            self._db,
+            'UPDATE "volume" SET '
+            + ", ".join(f'"{c}" = ?' for c in columns)
+            + ' WHERE "vol_id" = ?',
+            (*fields.values(), vol_id),
+        ).rowcount
         if n != 1:
             raise DatabaseError(f"volume {vol_id} has no record to update")
 
 
-def _sql(database: pw.SqliteDatabase, query: str) -> Any:
+def _sql(
+    database: pw.SqliteDatabase, query: str, params: Sequence[Any] = ()
+) -> Any:
     """``execute_sql`` (untyped in peewee's stubs) with a typed result."""
-    return cast(Any, database).execute_sql(query)
+    return cast(Any, database).execute_sql(query, params)
 
 
 def _dump(value: Any) -> str | None:
@@ -376,7 +434,8 @@ def _dump(value: Any) -> str | None:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
-def _decode(row: _Volume) -> VolumeRecord:
+def _decode(row: Any) -> VolumeRecord:
+    """A row (a model instance or a named tuple of its columns), decoded."""
     return VolumeRecord(
         vol_id=str(row.vol_id),
         connection_info=json.loads(str(row.connection_info)),

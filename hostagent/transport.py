@@ -3,8 +3,14 @@
 Each connection reads lines and hands each one to the API as its own
 task, so a client may pipeline requests and a slow attach does not hold
 up a ping on the same connection; responses go back as they finish,
-matched by id.  The transport enforces the limits that keep one client
-from hurting the others:
+matched by id.  A request the API can answer at once (a ping) is
+answered inline, without the cost of a task, and responses that finish
+in the same turn of the event loop go out in one write (see
+:class:`_Output`): a client pipelining requests costs one system call
+per batch, not one per response.
+
+The transport enforces the limits that keep one client from hurting the
+others:
 
 * a line longer than ``max_message_bytes`` gets -32600 and the
   connection is closed;
@@ -36,17 +42,18 @@ import socket
 import ssl
 import stat
 import struct
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from hostagent.api import Peer, dumps, error_response
+from hostagent.api import Answer, Peer, dumps, error_response
 from hostagent.config import ConfigError, ServerConfig, parse_hostport
 from hostagent.errors import InvalidRequest
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[bytes, Peer], Awaitable[bytes | None]]
+# The API's answer to one line: see :meth:`hostagent.api.Api.answer`.
+Handler = Callable[[bytes, Peer], Answer]
 
 _CRED = struct.Struct("3i")
 _READ_CHUNK = 65536
@@ -250,11 +257,12 @@ class Server:
         writer: asyncio.StreamWriter,
         peer: Peer,
     ) -> None:
-        peer.notify = lambda obj: _write(writer, dumps(obj))
+        out = _Output(writer)
+        peer.notify = lambda obj: out.write(dumps(obj))
         in_flight = asyncio.Semaphore(self.config.max_in_flight)
         pending: set[asyncio.Task[None]] = set()
         try:
-            await self._read_lines(reader, writer, peer, in_flight, pending)
+            await self._read_lines(reader, out, peer, in_flight, pending)
         except (ConnectionError, OSError):
             pass
         finally:
@@ -264,6 +272,7 @@ class Server:
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
             peer.notify = None
+            out.flush()
             writer.close()
             with contextlib.suppress(ConnectionError, OSError):
                 await writer.wait_closed()
@@ -271,7 +280,7 @@ class Server:
     async def _read_lines(
         self,
         reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        out: _Output,
         peer: Peer,
         in_flight: asyncio.Semaphore,
         pending: set[asyncio.Task[None]],
@@ -291,16 +300,24 @@ class Server:
             nl = buf.find(b"\n", scan)
             if nl >= 0:
                 if nl - start > limit:
-                    await self._too_large(writer)
+                    await self._too_large(out)
                     return
                 line = bytes(buf[start:nl])
                 start = scan = nl + 1
-                if line.strip():
-                    await in_flight.acquire()
-                    self._start(line, peer, writer, in_flight, pending)
+                if not line.strip():
+                    continue
+                answer = self._answer(line, peer)
+                if answer is None or isinstance(answer, bytes):
+                    if answer is not None and not await self._send(
+                        answer, peer, out
+                    ):
+                        return
+                    continue
+                await in_flight.acquire()
+                self._start(answer, peer, out, in_flight, pending)
                 continue
             if len(buf) - start > limit:
-                await self._too_large(writer)
+                await self._too_large(out)
                 return
             del buf[:start]
             start, scan = 0, len(buf)
@@ -312,7 +329,7 @@ class Server:
                     chunk = await reader.read(_READ_CHUNK)
             except TimeoutError:
                 if started:
-                    await self._stalled(writer, peer, len(buf))
+                    await self._stalled(out, peer, len(buf))
                     return
                 if pending or self.listening(peer):
                     continue  # waiting for answers or events: not idle
@@ -320,29 +337,29 @@ class Server:
                 return
             if not chunk:
                 if started:  # the last line may lack its newline
-                    await self._respond(bytes(buf), peer, writer, None)
+                    answer = self._answer(bytes(buf), peer)
+                    await self._respond(answer, peer, out, None)
                 return
             buf += chunk
 
     def _start(
         self,
-        line: bytes,
+        answer: Answer,
         peer: Peer,
-        writer: asyncio.StreamWriter,
+        out: _Output,
         in_flight: asyncio.Semaphore,
         pending: set[asyncio.Task[None]],
     ) -> None:
-        task = asyncio.create_task(
-            self._respond(line, peer, writer, in_flight)
-        )
+        task = asyncio.create_task(self._respond(answer, peer, out, in_flight))
         pending.add(task)
         self._requests.add(task)
         task.add_done_callback(pending.discard)
         task.add_done_callback(self._requests.discard)
 
-    async def _too_large(self, writer: asyncio.StreamWriter) -> None:
+    async def _too_large(self, out: _Output) -> None:
+        out.flush()
         await _send_and_close(
-            writer,
+            out.writer,
             InvalidRequest(
                 "invalid request: message larger than "
                 f"{self.limit} bytes (max_message_bytes); "
@@ -351,9 +368,7 @@ class Server:
             ),
         )
 
-    async def _stalled(
-        self, writer: asyncio.StreamWriter, peer: Peer, size: int
-    ) -> None:
+    async def _stalled(self, out: _Output, peer: Peer, size: int) -> None:
         timeout = self.config.read_timeout
         log.warning(
             "closing %s: %d bytes of a request and no newline for %g s "
@@ -362,8 +377,9 @@ class Server:
             size,
             timeout,
         )
+        out.flush()
         await _send_and_close(
-            writer,
+            out.writer,
             InvalidRequest(
                 f"invalid request: incomplete message; the rest of the "
                 f"line did not arrive within {timeout:g} s "
@@ -372,29 +388,46 @@ class Server:
             ),
         )
 
-    async def _respond(
-        self,
-        line: bytes,
-        peer: Peer,
-        writer: asyncio.StreamWriter,
-        in_flight: asyncio.Semaphore | None,
-    ) -> None:
+    def _answer(self, line: bytes, peer: Peer) -> Answer:
         try:
-            response = await self.handler(line, peer)
-            if response is not None and not writer.is_closing():
-                writer.write(response)
-                # A client that stops reading its answers would otherwise
-                # hold this task, and with it a slot, forever.
-                async with asyncio.timeout(self.config.read_timeout):
-                    await writer.drain()
-        except TimeoutError:  # before OSError, its base class
+            return self.handler(line, peer)
+        except Exception:
+            log.exception("unexpected error answering %s", peer.describe())
+            return None
+
+    async def _send(self, response: bytes, peer: Peer, out: _Output) -> bool:
+        """Write one response; False when the connection had to go."""
+        out.write(response)
+        try:
+            # A client that stops reading its answers would otherwise
+            # hold a request slot (or this reader) forever.
+            async with asyncio.timeout(self.config.read_timeout):
+                await out.writer.drain()
+        except TimeoutError:
             log.warning(
                 "closing %s: it did not take a response for %g s "
                 "(server.read_timeout)",
                 peer.describe(),
                 self.config.read_timeout,
             )
-            writer.transport.abort()
+            out.writer.transport.abort()
+            return False
+        return True
+
+    async def _respond(
+        self,
+        answer: Answer,
+        peer: Peer,
+        out: _Output,
+        in_flight: asyncio.Semaphore | None,
+    ) -> None:
+        try:
+            if answer is None or isinstance(answer, bytes):
+                response = answer
+            else:
+                response = await answer
+            if response is not None:
+                await self._send(response, peer, out)
         except (ConnectionError, OSError):
             pass
         except Exception:
@@ -593,9 +626,40 @@ def unix_peer(writer: asyncio.StreamWriter) -> Peer:
     return Peer("unix", uid=uid, pid=pid, gid=gid)
 
 
-def _write(writer: asyncio.StreamWriter, data: bytes) -> None:
-    if not writer.is_closing():
-        writer.write(data)
+class _Output:
+    """One connection's outgoing lines, coalesced per event loop turn.
+
+    The first line of a turn is written at once (a lone request gets its
+    answer without delay); lines that follow in the same turn wait for a
+    callback at the start of the next one and leave in a single write.
+    Ordering is kept, and the transport's flow control still applies:
+    writers await ``writer.drain()`` as before.
+    """
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self._held: list[bytes] = []
+        self._turn = False
+
+    def write(self, data: bytes) -> None:
+        """Send ``data`` now, or with the others of this turn."""
+        if self.writer.is_closing():
+            return
+        if self._turn:
+            self._held.append(data)
+            return
+        self.writer.write(data)
+        self._turn = True
+        asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write what this turn held back; a new turn begins."""
+        self._turn = False
+        if self._held:
+            data = b"".join(self._held)
+            self._held.clear()
+            if not self.writer.is_closing():
+                self.writer.write(data)
 
 
 async def _send_and_close(

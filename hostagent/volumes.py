@@ -16,6 +16,9 @@ Rules (DESIGN.md):
 
 Blocking work runs off the event loop: os-brick calls on a thread pool,
 database calls on one dedicated thread (which owns the only connection).
+The flows' managed symlinks (in run_dir, a tmpfs) and a device's presence
+check (a stat and a sysfs read) take microseconds and run on the loop: a
+hand-off to a thread costs more than they do.
 """
 
 from __future__ import annotations
@@ -23,10 +26,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -51,6 +55,8 @@ from hostagent.udev import Udev
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+_MISSING = object()
 
 # How long to wait for a connected volume's device (and, for multipath,
 # its dm device) to show up after os-brick returned.  os-brick already
@@ -83,6 +89,8 @@ class VolumeService:
         self._locks: dict[str, asyncio.Lock] = {}
         self._waiters: dict[str, int] = {}
         self._brick_load: asyncio.Future[None] | None = None
+        # volumes_info's decoded JSON: (scrubber generation, text -> value).
+        self._shown: tuple[int, dict[str | None, Any]] = (-1, {})
         self.device_wait = DEVICE_WAIT
         self.events = Events(lambda: self.info(None))
 
@@ -341,6 +349,12 @@ class VolumeService:
             return f"/dev/mapper/{mpath}"
         return str(info.get("path") or "")
 
+    async def _device_exists(self, path: str, mpath: str | None) -> bool:
+        if mpath:  # enumerates the dm devices: on a worker
+            return await self.in_worker(self.udev.exists, path, mpath)
+        # A stat and a sysfs read: less than the hand-off to a thread.
+        return self.udev.exists(path, None)
+
     async def check_multipath(
         self, driver: str, backend: BackendConfig | None
     ) -> None:
@@ -387,7 +401,7 @@ class VolumeService:
                 {"driver": driver, "error_class": "VolumeDeviceNotFound"},
             )
         deadline = time.monotonic() + self.device_wait
-        while not await self.in_worker(self.udev.exists, path, mpath):
+        while not await self._device_exists(path, mpath):
             if time.monotonic() >= deadline:
                 if mpath and await self.in_worker(
                     self.udev.device_present, path
@@ -462,7 +476,7 @@ class VolumeService:
             await self.in_db(self.db.set_state, vol_id, db.DETACHING, note)
 
         async def unlink() -> None:
-            await self.in_worker(self.remove_link, vol_id)
+            self.remove_link(vol_id)
 
         async def disconnect() -> None:
             await self.disconnect(vol_id, driver, rec)
@@ -491,6 +505,21 @@ class VolumeService:
             )
             raise
 
+    def _find_owner(
+        self,
+        mpath: str | None,
+        path: str | None,
+        connection_info: dict[str, Any],
+        vol_id: str,
+    ) -> str | None:
+        """The other volume using this device or connection, if any.
+
+        Both lookups in one trip to the database thread.
+        """
+        return self.db.find_device_owner(
+            mpath, path, vol_id
+        ) or self.db.find_connection_owner(connection_info, vol_id)
+
     async def disconnect(
         self, vol_id: str, driver: str, rec: VolumeRecord
     ) -> None:
@@ -504,9 +533,7 @@ class VolumeService:
         path = rec.path or self.device_path(driver, attachment) or None
         mpath = rec.multipath_id or attachment.get("multipath_id") or None
         owner = await self.in_db(
-            self.db.find_device_owner, mpath, path, vol_id
-        ) or await self.in_db(
-            self.db.find_connection_owner, rec.connection_info, vol_id
+            self._find_owner, mpath, path, rec.connection_info, vol_id
         )
         if owner is not None:
             log.warning(
@@ -858,23 +885,51 @@ class VolumeService:
         return await self.in_db(self._info, vol_ids)
 
     def _info(self, vol_ids: list[str] | None) -> list[dict[str, Any]]:
-        records = self.db.list(vol_ids)
-        present = self.udev.exists_many(
-            (r.path, r.multipath_id) for r in records
+        rows = self.db.stored(vol_ids)
+        present = self.udev.exists_many((r.path, r.multipath_id) for r in rows)
+        shown = self._shown_json(
+            r for row in rows for r in (row.connection_info, row.attachment)
         )
         return [
             {
                 "vol_id": r.vol_id,
-                "connection_info": SCRUBBER.scrub_data(r.connection_info),
+                "connection_info": shown[r.connection_info],
                 "path": r.path,
-                "attachment": SCRUBBER.scrub_data(r.attachment),
+                "attachment": shown[r.attachment],
                 "exists": ok,
                 "state": r.state,
                 "last_error": r.last_error,
                 "backend": r.backend,
             }
-            for r, ok in zip(records, present, strict=True)
+            for r, ok in zip(rows, present, strict=True)
         ]
+
+    def _shown_json(
+        self, texts: Iterable[str | None]
+    ) -> dict[str | None, Any]:
+        """Stored JSON texts, decoded and scrubbed, as results show them.
+
+        Decoding and scrubbing are most of the cost of volumes_info, and
+        its answer changes little from one call to the next: what the last
+        call made is kept, for as long as the scrubber learned nothing
+        new.  The values are shared between answers, never modified.
+        """
+        generation = SCRUBBER.generation
+        kept, last = self._shown
+        if kept != generation:
+            last = {}
+        shown: dict[str | None, Any] = {None: None}
+        for text in texts:
+            if text is None or text in shown:
+                continue
+            value = last.get(text, _MISSING)
+            if value is _MISSING:
+                value = SCRUBBER.scrub_data(json.loads(text))
+            shown[text] = value
+        # Only what this answer showed is kept: the memo stays the size
+        # of one answer.
+        self._shown = (generation, shown)
+        return shown
 
 
 class _Attach:
@@ -989,11 +1044,11 @@ class _Attach:
 
     async def link(self) -> None:
         """Create the managed symlink."""
-        await self.s.in_worker(self.s.make_link, self.vol_id, self.path)
+        self.s.make_link(self.vol_id, self.path)
 
     async def unlink(self) -> None:
         """Remove the managed symlink."""
-        await self.s.in_worker(self.s.remove_link, self.vol_id)
+        self.s.remove_link(self.vol_id)
 
     async def record_leak(self, e: FlowError) -> None:
         """Keep the row when a revert failed, so a detach can retry."""

@@ -1,0 +1,126 @@
+"""``python -m bench [--smoke] [--json PATH]``: run every figure."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from bench import attach, info, ping, procs, start
+from bench.stats import Row, table, write_json
+from hostagent import __version__
+
+DEFAULT_JSON = Path(__file__).resolve().parent / "results.json"
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much of everything one run does."""
+
+    pings: int
+    connections: int
+    per_connection: int
+    volumes: int
+    info_calls: int
+    attaches: int
+    concurrent: int
+    starts: int
+
+
+FULL = Sizes(
+    pings=20000,
+    connections=16,
+    per_connection=3000,
+    volumes=1000,
+    info_calls=50,
+    attaches=300,
+    concurrent=100,
+    starts=5,
+)
+SMOKE = Sizes(
+    pings=20,
+    connections=2,
+    per_connection=10,
+    volumes=5,
+    info_calls=2,
+    attaches=2,
+    concurrent=3,
+    starts=1,
+)
+
+
+GROUPS = ("ping", "info", "attach", "concurrent", "start")
+
+
+def run(sizes: Sizes, only: frozenset[str] = frozenset(GROUPS)) -> list[Row]:
+    """Every figure (or the groups in ``only``), in one run."""
+    rows: list[Row] = []
+    with procs.workdir() as work:
+        devices = [work.loop_device() for _ in range(4)]
+        if "ping" in only:
+            rows += ping.run(
+                work.path, sizes.pings, sizes.connections, sizes.per_connection
+            )
+        if "info" in only:
+            rows += info.run(work, devices, sizes.volumes, sizes.info_calls)
+        if "attach" in only:
+            rows += attach.run_pair(work, devices[0], sizes.attaches)
+        if "concurrent" in only:
+            rows += attach.run_concurrent(work, devices, sizes.concurrent)
+        if "start" in only:
+            rows += start.run(work, sizes.starts)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run, print the table, write the JSON; 1 if a target was missed."""
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny sizes: checks the code runs, the numbers mean nothing",
+    )
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=DEFAULT_JSON,
+        help=f"where to write the results (default {DEFAULT_JSON})",
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=GROUPS,
+        help="run only this group of figures (repeatable; for development)",
+    )
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench: needs root (loop devices, mknod)", file=sys.stderr)
+        return 2
+    sizes = SMOKE if args.smoke else FULL
+    started = time.time()
+    rows = run(sizes, frozenset(args.only or GROUPS))
+    meta = {
+        "smoke": args.smoke,
+        "version": __version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "seconds": round(time.time() - started, 1),
+        "sizes": asdict(sizes),
+        "only": sorted(args.only or GROUPS),
+    }
+    write_json(args.json, rows, meta)
+    print(table(rows))
+    print(f"\nwritten to {args.json}")
+    if args.smoke:
+        return 0
+    return 0 if all(r.passed is not False for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
