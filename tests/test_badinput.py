@@ -248,8 +248,8 @@ CASES: list[tuple[str, bytes, list[tuple[int, str]]]] = [
         [(-32602, "unexpected keyword argument 'force'")],
     ),
     (
-        "attach with three positional params",
-        line(msg(ATTACH, [str(uuid.uuid4()), local_info(OTHER_DEV), 1])),
+        "attach with four positional params",
+        line(msg(ATTACH, [str(uuid.uuid4()), local_info(OTHER_DEV), None, 1])),
         [(-32602, "too many positional arguments")],
     ),
     (

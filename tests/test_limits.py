@@ -136,13 +136,16 @@ def test_idle_timeout_zero_keeps_connections(agent_factory: Any) -> None:
         assert c.call("Host.ping") is True
 
 
+CAPS = b'{"jsonrpc":"2.0","id":"%s","method":"Host.getCapabilities"}\n'
+
+
 def _order(agent: Agent) -> list[Any]:
-    """Pipeline a slow call and two pings; the ids in answer order."""
+    """Pipeline two slow calls and a ping; the ids in answer order."""
     with agent.client() as c:
         c.send_raw(
-            b'{"jsonrpc":"2.0","id":"caps","method":"Host.getCapabilities"}\n'
-            + PING.replace(b'"id":1', b'"id":"p1"')
-            + PING.replace(b'"id":1', b'"id":"p2"')
+            CAPS % b"caps1"
+            + CAPS % b"caps2"
+            + PING.replace(b'"id":1', b'"id":"ping"')
         )
         return [c.recv()["id"] for _ in range(3)]
 
@@ -150,25 +153,25 @@ def _order(agent: Agent) -> list[Any]:
 def test_requests_in_flight_are_capped_per_connection(
     agent_factory: Any,
 ) -> None:
-    """With max_in_flight=1 the pings wait behind the slow call."""
+    """With max_in_flight=1 the agent reads nothing while caps1 runs.
+
+    (A ping is answered inline, without a slot; getCapabilities runs
+    os-brick's tools, far slower than a ping, in a slot of its own.)
+    """
     capped: Agent = agent_factory("capped")
     capped.configure(server={"max_in_flight": 1})
     capped.start()
     free: Agent = agent_factory("free")
     free.configure(server={"max_in_flight": 2})
     free.start()
-    # getCapabilities runs os-brick's tools: far slower than a ping.
-    assert _order(capped) == ["caps", "p1", "p2"]
-    order = _order(free)
-    assert order[0] == "p1"
-    assert order[-1] == "caps"
+    # caps2 waits for caps1's slot; the ping behind it is not even read.
+    assert _order(capped) == ["caps1", "ping", "caps2"]
+    assert _order(free)[0] == "ping"
     # The cap is per connection: another client is not held up.
     with capped.client() as c, capped.client() as other:
-        c.send_raw(
-            b'{"jsonrpc":"2.0","id":"caps","method":"Host.getCapabilities"}\n'
-        )
-        assert other.call("Host.ping") is True
-        assert c.recv()["id"] == "caps"
+        c.send_raw(CAPS % b"caps1")
+        assert other.call("Host.getCapabilities")["version"]
+        assert c.recv()["id"] == "caps1"
 
 
 def test_client_that_does_not_read_is_dropped(agent_factory: Any) -> None:
