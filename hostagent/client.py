@@ -8,8 +8,52 @@ import socket
 import ssl
 from typing import Any
 
+import orjson
+
 DEFAULT_SOCKET = "/run/hostagent/hostagent.sock"
 DEFAULT_PORT = 54322
+
+# What one recv() may return: a volumes_info answer for 1,000 volumes is
+# some 680 kB, and each call costs a system call and a copy.
+_RECV_CHUNK = 1 << 18
+
+
+# orjson parses twice as fast as the standard module but reads an integer
+# beyond 64 bits as a float, silently.  Such a number is at least 19
+# digits at the start of the text or right after "[", ":" or ","
+# (whitespace aside).  To find one, a line is mapped to classes of bytes
+# (digits and "-" to "0", those three to "S", the rest to "x", whitespace
+# removed), where it shows as "S" and nineteen "0".  A string that looks
+# the same only costs the slower parser.
+def _byte_classes() -> bytes:
+    table = bytearray(b"x" * 256)
+    for ch in b"0123456789-":
+        table[ch] = ord("0")
+    for ch in b"[:,":
+        table[ch] = ord("S")
+    return bytes(table)
+
+
+_CLASSES = _byte_classes()
+_DIGITS = b"0" * 19
+_BIG_NUMBER = b"S" + _DIGITS
+
+
+def decode(line: bytes) -> Any:
+    """Parse one JSON line from the agent, exactly as ``json.loads`` does.
+
+    orjson does the work unless the line may hold an integer it would
+    not keep exact, or it refuses the line (it is stricter than the
+    standard parser: NaN, lone surrogates).
+    """
+    if len(line) >= len(_DIGITS):
+        classes = line.translate(_CLASSES, b" \t\r\n")
+        if _BIG_NUMBER in classes or classes.startswith(_DIGITS):
+            return json.loads(line)
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return json.loads(line)
 
 
 class RpcError(Exception):
@@ -43,7 +87,7 @@ class Client:
     ) -> None:
         self._ids = itertools.count(1)
         self.notifications: list[dict[str, Any]] = []
-        self._buffer = b""
+        self._buffer = bytearray()
         self._tls = host is not None
         self._answered = False
         if host is None:
@@ -89,8 +133,14 @@ class Client:
 
     def recv(self) -> Any:
         """Read one JSON line; raise ``ConnectionError`` on EOF."""
-        while b"\n" not in self._buffer:
-            chunk = self.sock.recv(65536)
+        buf = self._buffer
+        # Only bytes not searched yet are searched: a large answer comes
+        # in many chunks, and rescanning (or re-copying, as appending to
+        # an immutable bytes does) all of it per chunk is quadratic.
+        end = buf.find(b"\n")
+        while end < 0:
+            scanned = len(buf)
+            chunk = self.sock.recv(_RECV_CHUNK)
             if not chunk:
                 hint = ""
                 if self._tls and not self._answered:
@@ -102,10 +152,12 @@ class Client:
                         " or missing); the agent's log says why"
                     )
                 raise ConnectionError("connection closed by the agent" + hint)
-            self._buffer += chunk
-        line, _, self._buffer = self._buffer.partition(b"\n")
+            buf += chunk
+            end = buf.find(b"\n", scanned)
+        line = bytes(buf[:end])
+        del buf[: end + 1]
         self._answered = True
-        return json.loads(line)
+        return decode(line)
 
     def request(self, method: str, params: Any = None) -> dict[str, Any]:
         """Send a request and return its whole response object."""

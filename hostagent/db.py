@@ -117,6 +117,10 @@ _Row = collections.namedtuple(  # type: ignore[misc]
 _COLUMNS = ", ".join(f'"{f.column_name}"' for f in _Volume._meta.sorted_fields)
 _GET = f'SELECT {_COLUMNS} FROM "volume" WHERE "vol_id" = ?'
 _STORED = ", ".join(f'"{name}"' for name in StoredVolume._fields)
+_INSERT = (
+    'INSERT INTO "volume" ("vol_id", "connection_info", "state", "created",'
+    ' "updated", "backend") VALUES (?, ?, ?, ?, ?, ?)'
+)
 
 
 # Ordered migrations: MIGRATIONS[i] brings a database from version i to
@@ -320,14 +324,11 @@ class Database:
     ) -> None:
         """Record the intent to attach ``vol_id`` (state ``attaching``)."""
         now = time.time()
-        _Volume.insert(
-            vol_id=vol_id,
-            connection_info=_dump(connection_info),
-            state=ATTACHING,
-            created=now,
-            updated=now,
-            backend=backend,
-        ).execute()
+        _sql(
+            self._db,
+            _INSERT,
+            (vol_id, _dump(connection_info), ATTACHING, now, now, backend),
+        )
 
     def set_attachment(self, vol_id: str, attachment: dict[str, Any]) -> None:
         """Keep os-brick's answer on a row that is still ``attaching``.
@@ -358,8 +359,16 @@ class Database:
         path: str,
         attachment: dict[str, Any],
         multipath_id: str | None,
-    ) -> None:
-        """Record a finished attach."""
+    ) -> str | None:
+        """Record a finished attach, unless another volume has the device.
+
+        Returns that other volume's vol_id, and then writes nothing.  The
+        check and the write are one call on the database's one thread,
+        so no other write can come between them.
+        """
+        owner = self.find_device_owner(multipath_id, path, vol_id)
+        if owner is not None:
+            return owner
         self._update(
             vol_id,
             path=path,
@@ -368,6 +377,7 @@ class Database:
             state=ATTACHED,
             last_error=None,
         )
+        return None
 
     def set_state(
         self, vol_id: str, state: str, last_error: str | None = None

@@ -30,14 +30,14 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from hostagent import __version__, db, hosttools
 from hostagent.brick import MULTIPATH_DRIVERS, Brick
 from hostagent.config import BackendConfig, Config, backend_options
-from hostagent.db import Database, VolumeRecord
+from hostagent.db import Database, StoredVolume, VolumeRecord
 from hostagent.errors import (
     AgentError,
     ConnectionInfoMismatch,
@@ -55,8 +55,6 @@ from hostagent.udev import Udev
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-_MISSING = object()
 
 # How long to wait for a connected volume's device (and, for multipath,
 # its dm device) to show up after os-brick returned.  os-brick already
@@ -89,8 +87,10 @@ class VolumeService:
         self._locks: dict[str, asyncio.Lock] = {}
         self._waiters: dict[str, int] = {}
         self._brick_load: asyncio.Future[None] | None = None
-        # volumes_info's decoded JSON: (scrubber generation, text -> value).
-        self._shown: tuple[int, dict[str | None, Any]] = (-1, {})
+        # volumes_info's last entries: (scrubber generation, entries).
+        self._shown: tuple[
+            int, dict[tuple[StoredVolume, bool], dict[str, Any]]
+        ] = (-1, {})
         self.device_wait = DEVICE_WAIT
         self.events = Events(lambda: self.info(None))
 
@@ -471,15 +471,24 @@ class VolumeService:
         """
         vol_id = rec.vol_id
         driver = str(rec.connection_info["driver_volume_type"])
+        # Who else uses the device is asked in the same trip to the
+        # database thread as the mark: the next step that needs the
+        # database is the forget, after the disconnect.
+        sharer: str | None = None
+
+        def marked() -> str | None:
+            self.db.set_state(vol_id, db.DETACHING, note)
+            return self.device_sharer(rec)
 
         async def mark() -> None:
-            await self.in_db(self.db.set_state, vol_id, db.DETACHING, note)
+            nonlocal sharer
+            sharer = await self.in_db(marked)
 
         async def unlink() -> None:
             self.remove_link(vol_id)
 
         async def disconnect() -> None:
-            await self.disconnect(vol_id, driver, rec)
+            await self.disconnect_unshared(driver, rec, sharer)
 
         async def forget() -> None:
             await self.in_db(self.db.delete, vol_id)
@@ -505,42 +514,51 @@ class VolumeService:
             )
             raise
 
-    def _find_owner(
-        self,
-        mpath: str | None,
-        path: str | None,
-        connection_info: dict[str, Any],
-        vol_id: str,
-    ) -> str | None:
-        """The other volume using this device or connection, if any.
+    def device_sharer(self, rec: VolumeRecord) -> str | None:
+        """The other volume using ``rec``'s device or connection, if any.
 
-        Both lookups in one trip to the database thread.
+        Runs on the database thread.  A row still ``attaching`` has no
+        ``path`` yet: the device is then worked out from the recorded
+        attachment, and when os-brick never returned one, the connection
+        info alone tells.
         """
+        path, mpath = self._recorded_device(rec)
         return self.db.find_device_owner(
-            mpath, path, vol_id
-        ) or self.db.find_connection_owner(connection_info, vol_id)
+            mpath, path, rec.vol_id
+        ) or self.db.find_connection_owner(rec.connection_info, rec.vol_id)
+
+    def _recorded_device(
+        self, rec: VolumeRecord
+    ) -> tuple[str | None, str | None]:
+        """``(path, multipath_id)`` of a record's device, as far as known."""
+        driver = str(rec.connection_info["driver_volume_type"])
+        attachment = rec.attachment or {}
+        path = rec.path or self.device_path(driver, attachment) or None
+        mpath = rec.multipath_id or attachment.get("multipath_id") or None
+        return path, mpath
 
     async def disconnect(
         self, vol_id: str, driver: str, rec: VolumeRecord
     ) -> None:
-        """Disconnect a record's device, unless another volume uses it.
+        """Disconnect a record's device, unless another volume uses it."""
+        sharer = await self.in_db(self.device_sharer, rec)
+        await self.disconnect_unshared(driver, rec, sharer)
 
-        A row still ``attaching`` has no ``path`` yet: the device is then
-        worked out from the recorded attachment, and when os-brick never
-        returned one, from the connection info itself.
+    async def disconnect_unshared(
+        self, driver: str, rec: VolumeRecord, sharer: str | None
+    ) -> None:
+        """Disconnect a record's device; not when ``sharer`` uses it too.
+
+        ``sharer`` is what :meth:`device_sharer` found.
         """
-        attachment = rec.attachment or {}
-        path = rec.path or self.device_path(driver, attachment) or None
-        mpath = rec.multipath_id or attachment.get("multipath_id") or None
-        owner = await self.in_db(
-            self._find_owner, mpath, path, rec.connection_info, vol_id
-        )
-        if owner is not None:
+        vol_id = rec.vol_id
+        path, _ = self._recorded_device(rec)
+        if sharer is not None:
             log.warning(
                 "volume %s: device %s is also volume %s's; not disconnecting",
                 vol_id,
                 path,
-                owner,
+                sharer,
                 extra={"VOL_ID": vol_id},
             )
             return
@@ -863,13 +881,18 @@ class VolumeService:
         attachment = rec.attachment
 
         async def attached() -> None:
-            await self.in_db(
+            owner = await self.in_db(
                 self.db.set_attached,
                 rec.vol_id,
                 path,
                 attachment,
                 attachment.get("multipath_id") or None,
             )
+            if owner is not None:
+                raise VolumeBusy(
+                    f"device {path} is volume {owner}'s",
+                    {"vol_id": rec.vol_id, "attached_as": owner},
+                )
 
         async def link() -> None:
             await self.in_worker(self.make_link, rec.vol_id, path)
@@ -887,49 +910,22 @@ class VolumeService:
     def _info(self, vol_ids: list[str] | None) -> list[dict[str, Any]]:
         rows = self.db.stored(vol_ids)
         present = self.udev.exists_many((r.path, r.multipath_id) for r in rows)
-        shown = self._shown_json(
-            r for row in rows for r in (row.connection_info, row.attachment)
-        )
-        return [
-            {
-                "vol_id": r.vol_id,
-                "connection_info": shown[r.connection_info],
-                "path": r.path,
-                "attachment": shown[r.attachment],
-                "exists": ok,
-                "state": r.state,
-                "last_error": r.last_error,
-                "backend": r.backend,
-            }
-            for r, ok in zip(rows, present, strict=True)
-        ]
-
-    def _shown_json(
-        self, texts: Iterable[str | None]
-    ) -> dict[str | None, Any]:
-        """Stored JSON texts, decoded and scrubbed, as results show them.
-
-        Decoding and scrubbing are most of the cost of volumes_info, and
-        its answer changes little from one call to the next: what the last
-        call made is kept, for as long as the scrubber learned nothing
-        new.  The values are shared between answers, never modified.
-        """
+        # Decoding, scrubbing and building a volume's entry are most of
+        # the cost of volumes_info, and its answer changes little from one
+        # call to the next: the entries of the last answer are kept, by
+        # row and presence, for as long as the scrubber learned nothing
+        # new.  They are shared between answers, never modified.
         generation = SCRUBBER.generation
         kept, last = self._shown
         if kept != generation:
             last = {}
-        shown: dict[str | None, Any] = {None: None}
-        for text in texts:
-            if text is None or text in shown:
-                continue
-            value = last.get(text, _MISSING)
-            if value is _MISSING:
-                value = SCRUBBER.scrub_data(json.loads(text))
-            shown[text] = value
-        # Only what this answer showed is kept: the memo stays the size
-        # of one answer.
+        shown: dict[tuple[StoredVolume, bool], dict[str, Any]] = {}
+        for key in zip(rows, present, strict=True):
+            entry = last.get(key)
+            shown[key] = entry if entry is not None else _entry(*key)
+        # Only this answer's entries are kept: the memo stays its size.
         self._shown = (generation, shown)
-        return shown
+        return list(shown.values())
 
 
 class _Attach:
@@ -1012,31 +1008,31 @@ class _Attach:
         await self.s.in_db(self.s.db.set_attachment, self.vol_id, self.info)
 
     async def wait(self) -> None:
-        """Wait for the device; refuse one that another volume owns."""
+        """Wait for the device (and its multipath device)."""
         assert self.info is not None
         self.path = await self.s.wait_for_device(
             self.driver, self.info, self.backend
         )
-        mpath = self.info.get("multipath_id") or None
-        owner = await self.s.in_db(
-            self.s.db.find_device_owner, mpath, self.path, self.vol_id
-        )
-        if owner is not None:
-            raise VolumeBusy(
-                f"device {self.path} is already attached as volume {owner}",
-                {"vol_id": self.vol_id, "attached_as": owner},
-            )
 
     async def attached(self) -> None:
-        """Record path and attachment (state ``attached``)."""
+        """Record path and attachment (state ``attached``).
+
+        Refused (927) when another volume has that device: the check is
+        part of the same call on the database thread as the write.
+        """
         assert self.info is not None
-        await self.s.in_db(
+        owner = await self.s.in_db(
             self.s.db.set_attached,
             self.vol_id,
             self.path,
             self.info,
             self.info.get("multipath_id") or None,
         )
+        if owner is not None:
+            raise VolumeBusy(
+                f"device {self.path} is already attached as volume {owner}",
+                {"vol_id": self.vol_id, "attached_as": owner},
+            )
 
     async def unattached(self) -> None:
         """Return the row to ``attaching``."""
@@ -1061,6 +1057,25 @@ class _Attach:
             await self.s.in_db(
                 self.s.db.set_state, self.vol_id, db.DETACHING, message
             )
+
+
+def _entry(row: StoredVolume, exists: bool) -> dict[str, Any]:
+    """One volume as volumes_info shows it, secrets masked."""
+    return {
+        "vol_id": row.vol_id,
+        "connection_info": _shown_json(row.connection_info),
+        "path": row.path,
+        "attachment": _shown_json(row.attachment),
+        "exists": exists,
+        "state": row.state,
+        "last_error": row.last_error,
+        "backend": row.backend,
+    }
+
+
+def _shown_json(text: str | None) -> Any:
+    """A stored JSON column, decoded and scrubbed, as results show it."""
+    return None if text is None else SCRUBBER.scrub_data(json.loads(text))
 
 
 def _count(stats: dict[str, int], key: str) -> None:
