@@ -39,7 +39,7 @@ _DIGITS = b"0" * 19
 _BIG_NUMBER = b"S" + _DIGITS
 
 
-def decode(line: bytes) -> Any:
+def decode(line: bytes | bytearray) -> Any:
     """Parse one JSON line from the agent, exactly as ``json.loads`` does.
 
     orjson does the work unless the line may hold an integer it would
@@ -154,7 +154,7 @@ class Client:
                 raise ConnectionError("connection closed by the agent" + hint)
             buf += chunk
             end = buf.find(b"\n", scanned)
-        line = bytes(buf[:end])
+        line = buf[:end]
         del buf[: end + 1]
         self._answered = True
         return decode(line)

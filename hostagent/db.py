@@ -264,11 +264,14 @@ class Database:
 
     def stored(
         self, vol_ids: Sequence[str] | None = None
-    ) -> list[StoredVolume]:
+    ) -> list[tuple[Any, ...]]:
         """:meth:`list`, with the JSON columns as stored (not decoded).
 
-        volumes_info asks for every volume, again and again; its caller
-        decodes (and redacts) a text only when it changed.
+        The rows are plain tuples of :class:`StoredVolume`'s fields, in
+        its order (``StoredVolume._make`` names them): volumes_info asks
+        for every volume, again and again, and its caller keeps what it
+        made of a row for as long as the row stays the same, so most rows
+        are never looked at by name.
         """
         sql = f'SELECT {_STORED} FROM "volume"'
         params: list[str] = []
@@ -276,7 +279,7 @@ class Database:
             params = list(dict.fromkeys(vol_ids))
             sql += ' WHERE "vol_id" IN (' + ", ".join("?" * len(params)) + ")"
         rows = _sql(self._db, sql + ' ORDER BY "vol_id"', params).fetchall()
-        return [StoredVolume._make(r) for r in rows]
+        return cast(list[tuple[Any, ...]], rows)
 
     def get(self, vol_id: str) -> VolumeRecord | None:
         """The record of ``vol_id``, or ``None``."""

@@ -296,10 +296,22 @@ class Server:
         buf = bytearray()
         start = 0  # where the next line begins in buf
         scan = 0  # where to look for its newline
+        # Answers given at once to the lines of one read wait until that
+        # read is used up and leave in one write: a client pipelining
+        # pings costs one system call per read, not one per answer.
+        held: list[bytes] = []
+
+        async def send_held() -> bool:
+            data = b"".join(held)
+            held.clear()
+            return await self._send(data, peer, out)
+
         while not self.closing:
             nl = buf.find(b"\n", scan)
             if nl >= 0:
                 if nl - start > limit:
+                    if held:
+                        await send_held()
                     await self._too_large(out)
                     return
                 line = bytes(buf[start:nl])
@@ -308,14 +320,18 @@ class Server:
                     continue
                 answer = self._answer(line, peer)
                 if answer is None or isinstance(answer, bytes):
-                    if answer is not None and not await self._send(
-                        answer, peer, out
-                    ):
-                        return
+                    if answer is not None:
+                        held.append(answer)
                     continue
+                # Reaching the in-flight cap may wait: what is answered
+                # goes first.
+                if held and not await send_held():
+                    return
                 await in_flight.acquire()
                 self._start(answer, peer, out, in_flight, pending)
                 continue
+            if held and not await send_held():
+                return
             if len(buf) - start > limit:
                 await self._too_large(out)
                 return
@@ -341,6 +357,8 @@ class Server:
                     await self._respond(answer, peer, out, None)
                 return
             buf += chunk
+        if held:
+            await send_held()
 
     def _start(
         self,
@@ -398,6 +416,8 @@ class Server:
     async def _send(self, response: bytes, peer: Peer, out: _Output) -> bool:
         """Write one response; False when the connection had to go."""
         out.write(response)
+        if not out.writer.transport.get_write_buffer_size():
+            return True  # all of it went out: nothing to wait for
         try:
             # A client that stops reading its answers would otherwise
             # hold a request slot (or this reader) forever.

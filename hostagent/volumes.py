@@ -62,6 +62,10 @@ T = TypeVar("T")
 DEVICE_WAIT = 10.0
 DEVICE_POLL = 0.1
 
+# Where a stored row (Database.stored) holds the device.
+_PATH = StoredVolume._fields.index("path")
+_MULTIPATH_ID = StoredVolume._fields.index("multipath_id")
+
 
 class VolumeService:
     """Attach, detach and describe managed volumes."""
@@ -89,7 +93,7 @@ class VolumeService:
         self._brick_load: asyncio.Future[None] | None = None
         # volumes_info's last entries: (scrubber generation, entries).
         self._shown: tuple[
-            int, dict[tuple[StoredVolume, bool], dict[str, Any]]
+            int, dict[tuple[tuple[Any, ...], bool], dict[str, Any]]
         ] = (-1, {})
         self.device_wait = DEVICE_WAIT
         self.events = Events(lambda: self.info(None))
@@ -909,7 +913,9 @@ class VolumeService:
 
     def _info(self, vol_ids: list[str] | None) -> list[dict[str, Any]]:
         rows = self.db.stored(vol_ids)
-        present = self.udev.exists_many((r.path, r.multipath_id) for r in rows)
+        present = self.udev.exists_many(
+            (row[_PATH], row[_MULTIPATH_ID]) for row in rows
+        )
         # Decoding, scrubbing and building a volume's entry are most of
         # the cost of volumes_info, and its answer changes little from one
         # call to the next: the entries of the last answer are kept, by
@@ -919,10 +925,12 @@ class VolumeService:
         kept, last = self._shown
         if kept != generation:
             last = {}
-        shown: dict[tuple[StoredVolume, bool], dict[str, Any]] = {}
+        shown: dict[tuple[tuple[Any, ...], bool], dict[str, Any]] = {}
         for key in zip(rows, present, strict=True):
             entry = last.get(key)
-            shown[key] = entry if entry is not None else _entry(*key)
+            if entry is None:
+                entry = _entry(StoredVolume._make(key[0]), key[1])
+            shown[key] = entry
         # Only this answer's entries are kept: the memo stays its size.
         self._shown = (generation, shown)
         return list(shown.values())
