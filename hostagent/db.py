@@ -188,6 +188,11 @@ class Database:
         self.path = Path(path)
         self._target = SCHEMA_VERSION if migrations is None else migrations
         self._db = pw.SqliteDatabase(None)
+        # The whole table as stored() last read it, and what the database
+        # had seen of changes then (see _changes).
+        self._table: tuple[tuple[int, int], list[tuple[Any, ...]]] | None = (
+            None
+        )
 
     def open(self) -> None:
         """Open (creating if needed), check integrity, migrate.
@@ -196,6 +201,7 @@ class Database:
         file is first moved aside so an operator can inspect it.
         """
         create_private(self.path)
+        self._table = None
         self._db.init(str(self.path), pragmas=PRAGMAS)
         _proxy.initialize(self._db)
         try:
@@ -235,6 +241,7 @@ class Database:
 
     def close(self) -> None:
         """Close the connection (checkpointing the WAL)."""
+        self._table = None
         if not self._db.is_closed():
             self._db.close()
 
@@ -268,18 +275,42 @@ class Database:
         """:meth:`list`, with the JSON columns as stored (not decoded).
 
         The rows are plain tuples of :class:`StoredVolume`'s fields, in
-        its order (``StoredVolume._make`` names them): volumes_info asks
-        for every volume, again and again, and its caller keeps what it
-        made of a row for as long as the row stays the same, so most rows
-        are never looked at by name.
+        its order (``StoredVolume._make`` names them).  volumes_info asks
+        for every volume, again and again, while the table rarely
+        changes: the whole table is read again only when it changed
+        since the last read, and the same row tuples come back
+        otherwise, so the caller can keep what it made of each.
         """
-        sql = f'SELECT {_STORED} FROM "volume"'
-        params: list[str] = []
-        if vol_ids:
-            params = list(dict.fromkeys(vol_ids))
-            sql += ' WHERE "vol_id" IN (' + ", ".join("?" * len(params)) + ")"
-        rows = _sql(self._db, sql + ' ORDER BY "vol_id"', params).fetchall()
+        if not vol_ids:
+            changes = self._changes()
+            if self._table is not None and self._table[0] == changes:
+                return self._table[1]
+            rows = _sql(
+                self._db, f'SELECT {_STORED} FROM "volume" ORDER BY "vol_id"'
+            ).fetchall()
+            self._table = (changes, rows)
+            return cast(list[tuple[Any, ...]], rows)
+        params = list(dict.fromkeys(vol_ids))
+        rows = _sql(
+            self._db,
+            f'SELECT {_STORED} FROM "volume" WHERE "vol_id" IN ('
+            + ", ".join("?" * len(params))
+            + ') ORDER BY "vol_id"',
+            params,
+        ).fetchall()
         return cast(list[tuple[Any, ...]], rows)
+
+    def _changes(self) -> tuple[int, int]:
+        """What changed the database so far, as two counters.
+
+        ``total_changes`` counts the rows this connection (the agent's
+        only one) inserted, updated or deleted; ``PRAGMA data_version``
+        moves when another connection commits (an operator with the
+        sqlite3 tool, say).  While both stay the same, so does the table.
+        """
+        con = cast(Any, self._db).connection()
+        version = con.execute("PRAGMA data_version").fetchone()[0]
+        return con.total_changes, int(version)
 
     def get(self, vol_id: str) -> VolumeRecord | None:
         """The record of ``vol_id``, or ``None``."""
