@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 from hostagent import __version__, db, hosttools
 from hostagent.brick import MULTIPATH_DRIVERS, Brick
 from hostagent.config import BackendConfig, Config, backend_options
-from hostagent.db import Database, StoredVolume, VolumeRecord
+from hostagent.db import Database, DatabaseBusy, StoredVolume, VolumeRecord
 from hostagent.errors import (
     AgentError,
     ConnectionInfoMismatch,
@@ -49,6 +49,7 @@ from hostagent.errors import (
 )
 from hostagent.events import Events
 from hostagent.flow import FailPoints, Flow, FlowError, Step
+from hostagent.lane import Lane
 from hostagent.redact import SCRUBBER
 from hostagent.udev import Udev
 
@@ -84,7 +85,7 @@ class VolumeService:
         self.udev = udev
         self.failpoints = failpoints or FailPoints.from_env()
         self.volumes_dir = config.volumes_dir
-        self._db_thread = ThreadPoolExecutor(1, thread_name_prefix="db")
+        self._db_thread = Lane("db")
         self._workers = ThreadPoolExecutor(
             config.brick.workers, thread_name_prefix="brick"
         )
@@ -102,8 +103,7 @@ class VolumeService:
 
     async def in_db(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on the database thread."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._db_thread, fn, *args)
+        return await self._db_thread.call(fn, *args)
 
     async def in_worker(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking ``fn(*args)`` (os-brick, udev) on a worker thread."""
@@ -112,6 +112,17 @@ class VolumeService:
         # own log lines are tagged with the request that caused them.
         ctx = contextvars.copy_context()
         return await loop.run_in_executor(self._workers, ctx.run, fn, *args)
+
+    async def record(self, vol_id: str) -> VolumeRecord | None:
+        """The row of ``vol_id``, read on the event loop if it can be.
+
+        A read of one row takes less than the trip to the database
+        thread; when SQLite would make it wait, the thread does it.
+        """
+        try:
+            return self.db.peek(vol_id)
+        except DatabaseBusy:
+            return await self.in_db(self.db.get, vol_id)
 
     def start_brick_load(self) -> None:
         """Begin importing os-brick in the background (off the READY path)."""
@@ -280,7 +291,7 @@ class VolumeService:
         SCRUBBER.remember(connection_info)
         await self.brick_ready()
         async with self.volume_lock(vol_id):
-            existing = await self.in_db(self.db.get, vol_id)
+            existing = await self.record(vol_id)
             if existing is not None:
                 return await self._reattach(existing, connection_info, backend)
             await self.check_multipath(driver, options)
@@ -443,7 +454,7 @@ class VolumeService:
     async def detach(self, vol_id: str) -> None:
         """Detach ``vol_id``; an unknown volume is already detached."""
         async with self.volume_lock(vol_id):
-            rec = await self.in_db(self.db.get, vol_id)
+            rec = await self.record(vol_id)
             if rec is None:
                 log.info("detach of unknown volume %s: nothing to do", vol_id)
                 return
@@ -604,7 +615,7 @@ class VolumeService:
     async def extend(self, vol_id: str) -> int:
         """Have the connector pick up a grown volume; its size in bytes."""
         async with self.volume_lock(vol_id):
-            rec = await self.in_db(self.db.get, vol_id)
+            rec = await self.record(vol_id)
             if rec is None:
                 raise InvalidParams(
                     f"volume {vol_id} is not attached on this host",
