@@ -1,0 +1,418 @@
+"""The code paths that exist for speed give the same answers as the slow
+ones: orjson with its fallbacks, the client's buffer, answers of one read
+sent together, the database Lane, reads on the event loop, the cached
+table of volumes_info, and owner checks folded into database writes."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import socket
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Agent, Loops, local_info, new_vol_id
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hostagent import api
+from hostagent.client import Client, decode
+from hostagent.db import ATTACHED, Database, DatabaseBusy, VolumeRecord
+from hostagent.lane import Lane
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equal, and of the same types all the way down (1 is not 1.0)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(map(same, a, b))
+    return bool(a == b)
+
+
+# -- the client's decoder ----------------------------------------------------
+
+big_ints = st.one_of(
+    st.integers(min_value=-(2**80), max_value=2**80),
+    st.sampled_from(
+        [2**63 - 1, 2**63, 2**64 - 1, 2**64, -(2**63), -(2**63) - 1]
+    ),
+)
+values = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        big_ints,
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.text(max_size=30),
+        # digit runs inside strings look like numbers to a byte scan
+        st.from_regex(r"[:,\[][0-9]{17,22}", fullmatch=True),
+    ),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=5),
+        st.dictionaries(st.text(max_size=8), inner, max_size=5),
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(values, st.sampled_from([None, 0, 2]), st.booleans())
+def test_decode_is_json_loads(
+    value: Any, indent: int | None, ascii_only: bool
+) -> None:
+    """Big integers stay exact; lone surrogates and odd spacing parse."""
+    line = json.dumps(value, indent=indent, ensure_ascii=ascii_only).encode(
+        "utf-8", "surrogatepass"
+    )
+    try:
+        expected = json.loads(line)
+    except ValueError:  # raw lone surrogates: not UTF-8 at all
+        with pytest.raises(ValueError):
+            decode(line)
+        return
+    assert same(decode(line), expected)
+    assert same(decode(bytearray(line)), expected)
+
+
+def test_decode_what_orjson_refuses() -> None:
+    assert decode(b'{"id":"\\ud800"}') == {"id": "\ud800"}
+    assert same(decode(b"[18446744073709551616]"), [2**64])
+    assert same(decode(b"99999999999999999999"), 99999999999999999999)
+    assert same(decode(b"[1.5e300, -0.0]"), [1.5e300, -0.0])
+    with pytest.raises(ValueError):
+        decode(b'{"a":')
+
+
+# -- the daemon's encoder ----------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(values)
+def test_dumps_is_one_valid_line(value: Any) -> None:
+    line = api.dumps({"jsonrpc": "2.0", "result": value, "id": 1})
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert same(json.loads(line)["result"], value)
+
+
+def test_dumps_falls_back_for_what_orjson_refuses() -> None:
+    for value in (2**64, -(2**63) - 1, "\ud800", {1: "a"}):
+        line = api.dumps({"id": value})
+        assert line.endswith(b"\n")
+        assert json.loads(line) == json.loads(json.dumps({"id": value}))
+
+
+def test_dumps_refuses_what_the_standard_encoder_refuses() -> None:
+    @dataclasses.dataclass
+    class Secretive:
+        password: str
+
+    with pytest.raises(TypeError):
+        api.dumps({"result": Secretive("x")})
+
+
+def test_big_integer_id_comes_back_exact(agent: Agent) -> None:
+    """The daemon's fallback encoder and the client's fallback parser."""
+    rid = 2**70 + 1
+    with agent.client() as c:
+        c.send({"jsonrpc": "2.0", "id": rid, "method": "Host.ping"})
+        answer = c.recv()
+    assert same(answer, {"jsonrpc": "2.0", "result": True, "id": rid})
+
+
+# -- the client's buffer -----------------------------------------------------
+
+
+def serve_once(path: str, data: bytes, chunk: int) -> threading.Thread:
+    """A peer that sends ``data`` in ``chunk``-byte writes, then closes."""
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(path)
+    server.listen(1)
+
+    def run() -> None:
+        with server:
+            conn, _ = server.accept()
+            with conn:
+                for i in range(0, len(data), chunk):
+                    conn.sendall(data[i : i + chunk])
+                    time.sleep(0)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 4096, 1 << 20])
+def test_recv_splits_lines_whatever_the_chunks(
+    tmp_path: Path, chunk: int
+) -> None:
+    big = {"result": ["x" * 1000] * 300, "id": 2}
+    lines = [{"id": 1}, big, {"id": 3}, {"method": "Event", "params": {}}]
+    data = b"".join(json.dumps(m).encode() + b"\n" for m in lines)
+    path = str(tmp_path / "s")
+    thread = serve_once(path, data, chunk)
+    with Client(path, timeout=10) as c:
+        assert [c.recv() for _ in lines] == lines
+        with pytest.raises(ConnectionError):
+            c.recv()
+    thread.join(10)
+
+
+# -- answers of one read, one write -----------------------------------------
+
+
+def exchange(agent: Agent, data: bytes, eof: bool = False) -> list[Any]:
+    """Send ``data`` at once (then EOF); read until the agent closes."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(5)
+        s.connect(agent.socket)
+        s.sendall(data)
+        if eof:
+            s.shutdown(socket.SHUT_WR)
+        buf = b""
+        try:
+            while chunk := s.recv(65536):
+                buf += chunk
+        except TimeoutError:
+            pass
+    return [json.loads(line) for line in buf.splitlines()]
+
+
+def ping(i: int) -> bytes:
+    return b'{"jsonrpc":"2.0","id":%d,"method":"Host.ping"}\n' % i
+
+
+def test_inline_answers_around_a_waiting_request(agent: Agent) -> None:
+    info = (
+        b'{"jsonrpc":"2.0","id":"i","method":"ManagedVolume.volumes_info"}\n'
+    )
+    data = ping(1) + ping(2) + info + ping(3) + b"\n" + ping(4)
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(agent.socket)
+        s.sendall(data)
+        buf = b""
+        while buf.count(b"\n") < 5:
+            chunk = s.recv(65536)
+            assert chunk
+            buf += chunk
+    answers = {a["id"]: a.get("result") for a in map(json.loads, buf.split())}
+    assert answers == {1: True, 2: True, 3: True, 4: True, "i": []}
+
+
+def test_answers_held_for_one_write_go_before_a_too_large_error(
+    agent: Agent,
+) -> None:
+    huge = b'{"jsonrpc":"2.0","id":9,"method":"Host.ping","params":["'
+    huge += b"x" * (1024 * 1024 + 10) + b'"]}\n'
+    answers = exchange(agent, ping(1) + ping(2) + huge)
+    assert [a.get("id") for a in answers[:2]] == [1, 2]
+    assert answers[2]["error"]["code"] == -32600
+    assert len(answers) == 3
+
+
+def test_inline_answers_of_a_last_read_without_newline(agent: Agent) -> None:
+    answers = exchange(
+        agent, ping(1) + ping(2) + ping(3).rstrip(b"\n"), eof=True
+    )
+    assert [a["id"] for a in answers] == [1, 2, 3]
+
+
+# -- the Lane ----------------------------------------------------------------
+
+
+def test_lane_runs_in_order_on_one_thread_and_raises() -> None:
+    lane = Lane("t")
+
+    async def scenario() -> list[Any]:
+        seen: list[int] = []
+        threads: set[str] = set()
+
+        def work(i: int) -> int:
+            seen.append(i)
+            threads.add(threading.current_thread().name)
+            return i * 2
+
+        results = await asyncio.gather(
+            *(lane.call(work, i) for i in range(50))
+        )
+        assert seen == list(range(50))
+        assert threads == {"t_0"}
+
+        def boom() -> None:
+            raise KeyError("x")
+
+        with pytest.raises(KeyError):
+            await lane.call(boom)
+        return list(results)
+
+    assert asyncio.run(scenario()) == [i * 2 for i in range(50)]
+    lane.shutdown()
+    with pytest.raises(RuntimeError):
+        asyncio.run(_call(lane))
+
+
+async def _call(lane: Lane) -> None:
+    await lane.call(lambda: None)
+
+
+def test_lane_skips_cancelled_calls_and_drains_at_shutdown() -> None:
+    lane = Lane("t")
+    ran: list[str] = []
+    gate = threading.Event()
+
+    async def scenario() -> None:
+        first = lane.call(gate.wait, 10)
+        skipped = lane.call(ran.append, "cancelled")
+        last = lane.call(ran.append, "last")
+        skipped.cancel()
+        gate.set()
+        assert await first is True
+        await last
+
+    asyncio.run(scenario())
+    assert ran == ["last"]
+
+    async def queued() -> None:
+        lane.call(time.sleep, 0.05)
+        lane.call(ran.append, "after shutdown")
+
+    asyncio.run(queued())  # the loop is gone before the calls finish
+    lane.shutdown(wait=True)
+    assert ran == ["last", "after shutdown"]
+
+
+# -- the database ------------------------------------------------------------
+
+
+def record(vol_id: str, path: str, mpath: str | None = None) -> VolumeRecord:
+    return VolumeRecord(
+        vol_id=vol_id,
+        connection_info=local_info(path),
+        path=path,
+        attachment={"path": path, "type": "local"},
+        multipath_id=mpath,
+        state=ATTACHED,
+        last_error=None,
+        created=1.0,
+        updated=1.0,
+    )
+
+
+@pytest.fixture
+def database(tmp_path: Path) -> Any:
+    d = Database(tmp_path / "hostagent.db")
+    d.open()
+    yield d
+    d.close()
+
+
+def test_peek_sees_every_committed_write(database: Database) -> None:
+    assert database.peek("v1") is None
+    database.insert("v1", local_info("/dev/x"))
+    rec = database.peek("v1")
+    assert rec is not None and rec.state == "attaching"
+    database.set_attached("v1", "/dev/x", {"path": "/dev/x"}, None)
+    assert database.peek("v1") == database.get("v1")
+    database.delete("v1")
+    assert database.peek("v1") is None
+
+
+def test_peek_never_waits(database: Database, tmp_path: Path) -> None:
+    """Another connection holds the file exclusively: peek says so at
+    once instead of waiting (the service then asks the database thread),
+    and reads again once the lock is gone."""
+    database.insert("v1", local_info("/dev/x"))
+    database.close()
+    other = sqlite3.connect(tmp_path / "hostagent.db", isolation_level=None)
+    other.execute("PRAGMA locking_mode = EXCLUSIVE")
+    other.execute("BEGIN EXCLUSIVE")
+    reader = Database(tmp_path / "hostagent.db")
+    started = time.monotonic()
+    with pytest.raises(DatabaseBusy):
+        reader.peek("v1")
+    assert time.monotonic() - started < 1.0
+    other.execute("COMMIT")
+    other.close()
+    rec = reader.peek("v1")
+    assert rec is not None and rec.vol_id == "v1"
+    reader.close()
+
+
+def test_peek_is_query_only(database: Database) -> None:
+    database.peek("v1")
+    assert database._reader is not None
+    with pytest.raises(sqlite3.OperationalError):
+        database._reader.execute("DELETE FROM volume")
+
+
+def test_stored_table_is_read_again_only_after_a_change(
+    database: Database, tmp_path: Path
+) -> None:
+    database.insert_many([record("v1", "/dev/a"), record("v2", "/dev/b")])
+    first = database.stored()
+    assert [r[0] for r in first] == ["v1", "v2"]
+    assert database.stored() is first
+    database.set_state("v1", "detaching")
+    second = database.stored()
+    assert second is not first and second[0][5] == "detaching"
+    assert database.stored() is second
+    # Another connection's commit (an operator's sqlite3) is seen too.
+    with sqlite3.connect(tmp_path / "hostagent.db") as other:
+        other.execute("DELETE FROM volume WHERE vol_id = 'v2'")
+    assert [r[0] for r in database.stored()] == ["v1"]
+    assert [r[0] for r in database.stored(["v1", "v1", "nope"])] == ["v1"]
+    database.close()
+    database.open()
+    assert [r[0] for r in database.stored()] == ["v1"]
+
+
+def test_set_attached_refuses_another_volumes_device(
+    database: Database,
+) -> None:
+    database.insert_many([record("v1", "/dev/a", "mp1")])
+    database.insert("v2", local_info("/dev/a"))
+    assert database.set_attached("v2", "/dev/a", {}, None) == "v1"
+    assert database.set_attached("v2", "/dev/z", {}, "mp1") == "v1"
+    rec = database.get("v2")
+    assert rec is not None and rec.state == "attaching" and rec.path is None
+    assert database.set_attached("v2", "/dev/b", {}, "mp2") is None
+    rec = database.get("v2")
+    assert rec is not None and rec.state == ATTACHED
+
+
+# -- the service's folded owner checks ---------------------------------------
+
+
+def test_detach_keeps_a_device_another_row_uses(
+    agent: Agent, loops: Loops
+) -> None:
+    """Two rows on one device (written by hand): detaching one does not
+    disconnect the device of the other."""
+    dev = loops.create()
+    first, second = sorted([new_vol_id(), new_vol_id()])
+    agent.call("ManagedVolume.attach_volume", [first, local_info(dev)])
+    agent.stop()
+    with sqlite3.connect(agent.db_path) as con:
+        con.execute(
+            "INSERT INTO volume (vol_id, connection_info, path, attachment,"
+            " state, created, updated) SELECT ?, connection_info, path,"
+            " attachment, state, created, updated FROM volume"
+            " WHERE vol_id = ?",
+            (second, first),
+        )
+    agent.start()
+    assert agent.call("ManagedVolume.detach_volume", [first]) is None
+    agent.wait_log(
+        f"device {dev} is also volume {second}'s; not disconnecting"
+    )
+    info = agent.call("ManagedVolume.volumes_info")
+    assert [(v["vol_id"], v["exists"]) for v in info] == [(second, True)]
+    assert agent.links() == [second]
