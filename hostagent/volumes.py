@@ -15,10 +15,14 @@ Rules (DESIGN.md):
   rolls back whatever a crash interrupted.
 
 Blocking work runs off the event loop: os-brick calls on a thread pool,
-database calls on one dedicated thread (which owns the only connection).
-The flows' managed symlinks (in run_dir, a tmpfs) and a device's presence
-check (a stat and a sysfs read) take microseconds and run on the loop: a
-hand-off to a thread costs more than they do.
+database calls on one dedicated thread (a :class:`~hostagent.lane.Lane`,
+which owns the only connection that writes).  The flows' managed
+symlinks (in run_dir, a tmpfs), a device's presence check (a stat and a
+sysfs read) and the read of one row by its key (see
+:meth:`~hostagent.db.Database.peek`) take microseconds and run on the
+loop: a hand-off to a thread costs more than they do.  Where a flow step
+writes to the database, the check that must go with the write (is the
+device another volume's?) runs in the same trip to the thread.
 """
 
 from __future__ import annotations
