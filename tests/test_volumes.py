@@ -246,11 +246,14 @@ def test_secrets_never_come_back(agent: Agent, loops: Loops) -> None:
     err = agent.error(ATTACH, [vid, info2])
     assert err.code == 929
     assert secret not in str(err.data) + err.message
+    # The DB keeps the real values: detach needs them.
+    with sqlite3.connect(agent.db_path) as con:
+        (stored,) = con.execute("SELECT connection_info FROM volume")
+    assert secret in stored[0] and "chapuser1" in stored[0]
     agent.call(DETACH, [vid])
     log = agent.log()
     assert secret not in log and "chapuser1" not in log
     assert "0therS3cret" not in log
-    # The DB keeps the real values: detach needs them.
     assert rows(agent) == []
 
 
