@@ -340,12 +340,14 @@ def agent_with_loops(tmp: Path) -> tuple[Agent, Loops]:
 
 def release(agent: Agent, loops: Loops, vol_ids: Iterable[str]) -> None:
     """Detach ``vol_ids`` and stop a live agent; drop its loops, socket."""
-    if agent.alive():
-        for vid in vol_ids:
-            agent.call("ManagedVolume.detach_volume", [vid])
-        agent.stop()
-    loops.cleanup()
-    agent.dispose()
+    try:
+        if agent.alive():
+            for vid in vol_ids:
+                agent.call("ManagedVolume.detach_volume", [vid])
+            agent.stop()
+    finally:
+        loops.cleanup()
+        agent.dispose()
 
 
 @pytest.fixture
