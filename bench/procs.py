@@ -4,13 +4,15 @@ Everything lives under one private temporary directory: the agent's
 socket, state (database, os-brick locks) and run directories, the echo
 server's socket, loop device backing files and device nodes.  The
 database is on the same file system as ``/var/lib`` on this machine, so
-its fsyncs cost what they cost in production.
+its fsyncs cost what they cost in production.  Loop devices and config
+files come from ``tests/support.py``, made as the tests make theirs
+(``python -m bench`` runs from the repository root, where ``tests`` is
+importable).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from hostagent.client import Client
+from tests.support import config_text, create_loop, detach_loop
 
 BIN = Path(sys.executable).parent
 HOSTAGENTD = str(BIN / "hostagentd")
@@ -36,20 +39,13 @@ class Workdir:
     def __init__(self) -> None:
         # Short, under /tmp: a Unix socket path must fit in 108 bytes.
         self.path = Path(tempfile.mkdtemp(prefix="ha-bench-", dir="/tmp"))
-        self.loops: list[str] = []
+        self.loops: list[tuple[str, Path]] = []
 
     def loop_device(self, size_mb: int = 16) -> str:
         """A new loop device over a sparse file (needs root)."""
         backing = self.path / f"disk{len(self.loops)}.img"
-        with open(backing, "wb") as f:
-            f.truncate(size_mb * 1024 * 1024)
-        dev = subprocess.run(
-            ["losetup", "--find", "--show", str(backing)],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        self.loops.append(dev)
+        dev = create_loop(backing, size_mb)
+        self.loops.append((dev, backing))
         return dev
 
     def device_nodes(
@@ -74,8 +70,8 @@ class Workdir:
 
     def cleanup(self) -> None:
         """Detach the loop devices, remove the directory."""
-        for dev in self.loops:
-            subprocess.run(["losetup", "-d", dev], check=False)
+        for dev, backing in self.loops:
+            detach_loop(dev, backing)
         shutil.rmtree(self.path, ignore_errors=True)
 
 
@@ -122,11 +118,7 @@ class AgentProcess:
         }
         for section, values in config.items():
             sections.setdefault(section, {}).update(values)
-        lines = []
-        for section, values in sections.items():
-            lines.append(f"[{section}]")
-            lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
-        self.config_path.write_text("\n".join(lines) + "\n")
+        self.config_path.write_text(config_text(sections))
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0) -> float:

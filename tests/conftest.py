@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -12,12 +13,14 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support import config_text, create_loop, detach_loop, exchange
 
+from hostagent import config
 from hostagent.client import Client, RpcError
 
 BIN = Path(sys.executable).parent
@@ -58,18 +61,47 @@ def write_config(
     }
     for name, values in sections.items():
         base.setdefault(name, {}).update(values)
-    lines = []
-    for name, values in base.items():
-        if name == "backend":  # [backend.NAME] tables
-            for bname, options in values.items():
-                lines.append(f"[backend.{bname}]")
-                lines += [f"{k} = {json.dumps(v)}" for k, v in options.items()]
-                lines.append("")
-            continue
-        lines.append(f"[{name}]")
-        lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
-        lines.append("")
-    path.write_text("\n".join(lines))
+    path.write_text(config_text(base))
+
+
+def load_config(tmp: Path, text: str) -> config.Config:
+    """:func:`hostagent.config.load` of ``text`` (as a file under tmp)."""
+    p = tmp / "c.toml"
+    p.write_text(text)
+    return config.load(p)
+
+
+def need(*tools: str) -> None:
+    """Fail (not skip) when a tool ``make`` installs is missing."""
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        pytest.fail(
+            f"{', '.join(missing)} missing: make installs them "
+            "(contrib/install-deps.sh)"
+        )
+
+
+def run_client(
+    *args: str, stdin: str | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run ``hostagent-client ARGS`` (not checked)."""
+    return subprocess.run(
+        [CLIENT, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def brick_calls(agent: Agent, vid: str) -> list[str]:
+    """``connect``/``disconnect`` of ``vid`` as the daemon logged them.
+
+    The daemon logs "volume <id>: connecting" right before os-brick's
+    connect_volume and "volume <id>: disconnecting" right before
+    disconnect_volume; the list is in log order.
+    """
+    return re.findall(rf"volume {vid}: (connect|disconnect)ing ", agent.log())
 
 
 class Agent:
@@ -146,6 +178,19 @@ class Agent:
             self.call(method, params)
         return e.value
 
+    def exchange(self, data: bytes, timeout: float = 30) -> list[Any]:
+        """Send raw ``data`` on a new connection, half-close; the answers.
+
+        Every answer line is parsed as JSON (see :func:`support.exchange`).
+        """
+        return [json.loads(x) for x in exchange(self.socket, data, timeout)]
+
+    def cli(
+        self, *args: str, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """``hostagent-client --socket SOCKET ARGS`` (not checked)."""
+        return run_client("--socket", self.socket, *args, stdin=stdin)
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         """Stop the daemon with ``sig``; return its exit status."""
         assert self.proc is not None
@@ -193,6 +238,12 @@ class Agent:
         vdir = self.run_dir / "volumes"
         return sorted(p.name for p in vdir.iterdir()) if vdir.exists() else []
 
+    def dispose(self) -> None:
+        """SIGKILL the daemon if it runs; remove the socket's directory."""
+        if self.alive():
+            self.stop(signal.SIGKILL)
+        shutil.rmtree(self.sock_dir, ignore_errors=True)
+
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Any:
@@ -206,21 +257,29 @@ def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Any:
 def agent_factory(
     tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[Any]:
-    """Build agents (not started); all are stopped at the end."""
+    """Build agents (not started); all are stopped at the end.
+
+    Any :class:`Agent` subclass may be built (``cls``); each one's log is
+    printed when the test failed.
+    """
     made: list[Agent] = []
 
-    def make(name: str = "agent", env: dict[str, str] | None = None) -> Agent:
+    def make(
+        name: str = "agent",
+        env: dict[str, str] | None = None,
+        cls: Callable[..., Agent] = Agent,
+        **kwargs: Any,
+    ) -> Agent:
+        """``cls(tmp_path / name, env=env, **kwargs)``."""
         d = tmp_path / name
         d.mkdir()
-        a = Agent(d, env)
+        a = cls(d, env=env, **kwargs)
         made.append(a)
         return a
 
     yield make
     for a in made:
-        if a.proc is not None and a.proc.poll() is None:
-            a.stop(signal.SIGKILL)
-        shutil.rmtree(a.sock_dir, ignore_errors=True)
+        a.dispose()
         rep = getattr(request.node, "rep_call", None)
         if rep is not None and rep.failed:
             sys.stderr.write(f"\n--- {a.log_path} ---\n{a.log()[-20000:]}")
@@ -240,29 +299,55 @@ class Loops:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
         self.devices: list[str] = []
+        self.files: dict[str, Path] = {}
 
     def create(self, size_mb: int = 16) -> str:
         """A new loop device backed by a sparse file."""
         backing = self.tmp / f"disk{len(self.devices)}.img"
-        with open(backing, "wb") as f:
-            f.truncate(size_mb * 1024 * 1024)
-        dev = subprocess.run(
-            ["losetup", "--find", "--show", str(backing)],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
+        dev = create_loop(backing, size_mb)
         self.devices.append(dev)
+        self.files[dev] = backing
         return dev
+
+    def backing(self, dev: str) -> Path:
+        """The file behind ``dev`` (grow it to grow the device)."""
+        return self.files[dev]
 
     def detach(self, dev: str) -> None:
         """``losetup -d``: the node stays, the device loses its media."""
-        subprocess.run(["losetup", "-d", dev], check=False)
+        assert detach_loop(dev, self.files[dev]), f"{dev} is not ours now"
+
+    def reattach(self, dev: str) -> None:
+        """Give a detached ``dev`` its file back (``losetup DEV FILE``)."""
+        subprocess.run(["losetup", dev, str(self.files[dev])], check=True)
 
     def cleanup(self) -> None:
         """Detach every device this fixture made."""
         for dev in self.devices:
-            subprocess.run(["losetup", "-d", dev], check=False)
+            detach_loop(dev, self.files[dev])
+
+
+def agent_with_loops(tmp: Path) -> tuple[Agent, Loops]:
+    """An agent (not started) and a :class:`Loops`, both under ``tmp``.
+
+    For module-wide fixtures and scripts, where ``agent_factory`` and
+    ``loops`` (function-scoped) do not reach.
+    """
+    (tmp / "agent").mkdir()
+    (tmp / "loops").mkdir()
+    return Agent(tmp / "agent"), Loops(tmp / "loops")
+
+
+def release(agent: Agent, loops: Loops, vol_ids: Iterable[str]) -> None:
+    """Detach ``vol_ids`` and stop a live agent; drop its loops, socket."""
+    try:
+        if agent.alive():
+            for vid in vol_ids:
+                agent.call("ManagedVolume.detach_volume", [vid])
+            agent.stop()
+    finally:
+        loops.cleanup()
+        agent.dispose()
 
 
 @pytest.fixture
@@ -275,11 +360,6 @@ def loops(tmp_path: Path) -> Iterator[Loops]:
     lo = Loops(d)
     yield lo
     lo.cleanup()
-
-
-def have(tool: str) -> bool:
-    """True when ``tool`` is on PATH."""
-    return shutil.which(tool) is not None
 
 
 @pytest.fixture(scope="session")

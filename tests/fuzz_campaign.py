@@ -24,7 +24,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from conftest import Agent, Loops
+from conftest import agent_with_loops, release
 from fuzzing import (
     POOL,
     Stats,
@@ -80,10 +80,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="hostagent-fuzz-"))
-    (tmp / "agent").mkdir()
-    (tmp / "loops").mkdir()
-    loops = Loops(tmp / "loops")
-    agent = Agent(tmp / "agent")
+    agent, loops = agent_with_loops(tmp)
     fuzz_config(agent)
     agent.start()
     devices = [loops.create(), loops.create()]
@@ -115,9 +112,9 @@ def main() -> int:
     final: list[str] = []
     if not crashes:
         final = db_problems(str(agent.db_path))
-        for vid in POOL:
-            agent.call("ManagedVolume.detach_volume", [vid])
-        agent.stop()
+    # The log stays (under tmp) when something was wrong; the loop
+    # devices and the socket go either way.
+    release(agent, loops, POOL)
     tracebacks = agent.log().count("Traceback")
     codes: Counter[Any] = total.codes
     print(f"fuzz campaign: {seconds:.0f} s, {args.workers} workers")
@@ -142,8 +139,6 @@ def main() -> int:
     if crashes or tracebacks or total.failures or final:
         print(f"  daemon log: {agent.log_path}")
         return 1
-    loops.cleanup()
-    shutil.rmtree(agent.sock_dir, ignore_errors=True)
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
 

@@ -21,7 +21,6 @@ must be well formed and never be error 100 (an unexpected exception).
 from __future__ import annotations
 
 import json
-import socket
 import sqlite3
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -29,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hypothesis import strategies as st
+from support import exchange
 
 from hostagent import schema
 
@@ -492,21 +492,6 @@ def _assign(fits: list[list[bool]], row: int, used: set[int]) -> bool:
 # -- running against a daemon ---------------------------------------------
 
 
-def exchange(path: str, stream: bytes, timeout: float = 60) -> list[bytes]:
-    """Send ``stream`` on a new connection, half-close, read every line."""
-    with socket.socket(socket.AF_UNIX) as s:
-        s.settimeout(timeout)
-        s.connect(path)
-        s.sendall(stream)
-        s.shutdown(socket.SHUT_WR)
-        buf = b""
-        while chunk := s.recv(65536):
-            buf += chunk
-    if buf and not buf.endswith(b"\n"):
-        raise AssertionError(f"answer without a newline: {buf[-200:]!r}")
-    return [x for x in buf.split(b"\n") if x]
-
-
 @dataclass
 class Stats:
     """Running totals of a fuzz run."""
@@ -529,7 +514,7 @@ class Stats:
 def run_stream(path: str, stream: bytes, stats: Stats) -> list[str]:
     """Exchange one stream and check it; problems found (also counted)."""
     try:
-        answers = exchange(path, stream)
+        answers = exchange(path, stream, timeout=60)
     except (OSError, AssertionError) as e:
         problems = [f"exchange failed: {e}"]
         codes: Counter[Any] = Counter()

@@ -1,4 +1,6 @@
-"""TLS test material: certificates made at test time by make-certs.sh."""
+"""TLS test material: certificates made at test time by make-certs.sh,
+and an agent with its TLS listener on 127.0.0.1 (:func:`start_tls_agent`).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +9,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from conftest import Agent
 
 from hostagent.client import Client
 
@@ -99,3 +103,43 @@ def tls_client(
         ca=ca,
         timeout=timeout,
     )
+
+
+class TlsAgent:
+    """An :class:`Agent` with a TLS listener on 127.0.0.1:port."""
+
+    def __init__(self, agent: Agent, port: int, pki: Pki) -> None:
+        self.agent = agent
+        self.port = port
+        self.pki = pki
+
+    def client(self, cn: str = ENGINE, ca: str = "main") -> Any:
+        """A TLS connection with the client certificate ``cn``."""
+        return tls_client(self.port, self.pki.client(cn, ca), self.ca)
+
+    @property
+    def ca(self) -> str:
+        """The CA that signed the agent's certificate."""
+        return self.pki.server().ca
+
+
+def start_tls_agent(
+    agent_factory: Any, pki: Pki, log_level: str = "debug", **server: Any
+) -> TlsAgent:
+    """Start an agent with TLS; retry if another test took the port."""
+    agent: Agent = agent_factory()
+    for _ in range(5):
+        port = free_port()
+        agent.configure(
+            server=tls_server_config(pki, port, **server),
+            log={"level": log_level},
+        )
+        agent.start(wait=False)
+        try:
+            agent.wait_ready()
+        except AssertionError:
+            if "Address already in use" not in agent.log():
+                raise
+            continue
+        return TlsAgent(agent, port, pki)
+    raise AssertionError("no free port for the TLS listener")

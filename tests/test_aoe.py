@@ -11,14 +11,14 @@ loop device.  The real aoetools are used for the "no aoe driver" case.
 
 from __future__ import annotations
 
+import logging
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Agent, Loops, have, new_vol_id
+from conftest import Agent, Loops, need, new_vol_id
 
 from hostagent.brick import Brick, aoe_connector_class, aoe_device_name
 from hostagent.config import BrickConfig
@@ -213,7 +213,7 @@ def test_bad_shelf_is_926_and_runs_nothing(
 
 
 def test_flush_failure_is_reported_unless_forced(
-    aoe: tuple[Brick, FakeAoE], loops: Loops
+    aoe: tuple[Brick, FakeAoE], loops: Loops, caplog: pytest.LogCaptureFixture
 ) -> None:
     brick, fake = aoe
     fake.export("e1.1", loops.create())
@@ -224,7 +224,9 @@ def test_flush_failure_is_reported_unless_forced(
         brick.disconnect("aoe", props(), info)
     assert "flush does not exist" in e.value.data["error"]
     conn = brick._connector("aoe")
-    conn.disconnect_volume(props(), info, force=True, ignore_errors=True)
+    with caplog.at_level(logging.WARNING, logger="hostagent.brick"):
+        conn.disconnect_volume(props(), info, force=True, ignore_errors=True)
+    assert "aoe-flush e1.1 failed; ignored (forced)" in caplog.text
 
 
 def test_extend_revalidates_and_returns_new_size(
@@ -234,19 +236,12 @@ def test_extend_revalidates_and_returns_new_size(
     dev = loops.create(size_mb=16)
     fake.export("e2.0", dev)
     brick.connect("aoe", props(2, 0))
-    backing = subprocess.run(
-        ["losetup", "-n", "-O", "BACK-FILE", dev],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    os.truncate(backing, 48 * 1024 * 1024)
+    os.truncate(loops.backing(dev), 48 * 1024 * 1024)
     conn = brick._connector("aoe")
     assert conn.extend_volume(props(2, 0)) == 48 * 1024 * 1024
     assert fake.calls()[-1] == "aoe-revalidate e2.0"
 
 
-@pytest.mark.skipif(not have("aoe-discover"), reason="aoetools missing")
 def test_daemon_attach_with_real_aoetools_and_no_driver(
     agent_factory: Any,
 ) -> None:
@@ -255,6 +250,7 @@ def test_daemon_attach_with_real_aoetools_and_no_driver(
     With no aoe module there is no /dev/etherd/discover and the real
     aoe-discover says so; the agent answers 926 and keeps no record.
     """
+    need("aoe-discover")
     if os.path.exists("/dev/etherd/discover"):
         pytest.skip("this host has an aoe driver loaded")
     a: Agent = agent_factory()

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CLIENT, Agent, Loops, local_info, new_vol_id
+from conftest import Agent, Loops, load_config, local_info, new_vol_id
 
 from hostagent import config
 
@@ -18,14 +17,8 @@ DETACH = "ManagedVolume.detach_volume"
 INFO = "ManagedVolume.volumes_info"
 
 
-def load(tmp_path: Path, text: str) -> config.Config:
-    p = tmp_path / "c.toml"
-    p.write_text(text)
-    return config.load(p)
-
-
 def test_backend_sections_inherit_brick_defaults(tmp_path: Path) -> None:
-    c = load(
+    c = load_config(
         tmp_path,
         """
 [brick]
@@ -108,7 +101,7 @@ def test_bad_backend_names_the_key(
     tmp_path: Path, text: str, needle: str
 ) -> None:
     with pytest.raises(config.ConfigError) as e:
-        load(tmp_path, text)
+        load_config(tmp_path, text)
     assert needle in str(e.value)
 
 
@@ -250,20 +243,12 @@ def test_missing_tool_is_reported(agent_factory: Any, tmp_path: Path) -> None:
 
 
 def test_cli_shows_capabilities_readably(bagent: Agent) -> None:
-    out = subprocess.run(
-        [
-            CLIENT,
-            "--socket",
-            bagent.socket,
-            "--text",
-            "Host",
-            "getCapabilities",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
+    def caps(form: str) -> str:
+        out = bagent.cli(form, "Host", "getCapabilities")
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    out = caps("--text")
     lines = out.splitlines()
     assert lines[0].startswith("hostagent ")
     assert any(line.split()[:2] == ["local", "ready"] for line in lines), out
@@ -274,20 +259,7 @@ def test_cli_shows_capabilities_readably(bagent: Agent) -> None:
         line.split()[:3] == ["san", "fibre_channel", "NOT"] for line in lines
     )
     assert "initiator" in out
-    raw = subprocess.run(
-        [
-            CLIENT,
-            "--socket",
-            bagent.socket,
-            "--json",
-            "Host",
-            "getCapabilities",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
+    raw = caps("--json")
     assert sorted(json.loads(raw)["backends"]) == ["fast", "old", "san"]
 
 
@@ -299,6 +271,6 @@ def test_documented_backend_examples_load(tmp_path: Path) -> None:
     examples = text[text.index("# [backend.gold]") :]
     toml = "\n".join(line.removeprefix("# ") for line in examples.splitlines())
     drivers = '[brick]\ndrivers = ["fibre_channel", "rbd", "storpool"]\n'
-    c = load(tmp_path, drivers + toml)
+    c = load_config(tmp_path, drivers + toml)
     assert sorted(c.backend) == ["ceph-b", "gold", "sp"]
     assert c.backend["gold"].device_scan_attempts == 5

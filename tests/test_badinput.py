@@ -9,8 +9,6 @@ and the managed symlink must still be there.
 from __future__ import annotations
 
 import json
-import shutil
-import socket
 import sqlite3
 import uuid
 from collections.abc import Iterator
@@ -18,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from conftest import Agent, Loops, local_info
+from conftest import Agent, agent_with_loops, local_info, release
 
 ATTACH = "ManagedVolume.attach_volume"
 DETACH = "ManagedVolume.detach_volume"
@@ -37,11 +35,7 @@ class Seeded:
 @pytest.fixture(scope="module")
 def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
     """A daemon with one volume attached (module-wide: cases only read)."""
-    tmp = tmp_path_factory.mktemp("badinput")
-    (tmp / "agent").mkdir()
-    (tmp / "loops").mkdir()
-    loops = Loops(tmp / "loops")
-    agent = Agent(tmp / "agent")
+    agent, loops = agent_with_loops(tmp_path_factory.mktemp("badinput"))
     agent.start()
     try:
         dev = loops.create()
@@ -49,11 +43,7 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
         agent.call(ATTACH, {"vol_id": SEEDED, "connection_info": info})
         yield Seeded(agent, dev)
     finally:
-        if agent.alive():
-            agent.call(DETACH, [SEEDED])
-            agent.stop()
-        loops.cleanup()
-        shutil.rmtree(agent.sock_dir, ignore_errors=True)
+        release(agent, loops, [SEEDED])
 
 
 def snapshot(agent: Agent) -> list[Any]:
@@ -70,19 +60,6 @@ def snapshot(agent: Agent) -> list[Any]:
         for t in tables:
             out.append((t, con.execute(f"SELECT * FROM {t}").fetchall()))
     return out
-
-
-def exchange(agent: Agent, data: bytes, timeout: float = 30) -> list[Any]:
-    """Send ``data``, half-close, return every answer line parsed."""
-    with socket.socket(socket.AF_UNIX) as s:
-        s.settimeout(timeout)
-        s.connect(agent.socket)
-        s.sendall(data)
-        s.shutdown(socket.SHUT_WR)
-        buf = b""
-        while chunk := s.recv(65536):
-            buf += chunk
-    return [json.loads(line) for line in buf.splitlines()]
 
 
 def msg(method: str, params: Any = None, rid: Any = 1) -> dict[str, Any]:
@@ -364,7 +341,7 @@ def test_bad_input(
     agent = seeded.agent
     before = snapshot(agent)
     assert before[0] == [("ok",)]
-    answers = exchange(agent, payload)
+    answers = agent.exchange(payload)
     assert len(answers) == len(expected), answers
     for answer, (code, fragment) in zip(answers, expected, strict=True):
         assert answer["jsonrpc"] == "2.0"
@@ -384,13 +361,13 @@ def test_bad_input(
 def test_large_valid_array_is_answered(seeded: Seeded) -> None:
     """10,000 well-formed vol_ids are a valid (if large) question."""
     ids = [*uuids(9_999), SEEDED]
-    (answer,) = exchange(seeded.agent, line(msg(INFO, {"vol_ids": ids})))
+    (answer,) = seeded.agent.exchange(line(msg(INFO, {"vol_ids": ids})))
     assert [v["vol_id"] for v in answer["result"]] == [SEEDED]
 
 
 def test_batch_at_the_limit_runs_every_request(seeded: Seeded) -> None:
-    (answer,) = exchange(
-        seeded.agent, line([msg("Host.ping", rid=i) for i in range(100)])
+    (answer,) = seeded.agent.exchange(
+        line([msg("Host.ping", rid=i) for i in range(100)])
     )
     assert sorted(a["id"] for a in answer) == list(range(100))
     assert all(a["result"] is True for a in answer)
@@ -398,8 +375,8 @@ def test_batch_at_the_limit_runs_every_request(seeded: Seeded) -> None:
 
 def test_lone_surrogate_id_still_gets_its_answer(seeded: Seeded) -> None:
     """ "\\ud800" is legal JSON but not UTF-8: the echo must be escaped."""
-    (answer,) = exchange(
-        seeded.agent, b'{"jsonrpc":"2.0","id":"\\ud800","method":"No.x"}\n'
+    (answer,) = seeded.agent.exchange(
+        b'{"jsonrpc":"2.0","id":"\\ud800","method":"No.x"}\n'
     )
     assert answer["id"] == "\ud800"
     assert answer["error"]["code"] == -32601

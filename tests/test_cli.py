@@ -3,36 +3,23 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
-from conftest import CLIENT, Agent, Loops, local_info, new_vol_id
+from conftest import Agent, Loops, local_info, new_vol_id, run_client
 
 from hostagent import schema
 from hostagent.cli import build_params
 
 
-def cli(
-    agent: Agent, *args: str, stdin: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [CLIENT, "--socket", agent.socket, *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 def test_ping(agent: Agent) -> None:
-    out = cli(agent, "Host", "ping")
+    out = agent.cli("Host", "ping")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) is True
 
 
 def test_help_lists_methods_from_rpc_discover(agent: Agent) -> None:
-    out = cli(agent, "--help")
+    out = agent.cli("--help")
     assert out.returncode == 0
     assert "from the agent" in out.stdout
     for m in schema.METHODS:
@@ -41,12 +28,7 @@ def test_help_lists_methods_from_rpc_discover(agent: Agent) -> None:
 
 
 def test_help_without_agent_uses_built_in_schema(tmp_path: Path) -> None:
-    out = subprocess.run(
-        [CLIENT, "--socket", str(tmp_path / "none.sock"), "--help"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    out = run_client("--socket", str(tmp_path / "none.sock"), "--help")
     assert out.returncode == 0
     assert "built in" in out.stdout
     assert "ManagedVolume volumes_info vol_ids?" in out.stdout
@@ -59,8 +41,7 @@ def test_attach_with_file_and_detach(
     vid = new_vol_id()
     conn = tmp_path / "conn.json"
     conn.write_text(json.dumps(local_info(dev)))
-    out = cli(
-        agent,
+    out = agent.cli(
         "ManagedVolume",
         "attach_volume",
         f"vol_id={vid}",
@@ -69,9 +50,9 @@ def test_attach_with_file_and_detach(
     )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["path"] == dev
-    out = cli(agent, "ManagedVolume", "volumes_info", f'vol_ids:=["{vid}"]')
+    out = agent.cli("ManagedVolume", "volumes_info", f'vol_ids:=["{vid}"]')
     assert json.loads(out.stdout)[0]["exists"] is True
-    out = cli(agent, "ManagedVolume", "detach_volume", f"vol_id={vid}")
+    out = agent.cli("ManagedVolume", "detach_volume", f"vol_id={vid}")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) is None
 
@@ -80,8 +61,7 @@ def test_params_from_stdin(agent: Agent, loops: Loops) -> None:
     dev = loops.create()
     vid = new_vol_id()
     params = {"vol_id": vid, "connection_info": local_info(dev)}
-    out = cli(
-        agent,
+    out = agent.cli(
         "ManagedVolume",
         "attach_volume",
         "-f",
@@ -93,19 +73,14 @@ def test_params_from_stdin(agent: Agent, loops: Loops) -> None:
 
 
 def test_error_goes_to_stderr_with_status_1(agent: Agent) -> None:
-    out = cli(agent, "ManagedVolume", "detach_volume", "vol_id=../x")
+    out = agent.cli("ManagedVolume", "detach_volume", "vol_id=../x")
     assert out.returncode == 1
     assert out.stdout == ""
     assert "error -32602" in out.stderr
 
 
 def test_unreachable_agent(tmp_path: Path) -> None:
-    out = subprocess.run(
-        [CLIENT, "--socket", str(tmp_path / "none.sock"), "Host", "ping"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    out = run_client("--socket", str(tmp_path / "none.sock"), "Host", "ping")
     assert out.returncode == 1
     assert "cannot talk to" in out.stderr
 

@@ -9,12 +9,11 @@ of the daemon these must strictly alternate, starting with a connect.
 from __future__ import annotations
 
 import random
-import re
 import sqlite3
 import threading
 from typing import Any
 
-from conftest import Agent, Loops, local_info, new_vol_id
+from conftest import Agent, Loops, brick_calls, local_info, new_vol_id
 
 from hostagent.client import RpcError
 
@@ -22,11 +21,6 @@ ATTACH = "ManagedVolume.attach_volume"
 DETACH = "ManagedVolume.detach_volume"
 INFO = "ManagedVolume.volumes_info"
 FAILPOINTS = "HOSTAGENT_FAILPOINTS"
-
-
-def events(agent: Agent, vid: str) -> list[str]:
-    """``connect``/``disconnect`` of ``vid``, in log order."""
-    return re.findall(rf"volume {vid}: (connect|disconnect)ing ", agent.log())
 
 
 def db_rows(agent: Agent) -> list[tuple[str, str]]:
@@ -94,7 +88,7 @@ def test_many_clients_attach_and_detach_one_volume(
                 for v in result
             )
 
-    seq = events(a, vid)
+    seq = brick_calls(a, vid)
     assert seq, "no attach ever connected"
     for i, e in enumerate(seq):
         assert e == ("connect" if i % 2 == 0 else "disconnect"), seq
@@ -148,10 +142,10 @@ def test_busy_volume_waits_then_927(agent_factory: Any, loops: Loops) -> None:
 
     t.join(30)
     assert first["result"]["path"] == dev
-    assert events(a, vid) == ["connect"]
+    assert brick_calls(a, vid) == ["connect"]
     # Now free: the same call that got 927 succeeds (idempotent).
     assert a.call(ATTACH, [vid, local_info(dev)]) == first["result"]
-    assert events(a, vid) == ["connect"]
+    assert brick_calls(a, vid) == ["connect"]
     assert a.call(DETACH, [vid]) is None
     assert a.call(DETACH, [other]) is None
     assert db_rows(a) == []

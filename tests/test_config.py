@@ -7,20 +7,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import HOSTAGENTD
+from conftest import HOSTAGENTD, load_config
 
 from hostagent import config
 from hostagent.config import ConfigError
 
 
-def load_text(tmp_path: Path, text: str) -> config.Config:
-    p = tmp_path / "c.toml"
-    p.write_text(text)
-    return config.load(p)
-
-
 def test_empty_file_is_all_defaults(tmp_path: Path) -> None:
-    c = load_text(tmp_path, "")
+    c = load_config(tmp_path, "")
     assert c == config.Config()
     assert c.server.unix_socket == "/run/hostagent/hostagent.sock"
     assert c.server.max_message_bytes == 1048576
@@ -31,7 +25,7 @@ def test_empty_file_is_all_defaults(tmp_path: Path) -> None:
 
 
 def test_design_example_loads(tmp_path: Path) -> None:
-    c = load_text(
+    c = load_config(
         tmp_path,
         """
 [server]
@@ -90,7 +84,7 @@ def test_bad_config_names_the_key(
     tmp_path: Path, text: str, names: str
 ) -> None:
     with pytest.raises(ConfigError) as e:
-        load_text(tmp_path, text)
+        load_config(tmp_path, text)
     assert names in str(e.value)
 
 
@@ -155,11 +149,11 @@ def test_hardening_keys_are_checked(
     tmp_path: Path, text: str, names: str
 ) -> None:
     with pytest.raises(ConfigError, match=re.escape(names)):
-        load_text(tmp_path, text)
+        load_config(tmp_path, text)
 
 
 def test_hardening_keys_load(tmp_path: Path) -> None:
-    c = load_text(
+    c = load_config(
         tmp_path,
         "[server]\ntls_listen = '*:54322'\nidle_timeout = 0\n"
         "read_timeout = 2.5\ntls_allowed_subjects = ['engine']\n",

@@ -12,10 +12,13 @@ import threading
 import time
 import tomllib
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from conftest import BIN, CLIENT, Agent, Loops, local_info, new_vol_id
+import pytest
+from conftest import BIN, Agent, Loops, local_info, new_vol_id, run_client
+from pki import ENGINE, Creds, Pki, start_tls_agent
 
 from hostagent import config, schema
 
@@ -115,13 +118,9 @@ def test_completion_from_the_agent(agent: Agent) -> None:
 
 def test_list_methods_says_where_it_came_from(agent: Agent) -> None:
     def listing(sock: str) -> list[str]:
-        return subprocess.run(
-            [CLIENT, "--socket", sock, "--list-methods"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
-        ).stdout.splitlines()
+        out = run_client("--socket", sock, "--list-methods")
+        assert out.returncode == 0, out.stderr
+        return out.stdout.splitlines()
 
     live = listing(agent.socket)
     dead = listing(str(agent.tmp / "none.sock"))
@@ -159,14 +158,49 @@ def test_completion_without_the_client_offers_nothing(tmp_path: Path) -> None:
 
 # -- contrib/engine_client.py ------------------------------------------------
 
+ENGINE_CLIENT = CONTRIB / "engine_client.py"
 
-def engine(*args: str, stdin: str | None = None) -> Any:
+
+def engine_argv(
+    where: Sequence[str], vid: str, *extra: str, conn: str = "-"
+) -> list[str]:
+    """The example's command line for ``vid``.
+
+    ``where`` is ``--socket PATH`` or the TLS options; the connection
+    info is read from the file ``conn`` (by default, stdin).
+    """
+    return [
+        sys.executable,
+        str(ENGINE_CLIENT),
+        *where,
+        *("--vol-id", vid, "--connection-info", conn),
+        *extra,
+    ]
+
+
+def engine(
+    where: Sequence[str], vid: str, info: Any, *extra: str
+) -> subprocess.CompletedProcess[str]:
+    """Run the example to its end; ``info`` (JSON) is its stdin."""
     return subprocess.run(
-        [sys.executable, str(CONTRIB / "engine_client.py"), *args],
+        engine_argv(where, vid, *extra),
         capture_output=True,
         text=True,
         timeout=120,
-        input=stdin,
+        input=None if info is None else json.dumps(info),
+    )
+
+
+def full_run(vid: str, dev: str) -> tuple[str, ...]:
+    """What the example prints for a whole attach, inspect, detach."""
+    return (
+        "agent ",
+        "connector: host=",
+        f"attach {vid} (local)",
+        f"path {dev}",
+        "state attached, exists True",
+        f"detach {vid}",
+        "detached",
     )
 
 
@@ -177,27 +211,83 @@ def test_engine_example_over_the_unix_socket(
     vid = new_vol_id()
     conn = tmp_path / "conn.json"
     conn.write_text(json.dumps(local_info(dev)))
-    out = engine(
-        "--socket",
-        agent.socket,
-        "--vol-id",
-        vid,
-        "--connection-info",
-        str(conn),
-    )
+    # The connection info from a file, as the usage text shows it.
+    argv = engine_argv(["--socket", agent.socket], vid, conn=str(conn))
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
-    steps = out.stdout
-    for text in (
-        "agent ",
-        "connector: host=",
-        f"attach {vid} (local)",
-        f"path {dev}",
-        "state attached, exists True",
-        f"detach {vid}",
-        "detached",
-    ):
-        assert text in steps, steps
+    for text in full_run(vid, dev):
+        assert text in out.stdout, out.stdout
     assert agent.call("ManagedVolume.volumes_info") == []
+
+
+def tls_options(port: int, creds: Creds) -> list[str]:
+    """The example's options for the agent's TLS listener on ``port``."""
+    return [
+        # The server certificate names localhost (and 127.0.0.1).
+        *("--host", "localhost", "--port", str(port)),
+        *("--cert", creds.cert, "--key", creds.key, "--ca", creds.ca),
+    ]
+
+
+def test_engine_example_over_tls(
+    agent_factory: Any, pki: Pki, loops: Loops
+) -> None:
+    """What the example is for: a remote engine on the TLS listener."""
+    tls = start_tls_agent(agent_factory, pki)
+    dev = loops.create()
+    vid = new_vol_id()
+    out = engine(tls_options(tls.port, pki.client()), vid, local_info(dev))
+    assert out.returncode == 0, out.stdout + out.stderr
+    for text in full_run(vid, dev):
+        assert text in out.stdout, out.stdout
+    assert tls.agent.call("ManagedVolume.volumes_info") == []
+    # Every change came over TLS, from the engine's certificate.
+    mutating = [
+        x for x in tls.agent.log().splitlines() if "volume by tls " in x
+    ]
+    assert len(mutating) == 2, mutating
+    for line, method in zip(
+        mutating, ("attach_volume", "detach_volume"), strict=True
+    ):
+        assert f"ManagedVolume.{method} by tls 127.0.0.1:" in line, line
+        assert f"cn='{ENGINE}'" in line and vid in line, line
+
+
+@pytest.mark.parametrize(
+    ("who", "reason"),
+    [
+        ("another CA", "unable to get local issuer certificate"),
+        ("expired", "certificate has expired"),
+    ],
+)
+def test_engine_example_with_a_refused_certificate(
+    agent_factory: Any, pki: Pki, loops: Loops, who: str, reason: str
+) -> None:
+    """The agent refuses the engine's certificate: exit 3, nothing done."""
+    tls = start_tls_agent(agent_factory, pki)
+    creds = {
+        "another CA": pki.client(ENGINE, ca="other"),
+        "expired": pki.client("expired"),
+    }[who]
+    dev = loops.create()
+    vid = new_vol_id()
+    out = engine(tls_options(tls.port, creds), vid, local_info(dev))
+    assert out.returncode == 3, out.stdout + out.stderr
+    (message,) = out.stderr.splitlines()
+    assert message.startswith("engine_client: "), message
+    assert f"localhost:{tls.port}" in message
+    # Whether the refusal shows as a TLS alert or as the agent hanging
+    # up depends on the TLS version; either way the operator is told.
+    assert "TLS with" in message or "refused the client certificate" in (
+        message
+    )
+    assert "attach" not in out.stdout
+    assert reason in tls.agent.wait_log("TLS handshake with")
+    assert "by tls" not in tls.agent.log()  # no request was ever run
+    assert tls.agent.call("ManagedVolume.volumes_info") == []
+    # The same engine with a good certificate gets through.
+    good = engine(tls_options(tls.port, pki.client()), vid, local_info(dev))
+    assert good.returncode == 0, good.stdout + good.stderr
 
 
 def test_engine_example_reports_errors(
@@ -205,16 +295,9 @@ def test_engine_example_reports_errors(
 ) -> None:
     dev = loops.create()
     vid = new_vol_id()
+    local = ["--socket", agent.socket]
     # Not an allowed driver: 2009, exit 1, nothing attached.
-    out = engine(
-        "--socket",
-        agent.socket,
-        "--vol-id",
-        vid,
-        "--connection-info",
-        "-",
-        stdin=json.dumps({"driver_volume_type": "nope", "data": {}}),
-    )
+    out = engine(local, vid, {"driver_volume_type": "nope", "data": {}})
     assert out.returncode == 1
     assert "error 2009" in out.stderr
     # Attached by someone else with other info: 929, and left attached.
@@ -222,52 +305,26 @@ def test_engine_example_reports_errors(
         "ManagedVolume.attach_volume",
         {"vol_id": vid, "connection_info": local_info(dev)},
     )
-    out = engine(
-        "--socket",
-        agent.socket,
-        "--vol-id",
-        vid,
-        "--connection-info",
-        "-",
-        stdin=json.dumps(local_info(dev, extra="other")),
-    )
+    out = engine(local, vid, local_info(dev, extra="other"))
     assert out.returncode == 1
     assert "error 929" in out.stderr
     assert "leaving it alone" in out.stdout
     [row] = agent.call("ManagedVolume.volumes_info")
     assert row["vol_id"] == vid and row["state"] == "attached"
     # No agent: exit 3.
-    out = engine(
-        "--socket",
-        str(tmp_path / "none.sock"),
-        "--vol-id",
-        vid,
-        "--connection-info",
-        "-",
-        stdin="{}",
-    )
+    out = engine(["--socket", str(tmp_path / "none.sock")], vid, {})
     assert out.returncode == 3
     assert "cannot talk to" in out.stderr
     # Bad usage: exit 2.
-    out = engine("--host", "h", "--vol-id", vid, "--connection-info", "-")
+    out = engine(["--host", "h"], vid, None)
     assert out.returncode == 2
+    assert "--host needs --cert, --key and --ca" in out.stderr
 
 
-def test_engine_example_keep(
-    agent: Agent, loops: Loops, tmp_path: Path
-) -> None:
+def test_engine_example_keep(agent: Agent, loops: Loops) -> None:
     dev = loops.create()
     vid = new_vol_id()
-    out = engine(
-        "--socket",
-        agent.socket,
-        "--vol-id",
-        vid,
-        "--connection-info",
-        "-",
-        "--keep",
-        stdin=json.dumps(local_info(dev)),
-    )
+    out = engine(["--socket", agent.socket], vid, local_info(dev), "--keep")
     assert out.returncode == 0, out.stderr
     assert "kept attached" in out.stdout
     [row] = agent.call("ManagedVolume.volumes_info")
@@ -305,16 +362,7 @@ def test_engine_example_retries_while_the_volume_is_busy(
         assert time.monotonic() < deadline
         time.sleep(0.05)
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            str(CONTRIB / "engine_client.py"),
-            "--socket",
-            a.socket,
-            "--vol-id",
-            vid,
-            "--connection-info",
-            "-",
-        ],
+        engine_argv(["--socket", a.socket], vid),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Agent, Loops, local_info, new_vol_id
+from conftest import Agent, Loops, brick_calls, local_info, new_vol_id
 
 from hostagent.client import RpcError
 
@@ -99,17 +99,43 @@ def call_until_killed(agent: Agent, method: str, params: Any) -> None:
     agent.proc = None
 
 
+def crash(
+    agent_factory: Any, loops: Loops, point: str, during: str = ATTACH
+) -> tuple[Agent, str, str]:
+    """A new agent SIGKILLed by the fail point ``point``.
+
+    ``during`` the attach of a new volume on a new loop device, or of its
+    detach (``DETACH``, after a clean attach).  Returns the agent (not
+    running), the device and the volume id.
+    """
+    a: Agent = agent_factory()
+    dev = loops.create()
+    vid = new_vol_id()
+    set_failpoints(a, f"{point}=kill")
+    a.start()
+    if during == DETACH:
+        a.call(ATTACH, [vid, local_info(dev)])
+        call_until_killed(a, DETACH, [vid])
+    else:
+        call_until_killed(a, ATTACH, [vid, local_info(dev)])
+    assert f"fail point {point}: kill" in a.log()
+    return a, dev, vid
+
+
+def restart(agent: Agent, points: str | None = None) -> None:
+    """Start again with other fail points (by default none)."""
+    set_failpoints(agent, points)
+    agent.start()
+
+
+def outcome_links(outcome: str, vid: str, dev: str) -> dict[str, str]:
+    """What :func:`assert_consistent` returns for ``outcome``."""
+    return {vid: dev} if outcome == "attached" else {}
+
+
 def reconcile_lines(agent: Agent) -> list[str]:
     """The daemon's reconciliation summary lines so far."""
     return re.findall(r"reconciled \d+ volume record\(s\).*", agent.log())
-
-
-def events(agent: Agent, vid: str) -> list[str]:
-    """``connect``/``disconnect`` of ``vid``, in log order."""
-    found = re.findall(
-        rf"volume {vid}: (connecting|disconnecting) ", agent.log()
-    )
-    return ["connect" if e == "connecting" else "disconnect" for e in found]
 
 
 def assert_no_double_connect(seq: list[str]) -> None:
@@ -198,18 +224,9 @@ def test_every_flow_step_is_covered() -> None:
 def test_kill_during_attach(
     agent_factory: Any, loops: Loops, point: str, outcome: str
 ) -> None:
-    a: Agent = agent_factory()
-    dev = loops.create()
-    vid = new_vol_id()
-    set_failpoints(a, f"{point}=kill")
-    a.start()
-    call_until_killed(a, ATTACH, [vid, local_info(dev)])
-    assert f"fail point {point}: kill" in a.log()
-
-    set_failpoints(a, None)
-    a.start()
-    attached = assert_consistent(a)
-    assert attached == ({vid: dev} if outcome == "attached" else {})
+    a, dev, vid = crash(agent_factory, loops, point)
+    restart(a)
+    assert assert_consistent(a) == outcome_links(outcome, vid, dev)
     (summary,) = reconcile_lines(a)[-1:]
     if point in ("attach.before_record", "attach.after_link"):
         assert "nothing to do" in summary
@@ -233,27 +250,18 @@ def test_kill_during_attach(
         expected = ["connect"]
     else:
         expected = ["connect", "disconnect"]
-    assert events(a, vid) == expected
+    assert brick_calls(a, vid) == expected
     check_reusable(a, vid, dev)
-    assert_no_double_connect(events(a, vid))
+    assert_no_double_connect(brick_calls(a, vid))
 
 
 @pytest.mark.parametrize(("point", "outcome"), DETACH_KILLS)
 def test_kill_during_detach(
     agent_factory: Any, loops: Loops, point: str, outcome: str
 ) -> None:
-    a: Agent = agent_factory()
-    dev = loops.create()
-    vid = new_vol_id()
-    set_failpoints(a, f"{point}=kill")
-    a.start()
-    a.call(ATTACH, [vid, local_info(dev)])
-    call_until_killed(a, DETACH, [vid])
-
-    set_failpoints(a, None)
-    a.start()
-    attached = assert_consistent(a)
-    assert attached == ({vid: dev} if outcome == "attached" else {})
+    a, dev, vid = crash(agent_factory, loops, point, DETACH)
+    restart(a)
+    assert assert_consistent(a) == outcome_links(outcome, vid, dev)
     (summary,) = reconcile_lines(a)[-1:]
     if point in ("detach.before_mark", "detach.after_forget"):
         assert "nothing to do" in summary
@@ -266,9 +274,9 @@ def test_kill_during_detach(
         expected = ["connect", "disconnect", "disconnect"]
     else:
         expected = ["connect", "disconnect"]
-    assert events(a, vid) == expected
+    assert brick_calls(a, vid) == expected
     check_reusable(a, vid, dev)
-    assert_no_double_connect(events(a, vid))
+    assert_no_double_connect(brick_calls(a, vid))
 
 
 # A second crash while reconciling the first: the next start finishes.
@@ -286,16 +294,8 @@ RECONCILE_KILLS = [
 def test_kill_during_reconciliation(
     agent_factory: Any, loops: Loops, first: str, second: str, outcome: str
 ) -> None:
-    a: Agent = agent_factory()
-    dev = loops.create()
-    vid = new_vol_id()
-    set_failpoints(a, f"{first}=kill")
-    a.start()
-    if first.startswith("detach."):
-        a.call(ATTACH, [vid, local_info(dev)])
-        call_until_killed(a, DETACH, [vid])
-    else:
-        call_until_killed(a, ATTACH, [vid, local_info(dev)])
+    during = DETACH if first.startswith("detach.") else ATTACH
+    a, dev, vid = crash(agent_factory, loops, first, during)
 
     set_failpoints(a, f"{second}=kill")
     a.start(wait=False)
@@ -304,13 +304,10 @@ def test_kill_during_reconciliation(
     assert f"fail point {second}: kill" in a.log()
     a.proc = None
 
-    set_failpoints(a, None)
-    a.start()
-    assert assert_consistent(a) == (
-        {vid: dev} if outcome == "attached" else {}
-    )
+    restart(a)
+    assert assert_consistent(a) == outcome_links(outcome, vid, dev)
     check_reusable(a, vid, dev)
-    assert_no_double_connect(events(a, vid))
+    assert_no_double_connect(brick_calls(a, vid))
 
 
 # -- failing disconnect ------------------------------------------------------
@@ -350,7 +347,7 @@ def test_failing_disconnect_keeps_the_row_and_a_retry_finishes(
     # The retry runs the disconnect again and finishes.
     assert a.call(DETACH, [vid]) is None
     assert a.call(INFO) == []
-    assert events(a, vid) == ["connect", "disconnect", "disconnect"]
+    assert brick_calls(a, vid) == ["connect", "disconnect", "disconnect"]
     assert_consistent(a)
 
 
@@ -358,17 +355,11 @@ def test_failing_disconnect_at_start_up_keeps_the_row(
     agent_factory: Any, loops: Loops
 ) -> None:
     """Reconciliation that cannot disconnect keeps the row, then serves."""
-    a: Agent = agent_factory()
-    dev = loops.create()
-    vid = new_vol_id()
-    set_failpoints(a, "attach.after_connected=kill")
-    a.start()
+    a, dev, vid = crash(agent_factory, loops, "attach.after_connected")
     # Make completion impossible: the device goes while the agent is down.
-    call_until_killed(a, ATTACH, [vid, local_info(dev)])
     loops.detach(dev)
 
-    set_failpoints(a, "brick.before_disconnect_volume=raise")
-    a.start()
+    restart(a, "brick.before_disconnect_volume=raise")
     assert "failed 1" in reconcile_lines(a)[-1]
     (info,) = a.call(INFO)
     assert info["state"] == "detaching"
@@ -383,12 +374,11 @@ def test_failing_disconnect_at_start_up_keeps_the_row(
 
     # Next start, with a working disconnect, finishes the detach.
     a.stop()
-    set_failpoints(a, None)
-    a.start()
+    restart(a)
     assert "finished_detach 1" in reconcile_lines(a)[-1]
     assert a.call(INFO) == []
     assert a.links() == []
-    assert_no_double_connect(events(a, vid))
+    assert_no_double_connect(brick_calls(a, vid))
 
 
 # -- symlinks and devices at start-up ----------------------------------------
@@ -560,11 +550,10 @@ def test_random_kill_soak(agent_factory: Any, loops: Loops) -> None:
             t.join(30)
     assert not unexpected, unexpected
 
-    set_failpoints(a, None)
-    a.start()
+    restart(a)
     assert set(assert_consistent(a)) <= set(vols)
     for vid in vols:
-        assert_no_double_connect(events(a, vid))
+        assert_no_double_connect(brick_calls(a, vid))
         assert a.call(DETACH, [vid]) is None
     assert assert_consistent(a) == {}
 
@@ -593,12 +582,7 @@ def test_rows_wait_when_os_brick_is_missing(
     The agent still starts (volumes_info works); the row says why it was
     not finished; the next start with os-brick finishes it.
     """
-    a: Agent = agent_factory()
-    dev = loops.create()
-    vid = new_vol_id()
-    set_failpoints(a, "attach.after_record=kill")
-    a.start()
-    call_until_killed(a, ATTACH, [vid, local_info(dev)])
+    a, dev, vid = crash(agent_factory, loops, "attach.after_record")
 
     # A host where os-brick cannot be imported.
     shadow = tmp_path / "no-os-brick" / "os_brick"
@@ -606,9 +590,8 @@ def test_rows_wait_when_os_brick_is_missing(
     (shadow / "__init__.py").write_text(
         "raise ImportError('os-brick is not installed here')\n"
     )
-    set_failpoints(a, None)
     a.env["PYTHONPATH"] = str(shadow.parent)
-    a.start()
+    restart(a)
     assert "failed 1" in reconcile_lines(a)[-1]
     (info,) = a.call(INFO)
     assert info["state"] == "detaching"

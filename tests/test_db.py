@@ -14,6 +14,27 @@ from hostagent import db
 from hostagent.db import Database, DatabaseError
 
 
+def at_schema(path: Path, version: int) -> sqlite3.Connection:
+    """A database file as schema ``version`` left it, opened with sqlite3.
+
+    The caller writes rows the way that version's code did, then opens
+    it with the current code (:func:`reopened`).
+    """
+    old = Database(path, migrations=version)
+    old.open()
+    assert old.version() == version
+    old.close()
+    return sqlite3.connect(path)
+
+
+def reopened(path: Path) -> Database:
+    """The database at ``path`` opened (and so migrated) by this code."""
+    d = Database(path)
+    d.open()
+    assert d.version() == db.SCHEMA_VERSION
+    return d
+
+
 def test_new_database_is_current_private_and_durable(tmp_path: Path) -> None:
     d = Database(tmp_path / "state" / "h.db")
     d.open()
@@ -32,11 +53,7 @@ def test_new_database_is_current_private_and_durable(tmp_path: Path) -> None:
 def test_upgrade_from_schema_1(tmp_path: Path) -> None:
     """A database written by the first schema is migrated, rows kept."""
     path = tmp_path / "h.db"
-    old = Database(path, migrations=1)
-    old.open()
-    assert old.version() == 1
-    old.close()
-    con = sqlite3.connect(path)
+    con = at_schema(path, 1)
     attachment = {"path": "/dev/dm-3", "multipath_id": "36001"}
     con.execute(
         "INSERT INTO volume VALUES (?, ?, ?, ?, ?, ?)",
@@ -51,9 +68,7 @@ def test_upgrade_from_schema_1(tmp_path: Path) -> None:
     )
     con.commit()
     con.close()
-    new = Database(path)
-    new.open()
-    assert new.version() == db.SCHEMA_VERSION
+    new = reopened(path)
     rec = new.get("vol-a")
     assert rec is not None
     assert rec.state == db.ATTACHED
@@ -66,10 +81,7 @@ def test_upgrade_from_schema_1(tmp_path: Path) -> None:
 
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "h.db"
-    d = Database(path)
-    d.open()
-    d.close()
-    con = sqlite3.connect(path)
+    con = at_schema(path, db.SCHEMA_VERSION)
     con.execute("UPDATE schema_version SET version = 99")
     con.commit()
     con.close()
@@ -112,11 +124,7 @@ def test_update_of_missing_row_is_an_error(tmp_path: Path) -> None:
 def test_upgrade_from_schema_2_adds_backend(tmp_path: Path) -> None:
     """Rows written before backends keep everything; backend is None."""
     path = tmp_path / "h.db"
-    old = Database(path, migrations=2)
-    old.open()
-    assert old.version() == 2
-    old.close()
-    con = sqlite3.connect(path)
+    con = at_schema(path, 2)
     assert "backend" not in [
         r[1] for r in con.execute("PRAGMA table_info(volume)")
     ]
@@ -133,8 +141,7 @@ def test_upgrade_from_schema_2_adds_backend(tmp_path: Path) -> None:
     )
     con.commit()
     con.close()
-    new = Database(path)
-    new.open()
+    new = reopened(path)
     assert new.version() == 3
     rec = new.get("vol-b")
     assert rec is not None

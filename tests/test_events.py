@@ -24,19 +24,6 @@ INFO = "ManagedVolume.volumes_info"
 MiB = 1024 * 1024
 
 
-def backing(dev: str) -> str:
-    return subprocess.run(
-        ["losetup", "-n", "-O", "BACK-FILE", dev],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-
-
-def reattach(dev: str, file: str) -> None:
-    subprocess.run(["losetup", dev, file], check=True)
-
-
 def next_notification(c: Client, timeout: float = 10.0) -> dict[str, Any]:
     """The next notification on ``c`` (raises on timeout)."""
     if c.notifications:
@@ -49,7 +36,6 @@ def next_notification(c: Client, timeout: float = 10.0) -> dict[str, Any]:
 
 def test_device_gone_and_back_is_notified(agent: Agent, loops: Loops) -> None:
     dev = loops.create()
-    file = backing(dev)
     vid = new_vol_id()
     agent.call(ATTACH, [vid, local_info(dev)])
     with agent.client() as sub, agent.client() as other:
@@ -61,7 +47,7 @@ def test_device_gone_and_back_is_notified(agent: Agent, loops: Loops) -> None:
             "params": {"vol_id": vid, "exists": False, "path": dev},
         }
         assert agent.call(INFO, [[vid]])[0]["exists"] is False
-        reattach(dev, file)
+        loops.reattach(dev)
         assert next_notification(sub)["params"] == {
             "vol_id": vid,
             "exists": True,
@@ -134,7 +120,6 @@ def test_a_volume_gone_while_the_agent_was_down_is_reported_once_back(
 ) -> None:
     """State is noted at start; a later return is news, the absence not."""
     dev = loops.create()
-    file = backing(dev)
     vid = new_vol_id()
     agent.call(ATTACH, [vid, local_info(dev)])
     agent.stop()
@@ -142,7 +127,7 @@ def test_a_volume_gone_while_the_agent_was_down_is_reported_once_back(
     agent.start()
     with agent.client() as sub:
         sub.call("Host.subscribe")
-        reattach(dev, file)
+        loops.reattach(dev)
         assert next_notification(sub)["params"] == {
             "vol_id": vid,
             "exists": True,
@@ -155,7 +140,7 @@ def test_extend_returns_the_new_size(agent: Agent, loops: Loops) -> None:
     vid = new_vol_id()
     agent.call(ATTACH, [vid, local_info(dev)])
     assert agent.call(EXTEND, [vid]) == 16 * MiB
-    os.truncate(backing(dev), 40 * MiB)
+    os.truncate(loops.backing(dev), 40 * MiB)
     # The file grew; the loop device keeps its size until told.
     assert agent.call(EXTEND, {"vol_id": vid}) == 16 * MiB
     subprocess.run(["losetup", "-c", dev], check=True)

@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import HOSTAGENTD, Agent, Loops, new_vol_id
+from conftest import Agent, Loops, need, new_vol_id
 
 FAKEHOST = str(Path(__file__).with_name("fakehost.py"))
 ATTACH = "ManagedVolume.attach_volume"
@@ -48,31 +45,15 @@ class FakeHostAgent(Agent):
         self.spec_path = tmp / "fakehost.json"
         self.spec_path.write_text(json.dumps({"root": str(self.root), **spec}))
 
-    def start(self, wait: bool = True) -> None:
+    def start(self, wait: bool = True) -> None:  # type: ignore[override]
         """Start the daemon in its namespace; wait for a ping."""
-        import subprocess
-
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    "unshare",
-                    "--mount",
-                    "--propagation",
-                    "private",
-                    sys.executable,
-                    FAKEHOST,
-                    str(self.spec_path),
-                    "--",
-                    HOSTAGENTD,
-                    "--config",
-                    str(self.config),
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=self.env,
-            )
-        if wait:
-            self.wait_ready()
+        super().start(
+            wait,
+            prefix=[
+                *("unshare", "--mount", "--propagation", "private"),
+                *(sys.executable, FAKEHOST, str(self.spec_path), "--"),
+            ],
+        )
 
     def scans(self, settle: float = 0.3) -> list[str]:
         """Every "hostN: C T L" written to a scan file, in order.
@@ -152,19 +133,23 @@ BACKENDS = {
 }
 
 
-@pytest.fixture
-def fc_agent(tmp_path: Path, loops: Loops) -> Iterator[FakeHostAgent]:
-    if not shutil.which("unshare"):
-        pytest.fail("unshare (util-linux) is needed")
-    d = tmp_path / "fc"
-    d.mkdir()
-    a = FakeHostAgent(d, fc_spec(loops.create()))
+def start_fc_agent(
+    agent_factory: Any, loops: Loops, env: dict[str, str] | None = None
+) -> FakeHostAgent:
+    """An agent on a host with the two HBAs of :func:`fc_spec`."""
+    need("unshare")
+    a: FakeHostAgent = agent_factory(
+        "fc", env, cls=FakeHostAgent, spec=fc_spec(loops.create())
+    )
     a.configure(**BACKENDS)
     a.start()
-    yield a
-    if a.alive():
-        a.stop(signal.SIGKILL)
-    shutil.rmtree(a.sock_dir, ignore_errors=True)
+    return a
+
+
+@pytest.fixture
+def fc_agent(agent_factory: Any, loops: Loops) -> FakeHostAgent:
+    """A started agent on the fake FC host."""
+    return start_fc_agent(agent_factory, loops)
 
 
 def test_capabilities_show_online_hbas(fc_agent: FakeHostAgent) -> None:
@@ -283,7 +268,7 @@ exit 0
 
 
 def test_enforced_multipath_with_no_map_is_928_and_undone(
-    tmp_path: Path, loops: Loops
+    agent_factory: Any, tmp_path: Path, loops: Loops
 ) -> None:
     """multipathd runs, but no dm map appears for the LUN: 928, undone."""
     bin_dir = tmp_path / "bin"
@@ -292,28 +277,18 @@ def test_enforced_multipath_with_no_map_is_928_and_undone(
     for name, text in (("multipathd", MULTIPATHD), ("multipath", MULTIPATH)):
         (bin_dir / name).write_text(text.replace("{log}", str(log)))
         (bin_dir / name).chmod(0o755)
-    d = tmp_path / "fc"
-    d.mkdir()
-    a = FakeHostAgent(
-        d,
-        fc_spec(loops.create()),
-        env={"PATH": f"{bin_dir}:{os.environ['PATH']}"},
+    a = start_fc_agent(
+        agent_factory, loops, {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
     )
-    a.configure(**BACKENDS)
-    a.start()
-    try:
-        vid = new_vol_id()
-        err = a.error(
-            ATTACH,
-            {"vol_id": vid, "connection_info": fc_info(), "backend": "san-mp"},
-        )
-        assert err.code == 928
-        assert "no multipath device" in err.message
-        # The LUN was scanned in and found, then the attach was undone.
-        assert a.scans() == ["host5: 0 3 1"]
-        assert "multipathd show status" in log.read_text()
-        assert "disconnecting" in a.log()
-        assert a.call(INFO) == []
-    finally:
-        a.stop(signal.SIGKILL)
-        shutil.rmtree(a.sock_dir, ignore_errors=True)
+    vid = new_vol_id()
+    err = a.error(
+        ATTACH,
+        {"vol_id": vid, "connection_info": fc_info(), "backend": "san-mp"},
+    )
+    assert err.code == 928
+    assert "no multipath device" in err.message
+    # The LUN was scanned in and found, then the attach was undone.
+    assert a.scans() == ["host5: 0 3 1"]
+    assert "multipathd show status" in log.read_text()
+    assert "disconnecting" in a.log()
+    assert a.call(INFO) == []

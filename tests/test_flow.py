@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -97,8 +98,11 @@ def test_counted_fail_point_fires_n_times() -> None:
 
 def test_sleep_fail_point_pauses_and_goes_on() -> None:
     log: list[str] = []
-    points = FailPoints({"t.after_a": "sleep:0.01"})
+    points = FailPoints({"t.after_a": "sleep:0.2"})
+    started = time.monotonic()
     run(Flow("t", points).run([recorder(log, "a"), recorder(log, "b")]))
+    # A lower bound only: a sleep is never shorter than asked for.
+    assert time.monotonic() - started >= 0.2
     assert log == ["do a", "do b"]
 
 

@@ -10,12 +10,11 @@ the same code for a long campaign.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import Agent, Loops
+from conftest import Agent, agent_with_loops, release
 from fuzzing import (
     MAX_BATCH,
     POOL,
@@ -53,22 +52,13 @@ def fuzz_config(agent: Agent) -> None:
 @pytest.fixture(scope="module")
 def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
     """One daemon for the whole module, with two loop devices to attach."""
-    tmp = tmp_path_factory.mktemp("fuzz")
-    (tmp / "agent").mkdir()
-    (tmp / "loops").mkdir()
-    loops = Loops(tmp / "loops")
-    agent = Agent(tmp / "agent")
+    agent, loops = agent_with_loops(tmp_path_factory.mktemp("fuzz"))
     fuzz_config(agent)
     agent.start()
     try:
         yield Fuzzed(agent, [loops.create(), loops.create()])
     finally:
-        if agent.alive():
-            for vid in POOL:
-                agent.call("ManagedVolume.detach_volume", [vid])
-            agent.stop()
-        loops.cleanup()
-        shutil.rmtree(agent.sock_dir, ignore_errors=True)
+        release(agent, loops, POOL)
 
 
 @settings(

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import Agent, have, new_vol_id
+from conftest import Agent, need, new_vol_id
 
 from hostagent.client import Client
 
@@ -241,8 +241,9 @@ NOBODY = 65534
 @pytest.fixture
 def test_group() -> Iterator[tuple[str, int]]:
     """A group made for this test (groupadd), removed afterwards."""
-    if os.geteuid() != 0 or not have("groupadd"):
-        pytest.fail("socket group tests need root and groupadd")
+    if os.geteuid() != 0:
+        pytest.fail("socket group tests need root")
+    need("groupadd")
     name = "ha-" + uuid.uuid4().hex[:12]
     subprocess.run(["groupadd", name], check=True)
     try:
@@ -266,15 +267,21 @@ def _socat_as(
     )
 
 
-@pytest.mark.skipif(not have("socat"), reason="socat is installed by make")
+def group_agent(agent_factory: Any, group: str) -> Agent:
+    """A started agent whose socket belongs to ``group``; socat needed."""
+    need("socat")
+    agent: Agent = agent_factory()
+    agent.configure(server={"socket_group": group})
+    os.chmod(agent.sock_dir, 0o755)  # let nobody reach the socket file
+    agent.start()
+    return agent
+
+
 def test_socket_group_members_may_connect_others_may_not(
     agent_factory: Any, test_group: tuple[str, int]
 ) -> None:
     name, gid = test_group
-    agent: Agent = agent_factory()
-    agent.configure(server={"socket_group": name})
-    os.chmod(agent.sock_dir, 0o755)  # let nobody reach the socket file
-    agent.start()
+    agent = group_agent(agent_factory, name)
     st = os.stat(agent.socket)
     assert stat.S_IMODE(st.st_mode) == 0o660
     assert st.st_gid == gid
@@ -298,15 +305,11 @@ def test_unknown_socket_group_stops_start_up(agent_factory: Any) -> None:
     assert f"server.socket_group: no such group '{group}'" in agent.log()
 
 
-@pytest.mark.skipif(not have("socat"), reason="socat is installed by make")
 def test_peer_uid_and_pid_are_logged_with_mutating_calls(
     agent_factory: Any, test_group: tuple[str, int]
 ) -> None:
     name, gid = test_group
-    agent: Agent = agent_factory()
-    agent.configure(server={"socket_group": name})
-    os.chmod(agent.sock_dir, 0o755)
-    agent.start()
+    agent = group_agent(agent_factory, name)
     mine, theirs = new_vol_id(), new_vol_id()
     with Client(agent.socket) as c:
         c.call("ManagedVolume.detach_volume", [mine])

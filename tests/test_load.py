@@ -15,8 +15,7 @@ from typing import Any
 
 import pytest
 from conftest import Agent
-from pki import Pki
-from test_tls import start_tls_agent
+from pki import Pki, start_tls_agent
 
 CLIENTS = 1000
 PINGS = 5

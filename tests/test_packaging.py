@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import short_dir, write_config
+from conftest import need, short_dir, write_config
 
 from hostagent import __version__
 from hostagent.client import Client
@@ -47,15 +47,6 @@ REQUIRES = {
     "iscsi-initiator-utils",
     "device-mapper-multipath",
 }
-
-
-def need(*tools: str) -> None:
-    missing = [t for t in tools if shutil.which(t) is None]
-    if missing:
-        pytest.fail(
-            f"{', '.join(missing)} missing: make installs them "
-            "(contrib/install-deps.sh)"
-        )
 
 
 def run(

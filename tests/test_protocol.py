@@ -9,22 +9,9 @@ import time
 from typing import Any
 
 import pytest
-from conftest import Agent, have, new_vol_id
+from conftest import Agent, need, new_vol_id
 
 from hostagent import schema
-
-
-def raw(agent: Agent, data: bytes, timeout: float = 10) -> list[Any]:
-    """Send ``data``, half-close, and return every response line."""
-    with socket.socket(socket.AF_UNIX) as s:
-        s.settimeout(timeout)
-        s.connect(agent.socket)
-        s.sendall(data)
-        s.shutdown(socket.SHUT_WR)
-        buf = b""
-        while chunk := s.recv(65536):
-            buf += chunk
-    return [json.loads(line) for line in buf.splitlines() if line.strip()]
 
 
 def req(method: str, rid: Any = 1, params: Any = None) -> dict[str, Any]:
@@ -42,8 +29,8 @@ def test_ping(agent: Agent) -> None:
     assert agent.call("Host.ping") is True
 
 
-@pytest.mark.skipif(not have("socat"), reason="socat is installed by make")
 def test_ping_with_socat(agent: Agent) -> None:
+    need("socat")
     out = subprocess.run(
         ["socat", "-", f"UNIX-CONNECT:{agent.socket}"],
         input=b'{"jsonrpc":"2.0","id":1,"method":"Host.ping"}\n',
@@ -78,7 +65,7 @@ def test_persistent_connection_many_calls(agent: Agent) -> None:
 def test_pipelined_requests_are_all_answered_by_id(agent: Agent) -> None:
     messages = [req("Host.ping", i) for i in range(20)]
     messages.append(req("ManagedVolume.volumes_info", "info", []))
-    responses = raw(agent, line(*messages))
+    responses = agent.exchange(line(*messages))
     assert sorted(map(str, (r["id"] for r in responses))) == sorted(
         map(str, [*range(20), "info"])
     )
@@ -102,7 +89,7 @@ def test_batch(agent: Agent) -> None:
         5,
         req("No.such", "x"),
     ]
-    (responses,) = raw(agent, line(batch))
+    (responses,) = agent.exchange(line(batch))
     by_id = {json.dumps(r["id"]): r for r in responses}
     assert len(responses) == 3
     assert by_id["1"]["result"] is True
@@ -112,14 +99,13 @@ def test_batch(agent: Agent) -> None:
 
 def test_batch_of_notifications_gets_no_answer(agent: Agent) -> None:
     batch = [{"jsonrpc": "2.0", "method": "Host.ping"}] * 3
-    assert raw(agent, line(batch, req("Host.ping", 9))) == [
+    assert agent.exchange(line(batch, req("Host.ping", 9))) == [
         {"jsonrpc": "2.0", "result": True, "id": 9}
     ]
 
 
 def test_notification_gets_no_answer(agent: Agent) -> None:
-    out = raw(
-        agent,
+    out = agent.exchange(
         line(
             {"jsonrpc": "2.0", "method": "Host.ping"},
             {"jsonrpc": "2.0", "method": "No.such"},
@@ -130,7 +116,7 @@ def test_notification_gets_no_answer(agent: Agent) -> None:
 
 
 def test_last_line_without_newline_is_answered(agent: Agent) -> None:
-    out = raw(agent, b'{"jsonrpc":"2.0","id":3,"method":"Host.ping"}')
+    out = agent.exchange(b'{"jsonrpc":"2.0","id":3,"method":"Host.ping"}')
     assert out == [{"jsonrpc": "2.0", "result": True, "id": 3}]
 
 
@@ -162,7 +148,7 @@ def test_last_line_without_newline_is_answered(agent: Agent) -> None:
 def test_bad_messages_get_clear_errors(
     agent: Agent, data: bytes, code: int
 ) -> None:
-    (response,) = raw(agent, data)
+    (response,) = agent.exchange(data)
     assert response["error"]["code"] == code
     assert response["error"]["message"]
     assert response["jsonrpc"] == "2.0"
@@ -207,7 +193,7 @@ def test_message_over_the_limit_closes_only_that_connection(
     with agent.client() as other:
         big = b'{"jsonrpc":"2.0","id":1,"method":"Host.ping","params":["'
         big += b"x" * (1024 * 1024 + 10) + b'"]}\n'
-        (response,) = raw(agent, big)
+        (response,) = agent.exchange(big)
         assert response["error"]["code"] == -32600
         assert "max_message_bytes" in response["error"]["message"]
         assert other.call("Host.ping") is True

@@ -18,8 +18,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -118,19 +116,17 @@ class FakeCeph:
 
 @pytest.fixture
 def ceph(
-    tmp_path: Path, loops: Loops
-) -> Iterator[tuple[FakeHostAgent, FakeCeph]]:
+    agent_factory: Any, tmp_path: Path, loops: Loops
+) -> tuple[FakeHostAgent, FakeCeph]:
     fake = FakeCeph(tmp_path / "ceph")
     fake.create("volumes/volume-1", loops.create())
-    d = tmp_path / "agent"
-    d.mkdir()
-    a = FakeHostAgent(
-        d,
-        {},
+    a: FakeHostAgent = agent_factory(
         env={
             "PATH": f"{fake.bin}:{os.environ['PATH']}",
             "FAKE_CEPH": str(fake.root),
         },
+        cls=FakeHostAgent,
+        spec={},
     )
     a.configure(
         backend={
@@ -138,10 +134,7 @@ def ceph(
         }
     )
     a.start()
-    yield a, fake
-    if a.alive():
-        a.stop(signal.SIGKILL)
-    shutil.rmtree(a.sock_dir, ignore_errors=True)
+    return a, fake
 
 
 def rbd_info(name: str = "volumes/volume-1", **extra: Any) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import stat
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -159,11 +160,13 @@ def test_secrets_of_a_local_attach(agent: Agent, loops: Loops) -> None:
     assert "chapPass-other-Tt22" not in log
 
 
+# This run's own target name: node records are host-wide.
+CHAP_IQN = f"iqn.2026-11.test.hostagent:chap-nothing-{uuid.uuid4().hex[:12]}"
 CHAP_PORTAL = {
     "driver_volume_type": "iscsi",
     "data": {
         "target_portal": "127.0.0.1:3260",
-        "target_iqn": "iqn.2026-11.test.hostagent:chap-nothing",
+        "target_iqn": CHAP_IQN,
         "target_lun": 0,
         "auth_method": "CHAP",
         "auth_username": SECRETS["auth_username"],
@@ -201,4 +204,4 @@ def test_secrets_of_a_failing_iscsi_chap_attach(
     assert "iscsiadm" in log
     assert "auth.password -v ***" in log
     assert leaks(log) == []
-    assert not list(Path("/etc/iscsi/nodes").glob("*chap-nothing*"))
+    assert not (Path("/etc/iscsi/nodes") / CHAP_IQN).exists()

@@ -18,8 +18,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shutil
-import signal
 import stat
 import subprocess
 import threading
@@ -184,11 +182,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def storpool(
-    tmp_path: Path, loops: Loops
+    agent_factory: Any, tmp_path: Path, loops: Loops
 ) -> Iterator[tuple[FakeHostAgent, FakeStorPool, str]]:
-    d = tmp_path / "agent"
-    d.mkdir()
-    a = FakeHostAgent(d, {})
+    a: FakeHostAgent = agent_factory(cls=FakeHostAgent, spec={})
     server = FakeStorPool(a.root / "dev")
     dev = loops.create()
     server.create(SP_NAME, dev, "b7kz.b.c3f")
@@ -210,11 +206,8 @@ def storpool(
     )
     a.start()
     yield a, server, dev
-    if a.alive():
-        a.stop(signal.SIGKILL)
     server.shutdown()
     server.server_close()
-    shutil.rmtree(a.sock_dir, ignore_errors=True)
 
 
 def sp_info(volume: str = CINDER_ID, mode: str = "rw") -> dict[str, Any]:
@@ -270,18 +263,12 @@ def test_attach_detach_through_the_api(
 
 
 def test_extend_asks_the_api_for_the_size(
-    storpool: tuple[FakeHostAgent, FakeStorPool, str],
+    storpool: tuple[FakeHostAgent, FakeStorPool, str], loops: Loops
 ) -> None:
     a, sp, dev = storpool
     vid = new_vol_id()
     a.call(ATTACH, [vid, sp_info(), "sp"])
-    back = subprocess.run(
-        ["losetup", "-n", "-O", "BACK-FILE", dev],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    os.truncate(back, 64 * 1024 * 1024)
+    os.truncate(loops.backing(dev), 64 * 1024 * 1024)
     subprocess.run(["losetup", "-c", dev], check=True)
     sp.volumes[SP_NAME]["size"] = 64 * 1024 * 1024
     assert a.call(EXTEND, [vid]) == 64 * 1024 * 1024

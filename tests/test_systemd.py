@@ -365,9 +365,9 @@ def test_sighup_reloads_the_log_level(
     count = len(notify.messages)
     a.configure(log={"level": "debug"})
     a.proc.send_signal(signal.SIGHUP)
-    wait_log(a, "SIGHUP: log level is now debug")
+    a.wait_log("SIGHUP: log level is now debug")
     assert a.call("Host.ping") is True
-    wait_log(a, "Host.ping done in")
+    a.wait_log("Host.ping done in")
     reload = notify.wait_for("RELOADING=1", after=count)
     assert (reload.get("MONOTONIC_USEC") or "").isdigit()
     notify.wait_for("READY=1", after=count)
@@ -375,23 +375,16 @@ def test_sighup_reloads_the_log_level(
     # A broken file keeps the running level and the daemon.
     a.config.write_text("[log]\nlevel = 'loud'\n")
     a.proc.send_signal(signal.SIGHUP)
-    wait_log(a, "SIGHUP: keeping the old log level")
+    a.wait_log("SIGHUP: keeping the old log level")
     assert a.call("Host.ping") is True
     a.configure(log={"level": "warning"})
     a.proc.send_signal(signal.SIGHUP)
-    wait_log(a, "SIGHUP: log level is now warning")
+    a.wait_log("SIGHUP: log level is now warning")
     lines = a.log().count("Host.ping done in")
     assert a.call("Host.ping") is True
     time.sleep(0.2)
     assert a.log().count("Host.ping done in") == lines
     assert a.stop() == 0
-
-
-def wait_log(agent: Agent, text: str, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in agent.log():
-        assert time.monotonic() < deadline, f"{text!r} not logged"
-        time.sleep(0.05)
 
 
 # -- socket activation ------------------------------------------------------

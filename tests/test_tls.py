@@ -13,50 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CLIENT, HOSTAGENTD, Agent, new_vol_id
-from pki import ENGINE, Pki, free_port, tls_client, tls_server_config
+from conftest import HOSTAGENTD, Agent, new_vol_id, run_client
+from pki import (
+    ENGINE,
+    Pki,
+    TlsAgent,
+    start_tls_agent,
+    tls_client,
+    tls_server_config,
+)
 
 from hostagent.client import RpcError
-
-
-class TlsAgent:
-    """An :class:`Agent` with a TLS listener on 127.0.0.1:port."""
-
-    def __init__(self, agent: Agent, port: int, pki: Pki) -> None:
-        self.agent = agent
-        self.port = port
-        self.pki = pki
-
-    def client(self, cn: str = ENGINE, ca: str = "main") -> Any:
-        """A TLS connection with the client certificate ``cn``."""
-        return tls_client(self.port, self.pki.client(cn, ca), self.ca)
-
-    @property
-    def ca(self) -> str:
-        """The CA that signed the agent's certificate."""
-        return self.pki.server().ca
-
-
-def start_tls_agent(
-    agent_factory: Any, pki: Pki, log_level: str = "debug", **server: Any
-) -> TlsAgent:
-    """Start an agent with TLS; retry if another test took the port."""
-    agent: Agent = agent_factory()
-    for _ in range(5):
-        port = free_port()
-        agent.configure(
-            server=tls_server_config(pki, port, **server),
-            log={"level": log_level},
-        )
-        agent.start(wait=False)
-        try:
-            agent.wait_ready()
-        except AssertionError:
-            if "Address already in use" not in agent.log():
-                raise
-            continue
-        return TlsAgent(agent, port, pki)
-    raise AssertionError("no free port for the TLS listener")
 
 
 @pytest.fixture
@@ -89,58 +56,30 @@ def test_mutating_call_logs_the_tls_peer(tls: TlsAgent) -> None:
 def test_cli_over_tls(tls: TlsAgent) -> None:
     creds = tls.pki.client()
     base = [
-        CLIENT,
-        "--host",
-        "localhost",  # the server certificate has DNS:localhost
-        "--port",
-        str(tls.port),
-        "--cert",
-        creds.cert,
-        "--key",
-        creds.key,
-        "--ca",
-        creds.ca,
+        # The server certificate has DNS:localhost.
+        *("--host", "localhost", "--port", str(tls.port)),
+        *("--cert", creds.cert, "--key", creds.key, "--ca", creds.ca),
     ]
-    out = subprocess.run(
-        [*base, "Host", "ping"], capture_output=True, text=True, timeout=30
-    )
+    out = run_client(*base, "Host", "ping")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) is True
-    out = subprocess.run(
-        [*base, "ManagedVolume", "volumes_info", 'vol_ids:=["../x"]'],
-        capture_output=True,
-        text=True,
-        timeout=30,
+    out = run_client(
+        *base, "ManagedVolume", "volumes_info", 'vol_ids:=["../x"]'
     )
     assert out.returncode == 1
     assert "error -32602: vol_ids[0] must be a UUID" in out.stderr
     vid = new_vol_id()
-    out = subprocess.run(
-        [*base, "ManagedVolume", "volumes_info", f'vol_ids:=["{vid}"]'],
-        capture_output=True,
-        text=True,
-        timeout=30,
+    out = run_client(
+        *base, "ManagedVolume", "volumes_info", f'vol_ids:=["{vid}"]'
     )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == []
 
 
 def test_cli_without_client_certificate_explains(tls: TlsAgent) -> None:
-    out = subprocess.run(
-        [
-            CLIENT,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(tls.port),
-            "--ca",
-            tls.ca,
-            "Host",
-            "ping",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
+    out = run_client(
+        *("--host", "127.0.0.1", "--port", str(tls.port), "--ca", tls.ca),
+        *("Host", "ping"),
     )
     assert out.returncode == 2
     assert "--cert" in out.stderr and "--key" in out.stderr

@@ -7,6 +7,7 @@ import sqlite3
 import stat
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -246,19 +247,25 @@ def test_secrets_never_come_back(agent: Agent, loops: Loops) -> None:
     err = agent.error(ATTACH, [vid, info2])
     assert err.code == 929
     assert secret not in str(err.data) + err.message
+    # The DB keeps the real values: detach needs them.
+    with sqlite3.connect(agent.db_path) as con:
+        (stored,) = con.execute("SELECT connection_info FROM volume")
+    assert secret in stored[0] and "chapuser1" in stored[0]
     agent.call(DETACH, [vid])
     log = agent.log()
     assert secret not in log and "chapuser1" not in log
     assert "0therS3cret" not in log
-    # The DB keeps the real values: detach needs them.
     assert rows(agent) == []
 
 
+# A target name of this run's own: node records are host-wide, and other
+# runs on the same host may be trying dead portals at the same time.
+DEAD_IQN = f"iqn.2026-11.test.hostagent:nothing-{uuid.uuid4().hex[:12]}"
 DEAD_PORTAL = {
     "driver_volume_type": "iscsi",
     "data": {
         "target_portal": "127.0.0.1:3260",
-        "target_iqn": "iqn.2026-11.test.hostagent:nothing",
+        "target_iqn": DEAD_IQN,
         "target_lun": 0,
     },
 }
@@ -266,7 +273,7 @@ DEAD_PORTAL = {
 
 def no_iscsi_leftovers() -> bool:
     """No node record of the dead portal's target remains."""
-    return not any(Path("/etc/iscsi/nodes").glob("*nothing*"))
+    return not (Path("/etc/iscsi/nodes") / DEAD_IQN).exists()
 
 
 def test_iscsi_to_dead_portal_is_926_and_leaves_nothing(agent: Agent) -> None:

@@ -27,15 +27,6 @@ def vol() -> str:
     return str(uuid.uuid4())
 
 
-def leftovers() -> dict[str, Any]:
-    """Sessions, dm devices and SCSI disks present now."""
-    return {
-        "sessions": g.iscsi_sessions(),
-        "dm_devices": g.dm_devices(),
-        "sd_devices": sorted(p.name for p in Path("/sys/block").glob("sd*")),
-    }
-
-
 def info_of(client: Any, vol_id: str) -> list[dict[str, Any]]:
     """``volumes_info`` for one volume."""
     return list(client.call("ManagedVolume.volumes_info", [[vol_id]]))
@@ -100,10 +91,7 @@ def case_iscsi_multipath(agent: g.Agent) -> None:
             ["127.0.0.2:3260", "127.0.0.3:3260"],
             name="agentmp",
         )
-        conn_info = {
-            "driver_volume_type": "iscsi",
-            "data": target.connection_data(multipath=True),
-        }
+        conn_info = target.connection_info(multipath=True)
         vol_id = vol()
         case.data["vol_id"] = vol_id
         with agent.client() as c:
@@ -152,7 +140,7 @@ def case_iscsi_multipath(agent: g.Agent) -> None:
                     "ManagedVolume.detach_volume", [vol_id]
                 )
             case.data["info_after"] = info_of(c, vol_id)
-        case.data["after"] = leftovers()
+        case.data["after"] = g.iscsi_leftovers()
         case.data["links_after"] = links(agent)
         case.data["node_records_after"] = g.sh(
             "iscsiadm", "-m", "node", check=False
@@ -173,13 +161,9 @@ def case_iscsi_chap(agent: g.Agent, initiator: str) -> None:
     )
 
     def conn_info(password: str) -> dict[str, Any]:
-        data = target.connection_data(multipath=False)
-        data.update(
-            auth_method="CHAP",
-            auth_username=CHAP[0],
-            auth_password=password,
+        return target.connection_info(
+            multipath=False, chap=(CHAP[0], password)
         )
-        return {"driver_volume_type": "iscsi", "data": data}
 
     with g.Case("agent_iscsi_chap") as case, agent.client() as c:
         vol_id = vol()
@@ -195,7 +179,7 @@ def case_iscsi_chap(agent: g.Agent, initiator: str) -> None:
         with case.step("detach"):
             c.call("ManagedVolume.detach_volume", [vol_id])
         case.data["info_after"] = info_of(c, vol_id)
-        case.data["after"] = leftovers()
+        case.data["after"] = g.iscsi_leftovers()
 
     with g.Case("agent_iscsi_chap_wrong") as case, agent.client() as c:
         vol_id = vol()
@@ -212,7 +196,7 @@ def case_iscsi_chap(agent: g.Agent, initiator: str) -> None:
                 }
         case.data["info_after"] = info_of(c, vol_id)
         case.data["all_volumes"] = c.call("ManagedVolume.volumes_info")
-        case.data["after"] = leftovers()
+        case.data["after"] = g.iscsi_leftovers()
         case.data["node_records_after"] = g.sh(
             "iscsiadm", "-m", "node", check=False
         ).stdout.splitlines()
@@ -227,10 +211,7 @@ def case_nvme(agent: g.Agent) -> None:
             g.backing_file("agent-nvme.img"),
         )
         vol_id = vol()
-        conn_info = {
-            "driver_volume_type": "nvmeof",
-            "data": target.connection_data(),
-        }
+        conn_info = target.connection_info()
         with case.step("attach"):
             result = c.call("ManagedVolume.attach_volume", [vol_id, conn_info])
         case.data["result"] = result
@@ -301,12 +282,9 @@ def case_nfs(agent: g.Agent, share: str) -> None:
 def case_aoe(agent: g.Agent) -> None:
     """AoE through the agent's aoe connector, when it has one."""
     with g.Case("agent_aoe") as case, agent.client() as c:
-        caps = c.call("Host.getCapabilities")
-        if "aoe" not in caps.get("drivers", []):
-            # The connector is written elsewhere; until it is in the
-            # agent, the host side reports this case as skipped.
-            case.data["skipped"] = "the agent has no aoe driver"
-            return
+        # main() enables aoe (it is opt-in): without it the attach below
+        # fails with 2009, and so does the case.
+        case.data["drivers"] = c.call("Host.getCapabilities")["drivers"]
         backing = g.backing_file("agent-aoe.img")
         vblade = g.start_vblade(backing, shelf=2, slot=3)
         try:

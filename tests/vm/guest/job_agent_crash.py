@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import uuid
 from pathlib import Path
-from typing import Any
 
 import labguest as g
 
@@ -21,15 +20,6 @@ RUN = "/run/hostagent-crash"
 # SIGKILL right after os-brick's connect_volume returned: the sessions
 # are up, the database still says "attaching".
 FAILPOINT = "attach.after_connect=kill"
-
-
-def leftovers() -> dict[str, Any]:
-    """Sessions, dm devices and SCSI disks present now."""
-    return {
-        "sessions": g.iscsi_sessions(),
-        "dm_devices": g.dm_devices(),
-        "sd_devices": sorted(p.name for p in Path("/sys/block").glob("sd*")),
-    }
 
 
 def main() -> None:
@@ -47,10 +37,7 @@ def main() -> None:
                 ["127.0.0.2:3260", "127.0.0.3:3260"],
                 name="crash",
             )
-        conn_info = {
-            "driver_volume_type": "iscsi",
-            "data": target.connection_data(multipath=True),
-        }
+        conn_info = target.connection_info(multipath=True)
         vol_id = str(uuid.uuid4())
         case.data["vol_id"] = vol_id
 
@@ -66,7 +53,7 @@ def main() -> None:
                 case.data["attach_outcome"] = type(exc).__name__
             case.data["exit_status"] = first.wait_exit(timeout=60)
         # The crash happened after the login: the sessions are there.
-        case.data["after_kill"] = leftovers()
+        case.data["after_kill"] = g.iscsi_leftovers()
 
         second = g.Agent("hostagentd-crash2", state_dir=STATE, run_dir=RUN)
         with case.step("restart"):
@@ -86,7 +73,7 @@ def main() -> None:
             case.data["info_after_restart"] = c.call(
                 "ManagedVolume.volumes_info"
             )
-            case.data["after_restart"] = leftovers()
+            case.data["after_restart"] = g.iscsi_leftovers()
             links = Path(RUN) / "volumes"
             case.data["links_after_restart"] = (
                 sorted(p.name for p in links.iterdir())
@@ -117,7 +104,7 @@ def main() -> None:
                         "message": exc.message,
                     }
             case.data["info_final"] = c.call("ManagedVolume.volumes_info")
-        case.data["final"] = leftovers()
+        case.data["final"] = g.iscsi_leftovers()
         case.data["second_exit_status"] = second.stop()
     g.save_artifacts(
         "/tmp/hostagentd-crash1.log", "/tmp/hostagentd-crash2.log"

@@ -8,7 +8,6 @@ nothing is left behind).
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import labguest as g
@@ -23,15 +22,6 @@ def connector(multipath: bool) -> Any:
     return brick.InitiatorConnector.factory(
         "ISCSI", None, use_multipath=multipath, device_scan_attempts=5
     )
-
-
-def leftovers() -> dict[str, Any]:
-    """What an iSCSI attach could leave behind: sessions, dm devices."""
-    return {
-        "sessions": g.iscsi_sessions(),
-        "dm_devices": g.dm_devices(),
-        "sd_devices": sorted(p.name for p in Path("/sys/block").glob("sd*")),
-    }
 
 
 def case_multipath(initiator: str) -> None:
@@ -63,7 +53,7 @@ def case_multipath(initiator: str) -> None:
             case.data["io_sha256"] = g.io_check(mapper)
         with case.step("disconnect"):
             conn.disconnect_volume(props, info)
-        case.data["after"] = leftovers()
+        case.data["after"] = g.iscsi_leftovers()
         case.data["mapper_exists_after"] = os.path.exists(mapper)
 
 
@@ -79,10 +69,7 @@ def case_chap(initiator: str) -> None:
                 chap=CHAP,
                 name="chap",
             )
-        props = target.connection_data(multipath=False)
-        props.update(
-            auth_method="CHAP", auth_username=CHAP[0], auth_password=CHAP[1]
-        )
+        props = target.connection_data(multipath=False, chap=CHAP)
         conn = connector(multipath=False)
         with case.step("connect"):
             info = conn.connect_volume(props)
@@ -92,14 +79,11 @@ def case_chap(initiator: str) -> None:
             case.data["io_sha256"] = g.io_check(info["path"])
         with case.step("disconnect"):
             conn.disconnect_volume(props, info)
-        case.data["after"] = leftovers()
+        case.data["after"] = g.iscsi_leftovers()
 
     with g.Case("iscsi_chap_wrong") as case:
-        props = target.connection_data(multipath=False)
-        props.update(
-            auth_method="CHAP",
-            auth_username=CHAP[0],
-            auth_password="wrong-secret-4567",
+        props = target.connection_data(
+            multipath=False, chap=(CHAP[0], "wrong-secret-4567")
         )
         conn = connector(multipath=False)
         with case.step("connect"):
@@ -111,7 +95,7 @@ def case_chap(initiator: str) -> None:
             else:
                 case.data["attachment"] = info
                 conn.disconnect_volume(props, info)
-        case.data["after"] = leftovers()
+        case.data["after"] = g.iscsi_leftovers()
         case.data["node_records"] = g.sh(
             "iscsiadm", "-m", "node", check=False
         ).stdout.splitlines()

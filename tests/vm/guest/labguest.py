@@ -209,6 +209,16 @@ def iscsi_sessions() -> list[str]:
     return [line for line in proc.stdout.splitlines() if line.strip()]
 
 
+def iscsi_leftovers() -> dict[str, Any]:
+    """What an iSCSI attach could leave behind: sessions, dm devices and
+    SCSI disks present now."""
+    return {
+        "sessions": iscsi_sessions(),
+        "dm_devices": dm_devices(),
+        "sd_devices": sorted(p.name for p in Path("/sys/block").glob("sd*")),
+    }
+
+
 def nvme_controllers() -> list[str]:
     """Names of the NVMe controllers present (nvme0, ...)."""
     root = Path("/sys/class/nvme")
@@ -415,9 +425,15 @@ class LioIscsiTarget:
         self.portals.remove(portal)
 
     def connection_data(
-        self, lun: int = 0, multipath: bool = True
+        self,
+        lun: int = 0,
+        multipath: bool = True,
+        chap: tuple[str, str] | None = None,
     ) -> dict[str, Any]:
-        """The Cinder/os-brick connection ``data`` for this LUN."""
+        """The Cinder/os-brick connection ``data`` for this LUN.
+
+        ``chap`` (user, password): the credentials to log in with.
+        """
         data: dict[str, Any] = {
             "target_iqn": self.iqn,
             "target_portal": self.portals[0],
@@ -429,7 +445,20 @@ class LioIscsiTarget:
             data["target_iqns"] = [self.iqn] * n
             data["target_portals"] = list(self.portals)
             data["target_luns"] = [lun] * n
+        if chap:
+            data.update(
+                auth_method="CHAP",
+                auth_username=chap[0],
+                auth_password=chap[1],
+            )
         return data
+
+    def connection_info(self, **kwargs: Any) -> dict[str, Any]:
+        """The whole ``connection_info`` an engine hands the agent."""
+        return {
+            "driver_volume_type": "iscsi",
+            "data": self.connection_data(**kwargs),
+        }
 
 
 # --- NVMe/TCP target ---------------------------------------------------------
@@ -479,6 +508,10 @@ class NvmetTcpTarget:
             "vol_uuid": self.ns_uuid,
             "portals": [[self.addr, str(self.port), "tcp"]],
         }
+
+    def connection_info(self) -> dict[str, Any]:
+        """The whole ``connection_info`` an engine hands the agent."""
+        return {"driver_volume_type": "nvmeof", "data": self.connection_data()}
 
 
 def nvme_host_ids() -> str:

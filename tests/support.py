@@ -1,0 +1,90 @@
+"""Plain helpers (no pytest) shared by the tests and the benchmarks.
+
+``tests/conftest.py`` builds its fixtures on these; ``bench/procs.py``
+imports them as ``tests.support`` (``python -m bench`` runs from the
+repository root), so a benchmark's agent and loop devices are made the
+way the tests make theirs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any
+
+
+def create_loop(backing: Path, size_mb: int = 16) -> str:
+    """A loop device over a new sparse file ``backing`` (needs root)."""
+    with open(backing, "wb") as f:
+        f.truncate(size_mb * 1024 * 1024)
+    return subprocess.run(
+        ["losetup", "--find", "--show", str(backing)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+
+
+def loop_file(dev: str) -> str | None:
+    """The file the loop device ``dev`` is bound to now (None: none)."""
+    sysfs = Path("/sys/block") / Path(dev).name / "loop" / "backing_file"
+    try:
+        return sysfs.read_text().strip()
+    except OSError:
+        return None
+
+
+def detach_loop(dev: str, backing: Path) -> bool:
+    """``losetup -d DEV`` if it is still bound to ``backing``.
+
+    The node stays and the device loses its media.  Loop devices are
+    shared by everything on the machine: once detached, the number may
+    be another test's device, which must not be detached in its turn.
+    Returns whether ``dev`` was ours to detach.
+    """
+    if loop_file(dev) != os.path.realpath(backing):
+        return False
+    subprocess.run(["losetup", "-d", dev], check=False)
+    return True
+
+
+def config_text(sections: dict[str, dict[str, Any]]) -> str:
+    """TOML for a hostagentd config: ``{section: {key: value}}``.
+
+    ``sections["backend"]`` holds ``{NAME: {key: value}}``, written as
+    ``[backend.NAME]`` tables.
+    """
+    lines = []
+    for name, values in sections.items():
+        tables = (
+            {f"backend.{b}": opts for b, opts in values.items()}
+            if name == "backend"
+            else {name: values}
+        )
+        for table, options in tables.items():
+            lines.append(f"[{table}]")
+            lines += [f"{k} = {json.dumps(v)}" for k, v in options.items()]
+            lines.append("")
+    return "\n".join(lines)
+
+
+def exchange(path: str, data: bytes, timeout: float = 30) -> list[bytes]:
+    """Send ``data`` on a new Unix connection, half-close, read to EOF.
+
+    Returns every answer line; each must end with a newline, and a blank
+    line is returned as it came (the agent never sends one).
+    """
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(timeout)
+        s.connect(path)
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        buf = b""
+        while chunk := s.recv(65536):
+            buf += chunk
+    if buf and not buf.endswith(b"\n"):
+        raise AssertionError(f"answer without a newline: {buf[-200:]!r}")
+    return buf.split(b"\n")[:-1]
