@@ -19,6 +19,7 @@ import pytest
 from conftest import Agent, Loops, local_info, new_vol_id
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import exchange
 
 from hostagent import api
 from hostagent.client import Client, decode
@@ -168,21 +169,9 @@ def test_recv_splits_lines_whatever_the_chunks(
 # -- answers of one read, one write -----------------------------------------
 
 
-def exchange(agent: Agent, data: bytes, eof: bool = False) -> list[Any]:
-    """Send ``data`` at once (then EOF); read until the agent closes."""
-    with socket.socket(socket.AF_UNIX) as s:
-        s.settimeout(5)
-        s.connect(agent.socket)
-        s.sendall(data)
-        if eof:
-            s.shutdown(socket.SHUT_WR)
-        buf = b""
-        try:
-            while chunk := s.recv(65536):
-                buf += chunk
-        except TimeoutError:
-            pass
-    return [json.loads(line) for line in buf.splitlines()]
+def answers(agent: Agent, data: bytes) -> list[Any]:
+    """Send ``data`` at once, half-close; every answer, parsed."""
+    return [json.loads(line) for line in exchange(agent.socket, data)]
 
 
 def ping(i: int) -> bytes:
@@ -194,17 +183,8 @@ def test_inline_answers_around_a_waiting_request(agent: Agent) -> None:
         b'{"jsonrpc":"2.0","id":"i","method":"ManagedVolume.volumes_info"}\n'
     )
     data = ping(1) + ping(2) + info + ping(3) + b"\n" + ping(4)
-    with socket.socket(socket.AF_UNIX) as s:
-        s.settimeout(10)
-        s.connect(agent.socket)
-        s.sendall(data)
-        buf = b""
-        while buf.count(b"\n") < 5:
-            chunk = s.recv(65536)
-            assert chunk
-            buf += chunk
-    answers = {a["id"]: a.get("result") for a in map(json.loads, buf.split())}
-    assert answers == {1: True, 2: True, 3: True, 4: True, "i": []}
+    got = {a["id"]: a.get("result") for a in answers(agent, data)}
+    assert got == {1: True, 2: True, 3: True, 4: True, "i": []}
 
 
 def test_answers_held_for_one_write_go_before_a_too_large_error(
@@ -212,17 +192,15 @@ def test_answers_held_for_one_write_go_before_a_too_large_error(
 ) -> None:
     huge = b'{"jsonrpc":"2.0","id":9,"method":"Host.ping","params":["'
     huge += b"x" * (1024 * 1024 + 10) + b'"]}\n'
-    answers = exchange(agent, ping(1) + ping(2) + huge)
-    assert [a.get("id") for a in answers[:2]] == [1, 2]
-    assert answers[2]["error"]["code"] == -32600
-    assert len(answers) == 3
+    got = answers(agent, ping(1) + ping(2) + huge)
+    assert [a.get("id") for a in got[:2]] == [1, 2]
+    assert got[2]["error"]["code"] == -32600
+    assert len(got) == 3
 
 
 def test_inline_answers_of_a_last_read_without_newline(agent: Agent) -> None:
-    answers = exchange(
-        agent, ping(1) + ping(2) + ping(3).rstrip(b"\n"), eof=True
-    )
-    assert [a["id"] for a in answers] == [1, 2, 3]
+    got = answers(agent, ping(1) + ping(2) + ping(3).rstrip(b"\n"))
+    assert [a["id"] for a in got] == [1, 2, 3]
 
 
 # -- the Lane ----------------------------------------------------------------
