@@ -208,16 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
 
     def connect() -> Client:
-        if args.host:
-            return Client(
-                host=args.host,
-                port=args.port,
-                cert=args.cert,
-                key=args.key,
-                ca=args.ca,
-                timeout=args.timeout,
-            )
-        return Client(args.socket, timeout=args.timeout)
+        return Client.from_args(args)
 
     where = f"{args.host}:{args.port}" if args.host else args.socket
     engine = Engine(connect, sys.stdout)

@@ -59,16 +59,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _connect(args: argparse.Namespace) -> Client:
-    if args.host:
-        return Client(
-            host=args.host,
-            port=args.port,
-            cert=args.cert,
-            key=args.key,
-            ca=args.ca,
-            timeout=args.timeout,
-        )
-    return Client(args.socket or DEFAULT_SOCKET, timeout=args.timeout)
+    return Client.from_args(args, DEFAULT_SOCKET)
 
 
 def _discover(args: argparse.Namespace) -> tuple[dict[str, Any], str]:

@@ -113,6 +113,26 @@ class Client:
                 raw.close()
                 raise
 
+    @classmethod
+    def from_args(cls, args: Any, socket_path: str | None = None) -> Client:
+        """Connect as command-line options say.
+
+        ``args`` has the attributes of ``hostagent-client``'s options
+        (``socket``, ``host``, ``port``, ``cert``, ``key``, ``ca``,
+        ``timeout``): TLS when ``host`` is set, else the Unix socket
+        (``socket_path`` when ``args.socket`` is empty).
+        """
+        if args.host:
+            return cls(
+                host=args.host,
+                port=args.port,
+                cert=args.cert,
+                key=args.key,
+                ca=args.ca,
+                timeout=args.timeout,
+            )
+        return cls(args.socket or socket_path, timeout=args.timeout)
+
     def __enter__(self) -> Client:
         return self
 
