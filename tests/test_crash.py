@@ -539,6 +539,11 @@ def test_random_kill_soak(agent_factory: Any, loops: Loops) -> None:
         for _ in range(SOAK_KILLS):
             a.start()
             assert_consistent(a)
+            # getCapabilities waits for os-brick's import (0.3-1 s, more
+            # on a loaded machine), as every attach and detach does; a
+            # kill before it lands would only ever hit calls still
+            # waiting for it, and test nothing.
+            assert "connector_info" in a.call("Host.getCapabilities")
             gate.set(True)
             time.sleep(rng.uniform(0.02, 0.4))
             gate.set(False)
