@@ -16,6 +16,7 @@ some 10 us, a trip to the database thread and back 25 us or more.
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 import logging
 import os
@@ -207,46 +208,156 @@ class Database:
         """Open (creating if needed), check integrity, migrate.
 
         Raises :class:`DatabaseError` when the file is damaged; the damaged
-        file is first moved aside so an operator can inspect it.
+        file is first moved aside so an operator can inspect it.  Also
+        when there is no database but a damaged one was moved aside at
+        an earlier start: an empty database would forget the volumes
+        still attached, so that takes the operator's decision.
         """
+        self._refuse_after_quarantine()
         create_private(self.path)
         self._table = None
-        self._db.init(str(self.path), pragmas=PRAGMAS)
-        _proxy.initialize(self._db)
-        try:
-            self._db.connect(reuse_if_open=True)
-            rows = _sql(self._db, "PRAGMA integrity_check").fetchall()
-            problem = (
-                None
-                if rows == [("ok",)]
-                else "; ".join(str(r[0]) for r in rows[:5])
-            )
-        except (pw.DatabaseError, sqlite3.DatabaseError) as e:
-            problem = str(e)
+        problem = self._damage()
         if problem is not None:
-            self._db.close()
             aside = self.quarantine()
             raise DatabaseError(
                 f"database {self.path} is damaged ({problem}); it was moved "
                 f"to {aside}. Refusing to start with an empty database "
-                "while volumes may be attached: restore it or inspect the "
-                "host's devices, then start again."
+                "while volumes may be attached. "
+                + self._what_to_do(aside.name)
             )
+        self._db.init(str(self.path), pragmas=PRAGMAS)
+        _proxy.initialize(self._db)
+        try:
+            self._db.connect(reuse_if_open=True)
+        except pw.DatabaseError as e:
+            # The file passed the check, so this is the host (a full or
+            # read-only file system, say), not damage: nothing is moved.
+            raise DatabaseError(
+                f"cannot open database {self.path}: {e}"
+            ) from e
         for name in ("-wal", "-shm"):
             extra = Path(str(self.path) + name)
             if extra.exists():
                 os.chmod(extra, 0o600)
         self._migrate()
 
+    def _damage(self) -> str | None:
+        """What ``PRAGMA integrity_check`` finds wrong, or ``None``.
+
+        On a read-only connection: closing the last read-write one would
+        checkpoint a left-over WAL into the damaged file and delete the
+        WAL, so what is moved aside would not be what was on disk.
+        Errors that are not damage (the file cannot be opened or read)
+        raise :class:`DatabaseError` and leave the file where it is.
+        """
+        uri = self.path.resolve().as_uri() + "?mode=ro"
+        try:
+            con = sqlite3.connect(uri, uri=True, isolation_level=None)
+        except sqlite3.Error as e:
+            raise DatabaseError(
+                f"cannot open database {self.path}: {e}"
+            ) from e
+        try:
+            rows = con.execute("PRAGMA integrity_check").fetchall()
+        except sqlite3.DatabaseError as e:
+            code = e.sqlite_errorcode & 0xFF
+            if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+                return str(e)
+            raise DatabaseError(
+                f"cannot read database {self.path}: {e}"
+            ) from e
+        finally:
+            con.close()
+        if rows == [("ok",)]:
+            return None
+        return "; ".join(str(r[0]) for r in rows[:5])
+
+    def quarantined(self) -> list[Path]:
+        """The damaged databases (and their WAL files) moved aside."""
+        return sorted(self.path.parent.glob(f"{self.path.name}.corrupt-*"))
+
+    def _what_to_do(self, names: str) -> str:
+        where = self.path.parent
+        return (
+            f"Restore a good copy to {self.path}, or, to start with an "
+            "empty database on purpose, first check the host's "
+            f"attachments, then move {names} out of {where} (or delete "
+            "it) and start again."
+        )
+
+    def _refuse_after_quarantine(self) -> None:
+        """Raise when a damaged DB was moved aside and none replaced it.
+
+        A start after the one that moved the file aside (systemd restarts
+        the agent within seconds) must not create an empty database.  An
+        empty file counts as none.
+        """
+        try:
+            empty = self.path.stat().st_size == 0
+        except FileNotFoundError:
+            empty = True
+        aside = self.quarantined() if empty else []
+        if aside:
+            names = ", ".join(p.name for p in aside)
+            raise DatabaseError(
+                f"database {self.path} is missing, and {self.path.parent} "
+                f"holds a damaged database moved aside at an earlier "
+                f"start: {names}. Refusing to start with an empty database "
+                "while volumes may be attached. " + self._what_to_do(names)
+            )
+
     def quarantine(self) -> Path:
-        """Move the DB file (and WAL files) aside; return the new name."""
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
-        for suffix in ("", "-wal", "-shm"):
-            src = Path(str(self.path) + suffix)
-            if src.exists():
-                os.replace(src, Path(str(aside) + suffix))
-        return aside
+        """Move the DB file (and WAL files) aside; return the new name.
+
+        The name is unique, never one of an earlier quarantine: the
+        microseconds in it, and a counter should those clash.
+        """
+        stamp = time.time_ns() // 1000
+        seconds = time.strftime("%Y%m%dT%H%M%S", time.gmtime(stamp // 10**6))
+        base = f"{self.path.name}.corrupt-{seconds}.{stamp % 10**6:06d}Z"
+        for n in itertools.count():
+            aside = self.path.with_name(base if n == 0 else f"{base}-{n}")
+            try:
+                self._move_aside(aside)
+            except FileExistsError:
+                continue
+            return aside
+        raise AssertionError("unreachable")
+
+    def _move_aside(self, aside: Path) -> None:
+        """Move the files to ``aside`` (+ -wal, -shm); none is replaced.
+
+        Each file is hard-linked to its new name (which fails, unlike a
+        rename, when the name is taken), then unlinked, the database
+        file first: a crash before its WAL follows leaves no database,
+        so the next start refuses, and SQLite discards a WAL it finds
+        next to an empty database.  The other way round, the next start
+        could find the database without the commits in its WAL.
+        """
+        moves = [
+            (Path(str(self.path) + s), Path(str(aside) + s))
+            for s in ("", "-wal", "-shm")
+        ]
+        moves = [(src, dst) for src, dst in moves if src.exists()]
+        done: list[Path] = []
+        try:
+            for src, dst in moves:
+                os.link(src, dst)
+                done.append(dst)
+                # The copy holds the same secrets as the database.
+                os.chmod(dst, 0o600)
+        except BaseException:
+            for dst in done:
+                dst.unlink()
+            raise
+        for src, _ in moves:
+            src.unlink()
+        # The new names must survive a power loss as the records do.
+        fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         """Close the connection (checkpointing the WAL)."""
@@ -361,6 +472,11 @@ class Database:
         try:
             reader.execute("PRAGMA query_only = 1")
             reader.execute("PRAGMA busy_timeout = 0")
+            # Query-only still checkpoints the WAL into the database
+            # when it is the last connection to close, a write as
+            # durable as the writer's must be (SQLite's compiled-in
+            # default may be NORMAL).
+            reader.execute("PRAGMA synchronous = FULL")
         except sqlite3.Error:
             reader.close()
             raise

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import stat
+import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
-from conftest import Agent
+from conftest import HOSTAGENTD, Agent
 
 from hostagent import db
 from hostagent.db import Database, DatabaseError
@@ -46,6 +48,50 @@ def columns(path: Path) -> list[tuple[Any, ...]]:
     rows = con.execute("PRAGMA table_info(volume)").fetchall()
     con.close()
     return [tuple(r[1:]) for r in rows]
+
+
+def damage_index(path: Path, vol_id: str) -> None:
+    """Change ``vol_id``'s key in the primary key's index, in place.
+
+    SQLite still opens the file (page 1 is intact) and answers queries,
+    but ``PRAGMA integrity_check`` finds the table's row missing from
+    the index: what a torn or bit-flipped page looks like.  Read-only,
+    which leaves a WAL as it is (see :meth:`Database._damage`).
+    """
+    con = sqlite3.connect(path.as_uri() + "?mode=ro", uri=True)
+    (root,) = con.execute(
+        "SELECT rootpage FROM sqlite_master"
+        " WHERE name = 'sqlite_autoindex_volume_1'"
+    ).fetchone()
+    (size,) = con.execute("PRAGMA page_size").fetchone()
+    con.close()
+    with open(path, "r+b") as f:
+        f.seek((root - 1) * size)
+        page = f.read(size)
+        at = page.find(vol_id.encode())
+        assert at > 0, "the key is not on the index's root page"
+        f.seek((root - 1) * size + at)
+        f.write(b"X" + vol_id.encode()[1:])
+
+
+def many_rows(path: Path, n: int = 200) -> Database:
+    """An open database holding ``n`` volumes (several table pages)."""
+    d = Database(path)
+    d.open()
+    info = {"driver_volume_type": "iscsi", "data": {"target_lun": 0}}
+    for i in range(n):
+        d.insert(f"vol-{i:04d}", dict(info, data={"target_lun": i}))
+    return d
+
+
+def moved_aside(directory: Path, name: str = "h.db") -> Path:
+    """The one database file moved aside in ``directory`` (not its WAL)."""
+    (aside,) = [
+        p
+        for p in directory.glob(f"{name}.corrupt-*")
+        if not p.name.endswith(("-wal", "-shm"))
+    ]
+    return aside
 
 
 def mode(path: Path) -> int:
@@ -95,17 +141,6 @@ def test_corrupt_database_is_moved_aside_and_refused(tmp_path: Path) -> None:
     assert not path.exists()
     (aside,) = tmp_path.glob("h.db.corrupt-*")
     assert aside.read_bytes().startswith(b"this is not sqlite")
-
-
-def test_daemon_refuses_to_start_on_corrupt_db(agent_factory: object) -> None:
-    a: Agent = agent_factory()  # type: ignore[operator]
-    a.state_dir.mkdir()
-    a.db_path.write_bytes(b"garbage" * 5000)
-    a.start(wait=False)
-    assert a.proc is not None
-    assert a.proc.wait(30) == 1
-    assert "damaged" in a.log()
-    assert list(a.state_dir.glob("hostagent.db.corrupt-*"))
 
 
 def test_update_of_missing_row_is_an_error(tmp_path: Path) -> None:
@@ -232,3 +267,202 @@ def test_daemon_serves_a_frozen_schema_1_database(
     assert con.execute("SELECT version FROM schema_version").fetchall() == [
         (db.SCHEMA_VERSION,)
     ]
+
+
+def test_both_connections_are_synchronous_full(tmp_path: Path) -> None:
+    """The writer and peek()'s query-only reader both sync every commit."""
+    d = Database(tmp_path / "h.db")
+    d.open()
+    d.insert("v1", {"driver_volume_type": "local", "data": {}})
+    assert d.peek("v1") is not None
+    writer = cast(Any, d._db).connection()
+    reader = d._reader
+    assert reader is not None
+    assert reader.execute("PRAGMA query_only").fetchone() == (1,)
+    for con in (writer, reader):
+        assert con.execute("PRAGMA synchronous").fetchone() == (2,)
+        assert con.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    d.close()
+
+
+def test_damaged_page_fails_the_integrity_check(tmp_path: Path) -> None:
+    """A file that opens but fails integrity_check is refused, moved."""
+    path = tmp_path / "h.db"
+    many_rows(path).close()
+    damage_index(path, "vol-0100")
+    # Still a database SQLite opens and reads: only the check tells.
+    con = sqlite3.connect(path)
+    assert con.execute("SELECT count(*) FROM volume").fetchone() == (200,)
+    assert con.execute("PRAGMA integrity_check").fetchall() != [("ok",)]
+    con.close()
+    damaged = path.read_bytes()
+    with pytest.raises(DatabaseError) as e:
+        Database(path).open()
+    assert "is damaged (" in str(e.value)
+    assert "in index sqlite_autoindex_volume_1" in str(e.value)
+    assert not path.exists()
+    aside = moved_aside(tmp_path)
+    assert str(aside) in str(e.value)
+    assert aside.read_bytes() == damaged
+    assert mode(aside) == 0o600
+
+
+def test_wal_and_shm_are_moved_aside_with_the_database(
+    tmp_path: Path,
+) -> None:
+    """The files a crash left are moved together, the WAL unapplied.
+
+    A copy of the three files taken while the agent had a commit in the
+    WAL only (a crash), with the database file then damaged: the
+    quarantined WAL is the crashed one byte for byte, and with its
+    database it still holds that commit.
+    """
+    live = tmp_path / "live"
+    live.mkdir()
+    d = many_rows(live / "h.db")
+    db._sql(d._db, "PRAGMA wal_checkpoint(TRUNCATE)")
+    # Touches the table's pages only, not the index damaged below.
+    d.set_state("vol-0100", db.DETACHING, "in the WAL only")
+    crashed = tmp_path / "crashed"
+    crashed.mkdir()
+    for suffix in ("", "-wal", "-shm"):
+        shutil.copy(live / f"h.db{suffix}", crashed / f"h.db{suffix}")
+    d.close()
+    path = crashed / "h.db"
+    damage_index(path, "vol-0100")
+    os.chmod(path.with_name("h.db-wal"), 0o644)
+    before = {s: Path(f"{path}{s}").read_bytes() for s in ("", "-wal")}
+    assert before["-wal"]
+    with pytest.raises(DatabaseError, match="damaged"):
+        Database(path).open()
+    aside = moved_aside(crashed)
+    assert sorted(p.name for p in crashed.iterdir()) == [
+        aside.name,
+        f"{aside.name}-shm",
+        f"{aside.name}-wal",
+    ]
+    for suffix, data in before.items():
+        assert Path(f"{aside}{suffix}").read_bytes() == data
+    for suffix in ("", "-wal", "-shm"):
+        assert mode(Path(f"{aside}{suffix}")) == 0o600
+    con = sqlite3.connect(aside.as_uri() + "?mode=ro", uri=True)
+    assert con.execute(
+        "SELECT state, last_error FROM volume NOT INDEXED"
+        " WHERE vol_id = 'vol-0100'"
+    ).fetchone() == (db.DETACHING, "in the WAL only")
+    con.close()
+
+
+def test_quarantine_never_overwrites(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Quarantines in the same second, even the same microsecond, all stay."""
+    path = tmp_path / "h.db"
+    d = Database(path)
+    names = []
+    for i in range(3):
+        path.write_bytes(b"damaged %d" % i)
+        names.append(d.quarantine())
+    # The clock's microsecond is the same for the next two: a counter.
+    monkeypatch.setattr(db.time, "time_ns", lambda: 1700000000123456789)
+    for i in range(3, 5):
+        path.write_bytes(b"damaged %d" % i)
+        Path(f"{path}-wal").write_bytes(b"wal %d" % i)
+        names.append(d.quarantine())
+    assert names[3].name == "h.db.corrupt-20231114T221320.123456Z"
+    assert names[4].name == "h.db.corrupt-20231114T221320.123456Z-1"
+    assert len(set(names)) == 5
+    for i, aside in enumerate(names):
+        assert aside.read_bytes() == b"damaged %d" % i
+        assert mode(aside) == 0o600
+    assert Path(f"{names[4]}-wal").read_bytes() == b"wal 4"
+    assert Path(f"{names[3]}-wal").read_bytes() == b"wal 3"
+    assert not path.exists() and not Path(f"{path}-wal").exists()
+
+
+def test_no_database_after_a_quarantine_is_refused(tmp_path: Path) -> None:
+    """Missing (or empty) next to a moved-aside one: no empty start."""
+    path = tmp_path / "h.db"
+    path.write_bytes(b"garbage" * 5000)
+    with pytest.raises(DatabaseError, match="damaged"):
+        Database(path).open()
+    aside = moved_aside(tmp_path)
+    for _ in range(2):
+        with pytest.raises(DatabaseError) as e:
+            Database(path).open()
+        assert f"database {path} is missing" in str(e.value)
+        assert aside.name in str(e.value)
+        assert not path.exists()
+    # An empty file is no database either.
+    path.touch()
+    with pytest.raises(DatabaseError, match="is missing"):
+        Database(path).open()
+    assert path.stat().st_size == 0
+    # A good copy restored: it opens, the quarantined file stays.
+    path.unlink()
+    good = tmp_path / "good.db"
+    many_rows(good, 3).close()
+    shutil.copy(good, path)
+    d = Database(path)
+    d.open()
+    assert d.get("vol-0002") is not None
+    d.close()
+    assert aside.exists()
+
+
+def test_unreadable_database_is_not_moved_aside(tmp_path: Path) -> None:
+    """A file SQLite cannot open is not damage: refused, left in place."""
+    path = tmp_path / "h.db"
+    many_rows(path, 3).close()
+    Path(f"{path}-wal").mkdir()
+    with pytest.raises(DatabaseError, match="cannot read database"):
+        Database(path).open()
+    assert path.exists()
+    assert not list(tmp_path.glob("h.db.corrupt-*"))
+    Path(f"{path}-wal").rmdir()
+    d = Database(path)
+    d.open()
+    assert d.get("vol-0002") is not None
+    d.close()
+
+
+def hostagentd(a: Agent) -> subprocess.CompletedProcess[str]:
+    """One run of the daemon that is expected to exit by itself."""
+    return subprocess.run(
+        [HOSTAGENTD, "--config", str(a.config)],
+        capture_output=True,
+        text=True,
+        env=a.env,
+        timeout=30,
+    )
+
+
+def test_daemon_keeps_refusing_until_the_operator_decides(
+    agent_factory: Any,
+) -> None:
+    """After a quarantine every start refuses, until the file is moved.
+
+    systemd restarts a failed agent two seconds later: that start must
+    not serve an empty database while volumes may be attached.
+    """
+    a: Agent = agent_factory()
+    a.state_dir.mkdir(mode=0o700)
+    a.db_path.write_bytes(b"garbage" * 5000)
+    first = hostagentd(a)
+    assert first.returncode == 1
+    assert "damaged" in first.stderr
+    aside = moved_aside(a.state_dir, "hostagent.db")
+    for _ in range(2):
+        again = hostagentd(a)
+        assert again.returncode == 1, again.stderr
+        assert f"database {a.db_path} is missing" in again.stderr
+        assert aside.name in again.stderr
+        assert "Restore a good copy" in again.stderr
+        assert mode(aside) == 0o600
+        assert not a.db_path.exists()
+    # The operator checked the host and moves the damaged file away.
+    for p in a.state_dir.glob("hostagent.db.corrupt-*"):
+        p.rename(a.tmp / p.name)
+    a.start()
+    assert a.call("ManagedVolume.volumes_info") == []
+    assert mode(a.db_path) == 0o600
