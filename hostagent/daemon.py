@@ -18,7 +18,7 @@ from hostagent import __version__, api, config, systemd
 from hostagent.api import Api
 from hostagent.brick import Brick
 from hostagent.config import Config, ConfigError
-from hostagent.db import Database, DatabaseError
+from hostagent.db import Database, DatabaseError, DatabaseNeedsOperator
 from hostagent.redact import ScrubFilter
 from hostagent.transport import (
     ListenError,
@@ -34,6 +34,9 @@ log = logging.getLogger("hostagent")
 SHUTDOWN_TIMEOUT = 60.0
 EXIT_CONFIG = 2
 EXIT_STARTUP = 1
+# The database needs an operator (damaged, moved aside, too new): a
+# restart cannot help, so the unit's RestartPreventExitStatus= names it.
+EXIT_NEEDS_OPERATOR = 3
 
 # Without a watchdog, how often STATUS= is refreshed (only when it changed).
 STATUS_PERIOD = 5.0
@@ -285,6 +288,8 @@ class Daemon:
                 # e.g. the TLS listener failed after the Unix one bound.
                 if self._bound_socket:
                     Path(self._bound_socket).unlink(missing_ok=True)
+                if isinstance(e, DatabaseNeedsOperator):
+                    return EXIT_NEEDS_OPERATOR
                 return EXIT_STARTUP
             # A SIGTERM during start-up: never claim to be ready.
             if not self.stop.is_set():

@@ -47,6 +47,15 @@ class DatabaseError(Exception):
     """The database cannot be used; the message says what to do."""
 
 
+class DatabaseNeedsOperator(DatabaseError):
+    """Only an operator can fix this: starting again changes nothing.
+
+    A damaged database (moved aside), one missing after such a move, or
+    one newer than this agent.  The daemon exits with a status of its
+    own, which the unit names in ``RestartPreventExitStatus=``.
+    """
+
+
 class DatabaseBusy(Exception):
     """:meth:`Database.peek` would have to wait; ask the database thread."""
 
@@ -219,7 +228,7 @@ class Database:
         problem = self._damage()
         if problem is not None:
             aside = self.quarantine()
-            raise DatabaseError(
+            raise DatabaseNeedsOperator(
                 f"database {self.path} is damaged ({problem}); it was moved "
                 f"to {aside}. Refusing to start with an empty database "
                 "while volumes may be attached. "
@@ -299,7 +308,7 @@ class Database:
         aside = self.quarantined() if empty else []
         if aside:
             names = ", ".join(p.name for p in aside)
-            raise DatabaseError(
+            raise DatabaseNeedsOperator(
                 f"database {self.path} is missing, and {self.path.parent} "
                 f"holds a damaged database moved aside at an earlier "
                 f"start: {names}. Refusing to start with an empty database "
@@ -378,7 +387,7 @@ class Database:
     def _migrate(self) -> None:
         current = self.version()
         if current > SCHEMA_VERSION:
-            raise DatabaseError(
+            raise DatabaseNeedsOperator(
                 f"database {self.path} has schema version {current}, newer "
                 f"than this agent's {SCHEMA_VERSION}; upgrade the agent"
             )

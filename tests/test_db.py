@@ -14,7 +14,7 @@ import pytest
 from conftest import HOSTAGENTD, Agent
 
 from hostagent import db
-from hostagent.db import Database, DatabaseError
+from hostagent.db import Database, DatabaseError, DatabaseNeedsOperator
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ISCSI_MPATH = "36001405aaaa0000000000000000000a"
@@ -384,11 +384,11 @@ def test_no_database_after_a_quarantine_is_refused(tmp_path: Path) -> None:
     """Missing (or empty) next to a moved-aside one: no empty start."""
     path = tmp_path / "h.db"
     path.write_bytes(b"garbage" * 5000)
-    with pytest.raises(DatabaseError, match="damaged"):
+    with pytest.raises(DatabaseNeedsOperator, match="damaged"):
         Database(path).open()
     aside = moved_aside(tmp_path)
     for _ in range(2):
-        with pytest.raises(DatabaseError) as e:
+        with pytest.raises(DatabaseNeedsOperator) as e:
             Database(path).open()
         assert f"database {path} is missing" in str(e.value)
         assert aside.name in str(e.value)
@@ -449,12 +449,13 @@ def test_daemon_keeps_refusing_until_the_operator_decides(
     a.state_dir.mkdir(mode=0o700)
     a.db_path.write_bytes(b"garbage" * 5000)
     first = hostagentd(a)
-    assert first.returncode == 1
+    # 3: needs an operator; the unit does not restart it (2: config).
+    assert first.returncode == 3
     assert "damaged" in first.stderr
     aside = moved_aside(a.state_dir, "hostagent.db")
     for _ in range(2):
         again = hostagentd(a)
-        assert again.returncode == 1, again.stderr
+        assert again.returncode == 3, again.stderr
         assert f"database {a.db_path} is missing" in again.stderr
         assert aside.name in again.stderr
         assert "Restore a good copy" in again.stderr
@@ -466,3 +467,20 @@ def test_daemon_keeps_refusing_until_the_operator_decides(
     a.start()
     assert a.call("ManagedVolume.volumes_info") == []
     assert mode(a.db_path) == 0o600
+
+
+def test_newer_schema_is_refused_and_left_alone(tmp_path: Path) -> None:
+    """A database a newer agent wrote: refused, kept, never downgraded."""
+    path = tmp_path / "h.db"
+    d = Database(path)
+    d.open()
+    d.close()
+    con = sqlite3.connect(path)
+    with con:
+        con.execute("UPDATE schema_version SET version = version + 1")
+    con.close()
+    before = path.read_bytes()
+    with pytest.raises(DatabaseNeedsOperator, match="upgrade the agent"):
+        Database(path).open()
+    assert path.read_bytes() == before
+    assert not list(tmp_path.glob("h.db.corrupt-*"))

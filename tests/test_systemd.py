@@ -527,3 +527,25 @@ def test_systemd_socket_activate(agent_factory: Any) -> None:
         assert answer(c)["result"] is True
     assert "(socket activation)" in a.log()
     assert a.stop() == 0
+
+
+def test_unit_does_not_restart_what_needs_an_operator() -> None:
+    """The unit's RestartPreventExitStatus= is the daemon's own codes.
+
+    A bad config (2) or a database that needs an operator (3) would only
+    fail again every RestartSec; a transient failure (1) is retried.
+    """
+    from hostagent import daemon
+
+    unit = Path(__file__).resolve().parent.parent / "systemd"
+    lines = (unit / "hostagent.service").read_text().splitlines()
+    values = [
+        line.split("=", 1)[1].split()
+        for line in lines
+        if line.startswith("RestartPreventExitStatus=")
+    ]
+    assert values == [
+        [str(daemon.EXIT_CONFIG), str(daemon.EXIT_NEEDS_OPERATOR)]
+    ]
+    assert str(daemon.EXIT_STARTUP) not in values[0]
+    assert "Restart=on-failure" in lines
