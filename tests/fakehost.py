@@ -47,9 +47,10 @@ hostagentd):
   are not on sysfs).  ``multipath -f`` and ``multipathd
   del map`` remove a map; ``multipath -C dm-N`` succeeds for a map;
 * with ``"hide": [PATH, ...]``, those paths absent: a top-level /dev entry
-  is left out of the private /dev, anything else is hidden by an overlay
-  of its directory with a whiteout (so a host with rbd, a StorPool config
-  or the aoe driver looks like one without).
+  is left out of the private /dev, a /sys/class entry out of the fake
+  /sys/class, anything else (not in /sys or /proc) is hidden by an
+  overlay of its directory with a whiteout (so a host with rbd, a
+  StorPool config, the aoe driver or DMI looks like one without).
 
 :class:`Sysfs` and the map functions work on the same files from outside
 (a test, as ``Sysfs.outside(root)``): every link is relative, and
@@ -380,12 +381,15 @@ def hba_dir(fs: Sysfs, hba: dict[str, Any]) -> Path:
     return fs.devices / "pci0000:00" / "0000:00:03.0" / pci / host
 
 
-def fake_sysfs(root: Path, fc: dict[str, Any]) -> None:
+def fake_sysfs(
+    root: Path, fc: dict[str, Any], hidden: set[str] | None = None
+) -> None:
     """/sys/class and /sys/block: the host's plus the fake devices.
 
     The host's links are made again at every start (its devices come and
     go); the fake devices under ``.devices`` are kept, like /dev, so they
-    outlive a restart of the daemon as kernel state would.
+    outlive a restart of the daemon as kernel state would.  The classes
+    in ``hidden`` are left out.
     """
     fs = Sysfs.outside(root)
     fs.cls.mkdir(exist_ok=True)
@@ -393,6 +397,8 @@ def fake_sysfs(root: Path, fc: dict[str, Any]) -> None:
         if not name.startswith("."):
             shutil.rmtree(fs.cls / name)
     for name in os.listdir("/sys/class"):
+        if name in (hidden or set()):
+            continue
         (fs.cls / name).mkdir()
         for entry in os.listdir(f"/sys/class/{name}"):
             src = f"/sys/class/{name}/{entry}"
@@ -632,23 +638,30 @@ def main() -> int:
     cmd = sys.argv[sep + 1 :]
     root = Path(spec["root"])
     root.mkdir(parents=True, exist_ok=True)
-    hidden = spec.get("hide", [])
-    hide(root, [p for p in hidden if not p.startswith("/dev/")])
-    dev_hidden = {p[len("/dev/") :] for p in hidden if p.startswith("/dev/")}
-    if any("/" in p for p in dev_hidden):
-        raise SystemExit(f"fakehost: only top-level /dev entries: {hidden}")
-    private_dev(root, dev_hidden)
+    hidden: dict[str, set[str]] = {"/dev": set(), "/sys/class": set()}
+    elsewhere = []
+    for p in spec.get("hide", []):
+        top, _, name = p.rpartition("/")
+        if top in hidden:
+            hidden[top].add(name)
+        elif p.startswith(("/dev/", "/sys/", "/proc/")):
+            raise SystemExit(f"fakehost: cannot hide {p}")
+        else:
+            elsewhere.append(p)
+    hide(root, elsewhere)
+    private_dev(root, hidden["/dev"])
     wwns = fake_scsi_id(root) if spec.get("scsi_id") else None
     env = dict(os.environ)
     if spec.get("multipathd"):
         bin_dir = fake_multipath_tools(root)
         env["PATH"] = f"{bin_dir}:{env.get('PATH', os.defpath)}"
-    if spec.get("fc"):
-        fake_sysfs(root, spec["fc"])
+    if spec.get("fc") or hidden["/sys/class"]:
+        fake_sysfs(root, spec.get("fc") or {"hbas": []}, hidden["/sys/class"])
         # libudev (pyudev) refuses device directories not on sysfs, such
         # as the fake ones; this is systemd's switch for testing with a
         # fake sysfs tree.  Real devices pass the check either way.
         env["SYSTEMD_DEVICE_VERIFY_SYSFS"] = "0"
+    if spec.get("fc"):
         FakeKernel(
             root, spec["fc"], wwns, bool(spec.get("multipathd"))
         ).start()
