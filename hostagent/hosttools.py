@@ -3,17 +3,28 @@
 ``Host.getCapabilities`` reports, for each driver type and each
 ``[backend.NAME]``, whether what its connector runs is present, so an
 engine can pick hosts that fit before it asks for an attach.  Only cheap
-checks: a PATH lookup, a sysfs or /dev entry; nothing is started.
+checks: a PATH lookup, a sysfs or /dev entry; nothing is started.  The
+one command run is the attach's own test for enforced multipath, whether
+multipathd runs (``multipathd show status``), given by the caller.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+from collections.abc import Callable
 from typing import Any
 
 from hostagent.brick import MULTIPATH_DRIVERS
 from hostagent.config import BackendConfig, BrickConfig
+
+log = logging.getLogger(__name__)
+
+# Whether multipathd runs, for a driver and an optional backend: the
+# attach's own test (Brick.multipath_ready), so that "ready" and the
+# attach's 928 "multipathd is not running" cannot disagree.
+MultipathProbe = Callable[[str, BackendConfig | None], bool]
 
 # Commands each connector runs (os-brick's, or ours for AoE).
 DRIVER_TOOLS: dict[str, tuple[str, ...]] = {
@@ -48,12 +59,14 @@ def status(
     multipath: bool,
     enforce_multipath: bool,
     storpool_conf: str = "",
+    multipathd_running: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """``{"ready", "tools", "problems"}`` for one driver with options.
 
     ``ready`` is false when an attach could not work here; a missing
     multipath tool only counts when multipath is enforced (otherwise
-    os-brick falls back to a single path).
+    os-brick falls back to a single path), and so does multipathd not
+    running (asked of ``multipathd_running`` once the tools are there).
     """
     tools = {t: which(t) for t in DRIVER_TOOLS.get(driver, ())}
     problems = [f"{t} not found" for t, ok in tools.items() if not ok]
@@ -62,6 +75,12 @@ def status(
             tools[t] = which(t)
             if not tools[t] and enforce_multipath:
                 problems.append(f"{t} not found and multipath is enforced")
+        if (
+            enforce_multipath
+            and multipathd_running is not None
+            and all(tools[t] for t in MULTIPATH_TOOLS)
+        ):
+            problems += _multipathd_problems(multipathd_running)
     if driver == "fibre_channel":
         try:
             hbas = sorted(os.listdir(FC_HOST))
@@ -78,14 +97,52 @@ def status(
     return {"ready": not problems, "tools": tools, "problems": problems}
 
 
-def drivers(brick: BrickConfig) -> dict[str, dict[str, Any]]:
-    """:func:`status` of every allowed driver with the [brick] options."""
+def _multipathd_problems(running: Callable[[], bool]) -> list[str]:
+    try:
+        ok = running()
+    except Exception as e:
+        # os-brick cannot be loaded (925): the attach cannot tell either.
+        log.warning("cannot tell whether multipathd runs: %s", e)
+        return ["cannot tell whether multipathd is running"]
+    if ok:
+        return []
+    return ["multipathd is not running and multipath is enforced"]
+
+
+def drivers(
+    brick: BrickConfig, probe: MultipathProbe | None = None
+) -> dict[str, dict[str, Any]]:
+    """:func:`status` of every allowed driver with the [brick] options.
+
+    ``probe`` tells whether multipathd runs (see :data:`MultipathProbe`).
+    """
     return {
-        d: status(d, brick.multipath, brick.enforce_multipath)
+        d: status(
+            d,
+            brick.multipath,
+            brick.enforce_multipath,
+            multipathd_running=_bind(probe, d, None),
+        )
         for d in brick.drivers
     }
 
 
-def backend(b: BackendConfig) -> dict[str, Any]:
+def backend(
+    b: BackendConfig, probe: MultipathProbe | None = None
+) -> dict[str, Any]:
     """:func:`status` of one backend with its own options."""
-    return status(b.driver, b.multipath, b.enforce_multipath, b.storpool_conf)
+    return status(
+        b.driver,
+        b.multipath,
+        b.enforce_multipath,
+        b.storpool_conf,
+        multipathd_running=_bind(probe, b.driver, b),
+    )
+
+
+def _bind(
+    probe: MultipathProbe | None, driver: str, b: BackendConfig | None
+) -> Callable[[], bool] | None:
+    if probe is None:
+        return None
+    return lambda: probe(driver, b)

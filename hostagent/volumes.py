@@ -212,11 +212,13 @@ class VolumeService:
         return caps
 
     def _tool_status(self) -> dict[str, Any]:
+        # The attach's own multipathd test, so ready agrees with its 928.
+        probe = self.brick.multipath_ready
         backends = {}
         for name, b in sorted(self.config.backend.items()):
-            backends[name] = backend_options(b) | hosttools.backend(b)
+            backends[name] = backend_options(b) | hosttools.backend(b, probe)
         return {
-            "driver_status": hosttools.drivers(self.config.brick),
+            "driver_status": hosttools.drivers(self.config.brick, probe),
             "backends": backends,
         }
 

@@ -3,18 +3,34 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Agent, Loops, load_config, local_info, new_vol_id
+from conftest import (
+    Agent,
+    Loops,
+    load_config,
+    local_info,
+    need,
+    new_vol_id,
+)
 
 from hostagent import config
 
 ATTACH = "ManagedVolume.attach_volume"
 DETACH = "ManagedVolume.detach_volume"
 INFO = "ManagedVolume.volumes_info"
+ISCSI_INFO = {
+    "driver_volume_type": "iscsi",
+    "data": {
+        "target_portal": "192.0.2.5:3260",
+        "target_iqn": "iqn.2010-10.org.example:vol",
+        "target_lun": 1,
+    },
+}
 
 
 def test_backend_sections_inherit_brick_defaults(tmp_path: Path) -> None:
@@ -240,6 +256,52 @@ def test_missing_tool_is_reported(agent_factory: Any, tmp_path: Path) -> None:
         "tools": {"rbd": True},
         "problems": [],
     }
+
+
+def test_enforced_multipath_is_ready_only_when_multipathd_runs(
+    agent_factory: Any, tmp_path: Path
+) -> None:
+    """ready asks what the attach asks: does multipathd run?
+
+    multipath-tools are installed here but multipathd cannot run, so the
+    enforced backend is not ready and its attach is 928; a multipathd
+    that answers ``show status`` (as a running one does) makes it ready.
+    """
+    need("multipath", "multipathd", "iscsiadm")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    a: Agent = agent_factory(env={"PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    a.configure(
+        backend={
+            "mp": {"driver": "iscsi", "enforce_multipath": True},
+            "lax": {"driver": "iscsi"},
+        }
+    )
+    a.start()
+    caps = a.call("Host.getCapabilities")
+    mp = caps["backends"]["mp"]
+    assert mp["tools"] == {
+        "iscsiadm": True,
+        "multipath": True,
+        "multipathd": True,
+    }
+    assert mp["problems"] == [
+        "multipathd is not running and multipath is enforced"
+    ]
+    assert mp["ready"] is False
+    # Not enforced: os-brick would fall back to one path.
+    assert caps["backends"]["lax"]["ready"] is True
+    assert caps["driver_status"]["iscsi"]["ready"] is True
+    err = a.error(ATTACH, [new_vol_id(), ISCSI_INFO, "mp"])
+    assert err.code == 928
+    assert "multipathd is not running" in err.message
+    assert a.call(INFO) == []
+    (bin_dir / "multipathd").write_text(
+        '#!/bin/sh\n[ "$*" = "show status" ] && echo "up 0"\n'
+    )
+    (bin_dir / "multipathd").chmod(0o755)
+    mp = a.call("Host.getCapabilities")["backends"]["mp"]
+    assert (mp["ready"], mp["problems"]) == (True, [])
 
 
 def test_cli_shows_capabilities_readably(bagent: Agent) -> None:

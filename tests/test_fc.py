@@ -1,10 +1,12 @@
 """Fibre Channel through os-brick's FC connector, on a fake FC host.
 
-There is no HBA here.  ``fakehost.py`` runs the real daemon in a private
-mount namespace whose /sys/class has two fake HBAs (one Online, one
-Linkdown) and a fake kernel that answers scan-file writes by making the
-LUN appear under /dev/disk/by-path (backed by a real loop device).  The
-tests check what os-brick, driven by the agent, wrote to the scan files,
+There is no HBA and no device-mapper here.  ``fakehost.py`` runs the real
+daemon in a private mount namespace whose /sys/class has two fake HBAs
+(one Online, one Linkdown) and a fake kernel that answers scan-file
+writes by making the LUN appear under /dev/disk/by-path (backed by a real
+loop device) and ``delete`` writes by removing it; with ``multipathd`` it
+also plays multipath-tools, making a dm map for the LUN.  The tests check
+what os-brick, driven by the agent, wrote to the scan and delete files,
 what it reported and how the agent answered.
 """
 
@@ -17,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import fakehost
 import pytest
 from conftest import Agent, Loops, need, new_vol_id
 
@@ -55,6 +58,34 @@ class FakeHostAgent(Agent):
             ],
         )
 
+    @property
+    def sysfs(self) -> fakehost.Sysfs:
+        """The fake kernel's files, seen from outside the namespace."""
+        return fakehost.Sysfs.outside(self.root)
+
+    def deleted(self, count: int, timeout: float = 30.0) -> list[str]:
+        """The "H:C:T:L sdX" deletes, once there are ``count`` of them.
+
+        The fake kernel acts when the writer (tee) has closed the file,
+        possibly after os-brick returned: wait for it (generously).
+        """
+        p = self.root / "delete.log"
+        deadline = time.monotonic() + timeout
+        while True:
+            now = p.read_text().splitlines() if p.exists() else []
+            if len(now) >= count or time.monotonic() > deadline:
+                return now
+            time.sleep(0.05)
+
+    def multipath_calls(self) -> list[str]:
+        """Every multipath/multipathd command line the fake tools ran."""
+        p = self.root / "multipath.log"
+        return p.read_text().splitlines() if p.exists() else []
+
+    def disk_name(self, link: str) -> str:
+        """The sdX a /dev/disk/by-path link of the private /dev names."""
+        return os.path.basename(os.readlink(self.sysfs.dev / link[5:]))
+
     def scans(self, settle: float = 0.3) -> list[str]:
         """Every "hostN: C T L" written to a scan file, in order.
 
@@ -71,9 +102,10 @@ class FakeHostAgent(Agent):
             time.sleep(settle)
 
 
-def fc_spec(device: str) -> dict[str, Any]:
+def fc_spec(device: str, multipathd: bool = False) -> dict[str, Any]:
     return {
         "scsi_id": True,
+        "multipathd": multipathd,
         "fc": {
             "hbas": [
                 {
@@ -134,12 +166,18 @@ BACKENDS = {
 
 
 def start_fc_agent(
-    agent_factory: Any, loops: Loops, env: dict[str, str] | None = None
+    agent_factory: Any,
+    loops: Loops,
+    env: dict[str, str] | None = None,
+    multipathd: bool = False,
 ) -> FakeHostAgent:
     """An agent on a host with the two HBAs of :func:`fc_spec`."""
     need("unshare")
     a: FakeHostAgent = agent_factory(
-        "fc", env, cls=FakeHostAgent, spec=fc_spec(loops.create())
+        "fc",
+        env,
+        cls=FakeHostAgent,
+        spec=fc_spec(loops.create(), multipathd),
     )
     a.configure(**BACKENDS)
     a.start()
@@ -160,6 +198,16 @@ def test_capabilities_show_online_hbas(fc_agent: FakeHostAgent) -> None:
     assert caps["driver_status"]["fibre_channel"]["ready"] is True
     assert caps["backends"]["san"]["ready"] is True
     assert caps["backends"]["san"]["multipath"] is False
+    # The tools are installed but multipathd does not run (it cannot
+    # here): an enforced-multipath attach would be 928, so not ready.
+    mp = caps["backends"]["san-mp"]
+    assert mp["tools"] == {"multipath": True, "multipathd": True}
+    assert mp["problems"] == [
+        "multipathd is not running and multipath is enforced"
+    ]
+    assert mp["ready"] is False
+    # Multipath only when it can be had: not a problem for the driver.
+    assert caps["driver_status"]["fibre_channel"]["problems"] == []
 
 
 def test_attach_scans_the_right_hba_target_and_lun(
@@ -180,8 +228,24 @@ def test_attach_scans_the_right_hba_target_and_lun(
     (info,) = fc_agent.call(INFO)
     assert info["exists"] is True
     assert info["backend"] == "san"
+    sd = fc_agent.disk_name(BY_PATH)
+    fs = fc_agent.sysfs
+    assert (fs.block / sd / "device" / "delete").exists()
     assert fc_agent.call(DETACH, [vid]) is None
     assert fc_agent.call(INFO) == []
+    # os-brick flushed and deleted the SCSI device; the kernel (and
+    # udev) took away its node, sysfs entry and by-path link.
+    assert fc_agent.deleted(1) == [f"5:0:3:1 {sd}"]
+    assert not os.path.lexists(fs.dev / sd)
+    assert not os.path.lexists(fs.block / sd)
+    assert not os.path.lexists(fs.dev / BY_PATH[5:])
+    # The LUN can be attached again: a new scan finds it.
+    res = fc_agent.call(
+        ATTACH, {"vol_id": vid, "connection_info": fc_info(), "backend": "san"}
+    )
+    assert res["path"] == BY_PATH
+    assert fc_agent.call(DETACH, [vid]) is None
+    assert len(fc_agent.deleted(2)) == 2
 
 
 def test_unknown_target_is_wildcard_scanned_then_926(
@@ -287,8 +351,76 @@ def test_enforced_multipath_with_no_map_is_928_and_undone(
     )
     assert err.code == 928
     assert "no multipath device" in err.message
-    # The LUN was scanned in and found, then the attach was undone.
+    # The LUN was scanned in and found, then the attach was undone: the
+    # SCSI device was deleted.
     assert a.scans() == ["host5: 0 3 1"]
     assert "multipathd show status" in log.read_text()
     assert "disconnecting" in a.log()
+    assert a.call(INFO) == []
+    assert [d.split()[0] for d in a.deleted(1)] == ["5:0:3:1"]
+    assert not os.path.lexists(a.sysfs.dev / BY_PATH[5:])
+
+
+OTHER_WWN = "3600a098038303053753f4a6f5a4d0000"
+MAPPER = f"/dev/mapper/{LUN_WWN}"
+
+
+def test_multipath_attach_exists_only_with_its_dm_device(
+    agent_factory: Any, loops: Loops
+) -> None:
+    """exists follows the dm device's uuid in sysfs (no udev database)."""
+    a = start_fc_agent(agent_factory, loops, multipathd=True)
+    caps = a.call("Host.getCapabilities")
+    assert caps["backends"]["san-mp"]["ready"] is True
+    vid = new_vol_id()
+    res = a.call(
+        ATTACH,
+        {"vol_id": vid, "connection_info": fc_info(), "backend": "san-mp"},
+    )
+    assert res["path"] == MAPPER
+    assert res["attachment"]["multipath_id"] == LUN_WWN
+    fs = a.sysfs
+    sd = a.disk_name(BY_PATH)
+    assert fakehost.maps(fs) == {LUN_WWN: "dm-0"}
+    # os-brick checked the map it found through sdX's holders.
+    assert "multipath -C dm-0" in a.multipath_calls()
+
+    def exists() -> bool:
+        (info,) = a.call(INFO)
+        assert info["path"] == MAPPER
+        return bool(info["exists"])
+
+    assert exists() is True
+    uuid = fs.virtual / "dm-0" / "dm" / "uuid"
+    # A dm device at that node, but another LUN's map: not this volume.
+    uuid.write_text(f"mpath-{OTHER_WWN}\n")
+    assert exists() is False
+    uuid.write_text(f"mpath-{LUN_WWN}\n")
+    assert exists() is True
+    # The map goes; /dev/mapper/<wwn> (a node with media) and the sd path
+    # stay, as when udev did not see the removal: still not there.
+    with fs.locked():
+        fakehost.remove_map(fs, "dm-0", keep_nodes=True)
+    assert os.path.exists(fs.dev / "mapper" / LUN_WWN)
+    assert os.path.exists(fs.dev / sd)
+    assert os.path.exists(fs.dev / BY_PATH[5:])
+    assert exists() is False
+    # multipathd makes the map again.
+    with fs.locked():
+        fakehost.add_map(fs, LUN_WWN, [sd])
+    assert exists() is True
+    # Kernel state outlives the daemon: the same after a restart.
+    a.restart()
+    assert exists() is True
+    assert a.call(DETACH, [vid]) is None
+    # os-brick flushed the map (multipath -f removed it), then deleted
+    # the path; nothing of either is left.
+    assert f"multipath -f /dev/disk/by-id/dm-uuid-mpath-{LUN_WWN}" in (
+        a.multipath_calls()
+    )
+    assert a.deleted(1) == [f"5:0:3:1 {sd}"]
+    assert fakehost.maps(fs) == {}
+    for p in (f"mapper/{LUN_WWN}", "dm-0", sd, BY_PATH[5:]):
+        assert not os.path.lexists(fs.dev / p), p
+    assert not os.path.lexists(fs.block / "dm-0")
     assert a.call(INFO) == []

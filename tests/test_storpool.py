@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Agent, Loops, new_vol_id
+from conftest import Loops, new_vol_id
 from test_fc import FakeHostAgent
 
 ATTACH = "ManagedVolume.attach_volume"
@@ -312,10 +312,14 @@ def test_wrong_token_is_926(
 
 
 def test_default_storpool_conf_missing_is_926(agent_factory: Any) -> None:
-    """Without a backend os-brick reads /etc/storpool.conf (none here)."""
-    if os.path.exists("/etc/storpool.conf"):
-        pytest.skip("this host has a StorPool config")
-    a: Agent = agent_factory()
+    """Without a backend os-brick reads /etc/storpool.conf (none here).
+
+    A StorPool config this machine has is hidden in the namespace.
+    """
+    a: FakeHostAgent = agent_factory(
+        cls=FakeHostAgent,
+        spec={"hide": ["/etc/storpool.conf", "/etc/storpool.conf.d"]},
+    )
     a.configure(brick={"drivers": ["storpool"]})
     a.start()
     caps = a.call("Host.getCapabilities")
