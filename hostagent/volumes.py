@@ -404,8 +404,9 @@ class VolumeService:
         """Wait for the connected device; return the VM's path.
 
         Raises 928 when multipath is enforced (by ``[brick]`` or the
-        backend) and there is no multipath device, 926 when the device
-        does not show up in time.
+        backend) and there is no multipath device (os-brick returned
+        none, or its dm device did not appear in time), 926 when the
+        device does not show up in time.
         """
         mpath = info.get("multipath_id") or None
         if self.brick.enforces_multipath(driver, backend) and not mpath:
@@ -423,11 +424,15 @@ class VolumeService:
         deadline = time.monotonic() + self.device_wait
         while not await self._device_exists(path, mpath):
             if time.monotonic() >= deadline:
-                if mpath and await self.in_worker(
-                    self.udev.device_present, path
+                # path is /dev/mapper/<id> here: absent when the map was
+                # never made, which is what enforcing multipath forbids.
+                if mpath and (
+                    self.brick.enforces_multipath(driver, backend)
+                    or await self.in_worker(self.udev.device_present, path)
                 ):
                     raise MultipathMissing(
-                        f"no dm device with uuid mpath-{mpath} appeared",
+                        f"no multipath device appeared: no dm device with "
+                        f"uuid mpath-{mpath} within {self.device_wait:g} s",
                         {"driver": driver, "multipath_id": mpath},
                     )
                 raise ConnectorFailed(
