@@ -1,10 +1,19 @@
 """A small runner of reversible steps, in the spirit of TaskFlow.
 
 A flow is a list of steps, each with ``do`` and an optional ``undo``.  When
-a step fails, the steps already done are undone in reverse order.  An undo
-that fails stops the revert there: the earlier steps are the record of what
-still exists on the host (for attach, the DB row that says a connection may
-be up), so undoing them would forget a leak instead of reporting it.
+a step fails, the steps already done are undone in reverse order; a step
+marked ``undo_on_failure`` is undone also when its own ``do`` failed, for
+work that can fail half-way (os-brick's connect_volume may log in and then
+raise).  An undo that fails stops the revert there: the earlier steps are
+the record of what still exists on the host (for attach, the DB row that
+says a connection may be up), so undoing them would forget a leak instead
+of reporting it.
+
+A flow that is cancelled (``asyncio.CancelledError``: a shutdown that did
+not wait for it) or otherwise interrupted by a ``BaseException`` that is
+not an ``Exception`` is not reverted: a worker thread may still be inside
+the step, and the durable records the steps wrote are left for start-up
+reconciliation to finish or roll back, as after a crash.
 
 Fail points let tests stop a flow at any named place: set
 ``HOSTAGENT_FAILPOINTS="attach.after_connect=kill,detach.before_disconnect=raise"``.
@@ -65,6 +74,8 @@ class Step:
     name: str
     do: Callable[[], Awaitable[None]]
     undo: Callable[[], Awaitable[None]] | None = None
+    # Undo also when ``do`` raised: it may have done part of its work.
+    undo_on_failure: bool = False
 
 
 def _parse_failpoints(text: str) -> dict[str, str]:
@@ -158,30 +169,58 @@ class FailPoints:
 
 
 class Flow:
-    """Runs steps in order, reverting the done ones when one fails."""
+    """Runs steps in order, reverting the done ones when one fails.
 
-    def __init__(self, name: str, failpoints: FailPoints) -> None:
+    ``subject`` (e.g. ``"volume <id>"``) only goes into log lines.
+    """
+
+    def __init__(
+        self, name: str, failpoints: FailPoints, subject: str = ""
+    ) -> None:
         self.name = name
         self.failpoints = failpoints
+        self.subject = subject
 
     async def run(self, steps: Sequence[Step]) -> None:
         """Run ``steps``; on failure revert and re-raise.
 
         Raises the failing step's exception when the revert completed, or
-        :class:`FlowError` when an undo failed too.
+        :class:`FlowError` when an undo failed too.  A cancellation (or
+        another non-``Exception``) is re-raised without reverting.
         """
         done: list[Step] = []
-        for step in steps:
-            try:
+        current = ""
+        try:
+            for step in steps:
+                current = step.name
                 await self.failpoints.ahit(f"{self.name}.before_{step.name}")
-                await step.do()
+                try:
+                    await step.do()
+                except BaseException:
+                    if step.undo_on_failure:
+                        done.append(step)
+                    raise
                 done.append(step)
                 await self.failpoints.ahit(f"{self.name}.after_{step.name}")
-            except BaseException as e:
-                await self._revert(done, e)
-                raise
+        except Exception as e:
+            await self._revert(done, e)
+            raise
+        except BaseException as e:
+            # A worker thread may still be running the step (a thread
+            # cannot be stopped), and at shutdown the database may be gone
+            # already: what the steps recorded stays for start-up
+            # reconciliation, as after a crash.
+            log.warning(
+                "%s%s interrupted (%s) in step %s: not reverting; start-up "
+                "reconciliation finishes or rolls back what it did",
+                self.name,
+                f" of {self.subject}" if self.subject else "",
+                type(e).__name__,
+                current,
+            )
+            raise
 
-    async def _revert(self, done: list[Step], error: BaseException) -> None:
+    async def _revert(self, done: list[Step], error: Exception) -> None:
         for step in reversed(done):
             if step.undo is None:
                 continue
@@ -189,8 +228,9 @@ class Flow:
                 await step.undo()
             except Exception as undo_error:
                 log.error(
-                    "%s: undoing step %s failed: %s",
+                    "%s%s: undoing step %s failed: %s",
                     self.name,
+                    f" of {self.subject}" if self.subject else "",
                     step.name,
                     undo_error,
                 )

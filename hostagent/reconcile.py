@@ -266,6 +266,16 @@ class Reconciler:
 
     async def _complete(self, rec: VolumeRecord, path: str) -> None:
         """Record an interrupted attach as done and link it."""
+        await Flow("reconcile", self.s.failpoints, f"volume {rec.vol_id}").run(
+            self.completion_steps(rec, path)
+        )
+
+    def completion_steps(self, rec: VolumeRecord, path: str) -> list[Step]:
+        """attached -> link, for an ``attaching`` row whose device is there.
+
+        (A teardown at start-up runs the detach flow's steps, as
+        ``reconcile``.)
+        """
         assert rec.attachment is not None
         attachment = rec.attachment
 
@@ -286,9 +296,7 @@ class Reconciler:
         async def link() -> None:
             await self.s.in_worker(self.s.make_link, rec.vol_id, path)
 
-        await Flow("reconcile", self.s.failpoints).run(
-            [Step("attached", attached), Step("link", link)]
-        )
+        return [Step("attached", attached), Step("link", link)]
 
 
 def _count(stats: dict[str, int], key: str) -> None:

@@ -6,8 +6,8 @@ Rules (DESIGN.md):
   with different info it is error 929;
 * attach is a flow: record intent -> connect -> keep os-brick's answer ->
   wait for the device -> record the attachment -> managed symlink; a
-  failing step undoes the done ones, disconnect included, and nothing is
-  left behind;
+  failing step undoes the done ones, disconnect included (also of a
+  connect that failed half-way), and nothing is left behind;
 * detach: mark detaching -> remove symlink -> disconnect -> delete row; a
   failing disconnect keeps the row (``detaching`` + ``last_error``) so the
   next detach retries it;
@@ -67,6 +67,12 @@ T = TypeVar("T")
 # waits for the SCSI device; this covers udev and multipathd catching up.
 DEVICE_WAIT = 10.0
 DEVICE_POLL = 0.1
+
+# What connectors raise on connection data they cannot use (a missing
+# key, a malformed value): they raise it before they connect anything.
+_DATA_ERRORS = frozenset(
+    {"KeyError", "ValueError", "TypeError", "AttributeError", "IndexError"}
+)
 
 # Where a stored row (Database.stored) holds the device.
 _PATH = StoredVolume._fields.index("path")
@@ -305,7 +311,9 @@ class VolumeService:
             attempt = _Attach(self, vol_id, driver, connection_info, options)
             started = time.monotonic()
             try:
-                await Flow("attach", self.failpoints).run(attempt.steps())
+                await Flow("attach", self.failpoints, f"volume {vol_id}").run(
+                    attempt.steps()
+                )
             except FlowError as e:
                 await attempt.record_leak(e)
                 raise e.error from e
@@ -406,8 +414,9 @@ class VolumeService:
         """Wait for the connected device; return the VM's path.
 
         Raises 928 when multipath is enforced (by ``[brick]`` or the
-        backend) and there is no multipath device, 926 when the device
-        does not show up in time.
+        backend) and there is no multipath device (os-brick returned
+        none, or its dm device did not appear in time), 926 when the
+        device does not show up in time.
         """
         mpath = info.get("multipath_id") or None
         if self.brick.enforces_multipath(driver, backend) and not mpath:
@@ -425,11 +434,15 @@ class VolumeService:
         deadline = time.monotonic() + self.device_wait
         while not await self._device_exists(path, mpath):
             if time.monotonic() >= deadline:
-                if mpath and await self.in_worker(
-                    self.udev.device_present, path
+                # path is /dev/mapper/<id> here: absent when the map was
+                # never made, which is what enforcing multipath forbids.
+                if mpath and (
+                    self.brick.enforces_multipath(driver, backend)
+                    or await self.in_worker(self.udev.device_present, path)
                 ):
                     raise MultipathMissing(
-                        f"no dm device with uuid mpath-{mpath} appeared",
+                        f"no multipath device appeared: no dm device with "
+                        f"uuid mpath-{mpath} within {self.device_wait:g} s",
                         {"driver": driver, "multipath_id": mpath},
                     )
                 raise ConnectorFailed(
@@ -492,37 +505,9 @@ class VolumeService:
         forgotten while it may still be connected.
         """
         vol_id = rec.vol_id
-        driver = str(rec.connection_info["driver_volume_type"])
-        # Who else uses the device is asked in the same trip to the
-        # database thread as the mark: the next step that needs the
-        # database is the forget, after the disconnect.
-        sharer: str | None = None
-
-        def marked() -> str | None:
-            self.db.set_state(vol_id, db.DETACHING, note)
-            return self.device_sharer(rec)
-
-        async def mark() -> None:
-            nonlocal sharer
-            sharer = await self.in_db(marked)
-
-        async def unlink() -> None:
-            self.remove_link(vol_id)
-
-        async def disconnect() -> None:
-            await self.disconnect_unshared(driver, rec, sharer)
-
-        async def forget() -> None:
-            await self.in_db(self.db.delete, vol_id)
-
         try:
-            await Flow(flow, self.failpoints).run(
-                [
-                    Step("mark", mark),
-                    Step("unlink", unlink),
-                    Step("disconnect", disconnect),
-                    Step("forget", forget),
-                ]
+            await Flow(flow, self.failpoints, f"volume {vol_id}").run(
+                _Teardown(self, rec, note).steps()
             )
         except Exception as e:
             message = SCRUBBER.scrub(f"{context}: {e}" if context else str(e))
@@ -721,12 +706,16 @@ class _Attach:
         self.backend = backend
         self.info: dict[str, Any] | None = None
         self.path = ""
+        # False when connect failed in a way that connected nothing.
+        self.may_be_connected = True
 
     def steps(self) -> list[Step]:
         """record -> connect -> connected -> wait -> attached -> link."""
         return [
             Step("record", self.record, self.forget),
-            Step("connect", self.connect, self.disconnect),
+            # os-brick's connect_volume can raise after it logged in or
+            # reassigned the volume: a failed connect is disconnected too.
+            Step("connect", self.connect, self.disconnect, True),
             Step("connected", self.connected),
             Step("wait", self.wait),
             Step("attached", self.attached, self.unattached),
@@ -754,15 +743,42 @@ class _Attach:
             self.driver,
             extra={"VOL_ID": self.vol_id},
         )
-        self.info = await self.s.in_worker(
-            self.s.brick.connect,
-            self.driver,
-            self.connection_info["data"],
-            self.backend,
-        )
+        try:
+            self.info = await self.s.in_worker(
+                self.s.brick.connect,
+                self.driver,
+                self.connection_info["data"],
+                self.backend,
+            )
+        except ConnectorFailed as e:
+            data = e.data if isinstance(e.data, dict) else {}
+            # No connector could be made (bad backend options), or the
+            # connector could not read the connection data: nothing was
+            # connected, and a disconnect from the same data would fail
+            # the same way and keep a row that no detach could clear.
+            if (
+                data.get("operation") == "create connector"
+                or data.get("error_class") in _DATA_ERRORS
+            ):
+                self.may_be_connected = False
+            raise
 
     async def disconnect(self) -> None:
-        """Undo connect (unless another volume shares the device)."""
+        """Undo connect (unless another volume shares the device).
+
+        Also after a failed connect: os-brick's answer is then unknown
+        and the connector finds what to disconnect from the connection
+        info, as start-up reconciliation does after a crash.
+        """
+        if not self.may_be_connected:
+            return
+        if self.info is None:
+            log.info(
+                "volume %s: connect failed; disconnecting whatever it "
+                "may have connected",
+                self.vol_id,
+                extra={"VOL_ID": self.vol_id},
+            )
         rec = VolumeRecord(
             vol_id=self.vol_id,
             connection_info=self.connection_info,
@@ -827,11 +843,72 @@ class _Attach:
             f"attach failed ({e.error}) and undoing {e.undo_failed} failed "
             f"({e.undo_error}); run detach_volume to clean up"
         )
-        log.error("volume %s: %s", self.vol_id, message)
-        with contextlib.suppress(Exception):
+        log.error(
+            "volume %s: %s",
+            self.vol_id,
+            message,
+            extra={"VOL_ID": self.vol_id},
+        )
+        try:
             await self.s.in_db(
                 self.s.db.set_state, self.vol_id, db.DETACHING, message
             )
+        except Exception as db_error:
+            # The row stays as the revert left it, shown by volumes_info
+            # (and, if still attaching, rolled back at the next start);
+            # the caller still gets the attach's error.
+            log.error(
+                "volume %s: cannot record the failed clean-up: %s",
+                self.vol_id,
+                SCRUBBER.scrub(str(db_error)),
+                extra={"VOL_ID": self.vol_id},
+            )
+
+
+class _Teardown:
+    """The steps of one detach (or start-up teardown) of a record."""
+
+    def __init__(
+        self, service: VolumeService, rec: VolumeRecord, note: str | None
+    ) -> None:
+        self.s = service
+        self.rec = rec
+        self.note = note
+        self.sharer: str | None = None
+
+    def steps(self) -> list[Step]:
+        """mark -> unlink -> disconnect -> forget (none has an undo)."""
+        return [
+            Step("mark", self.mark),
+            Step("unlink", self.unlink),
+            Step("disconnect", self.disconnect),
+            Step("forget", self.forget),
+        ]
+
+    def _marked(self) -> str | None:
+        self.s.db.set_state(self.rec.vol_id, db.DETACHING, self.note)
+        return self.s.device_sharer(self.rec)
+
+    async def mark(self) -> None:
+        """Set ``detaching`` (with the note) and find who shares the device.
+
+        Both in one trip to the database thread: the next step that
+        needs the database is the forget, after the disconnect.
+        """
+        self.sharer = await self.s.in_db(self._marked)
+
+    async def unlink(self) -> None:
+        """Remove the managed symlink."""
+        self.s.remove_link(self.rec.vol_id)
+
+    async def disconnect(self) -> None:
+        """Disconnect, unless another volume uses the device."""
+        driver = str(self.rec.connection_info["driver_volume_type"])
+        await self.s.disconnect_unshared(driver, self.rec, self.sharer)
+
+    async def forget(self) -> None:
+        """Delete the row."""
+        await self.s.in_db(self.s.db.delete, self.rec.vol_id)
 
 
 def _entry(row: StoredVolume, exists: bool) -> dict[str, Any]:

@@ -8,9 +8,12 @@ of the daemon these must strictly alternate, starting with a connect.
 
 from __future__ import annotations
 
+import json
 import random
+import socket
 import sqlite3
 import threading
+import time
 from typing import Any
 
 from conftest import Agent, Loops, brick_calls, local_info, new_vol_id
@@ -110,10 +113,11 @@ def test_busy_volume_waits_then_927(agent_factory: Any, loops: Loops) -> None:
     The first attach pauses (fail point, once) inside its flow, holding
     the volume's lock; another volume attaches meanwhile.
     """
+    lock_timeout = 0.3
     a: Agent = agent_factory(
         env={FAILPOINTS: "attach.after_connect=1*sleep:3"}
     )
-    a.configure(storage={"lock_timeout": 0.3})
+    a.configure(storage={"lock_timeout": lock_timeout})
     a.start()
     dev, other_dev = loops.create(), loops.create()
     vid, other = new_vol_id(), new_vol_id()
@@ -132,10 +136,14 @@ def test_busy_volume_waits_then_927(agent_factory: Any, loops: Loops) -> None:
 
     (row,) = a.call(INFO, [[vid]])
     assert row["state"] == "attaching"
-    err = a.error(ATTACH, [vid, local_info(dev)])
-    assert err.code == 927
-    assert "in progress" in err.message
-    assert a.error(DETACH, [vid]).code == 927
+    for method, params in ((ATTACH, [vid, local_info(dev)]), (DETACH, [vid])):
+        started = time.monotonic()
+        err = a.error(method, params)
+        waited = time.monotonic() - started
+        assert err.code == 927
+        assert "in progress" in err.message
+        # It waited for the lock before giving up (a generous bound).
+        assert waited >= 0.8 * lock_timeout, (method, waited)
     # Other volumes are not held up by this one.
     assert a.call(ATTACH, [other, local_info(other_dev)])["path"] == other_dev
     assert t.is_alive(), "the first attach ended before the checks"
@@ -149,3 +157,51 @@ def test_busy_volume_waits_then_927(agent_factory: Any, loops: Loops) -> None:
     assert a.call(DETACH, [vid]) is None
     assert a.call(DETACH, [other]) is None
     assert db_rows(a) == []
+
+
+def test_later_request_on_one_connection_is_answered_first(
+    agent_factory: Any, loops: Loops
+) -> None:
+    """On one connection, a slow attach does not hold up what follows.
+
+    The attach waits inside os-brick's connect_volume (fail point); a
+    volumes_info and a ping sent after it on the same connection are
+    answered first, then the attach, each with its own id.
+    """
+    a: Agent = agent_factory(
+        env={FAILPOINTS: "brick.after_connect_volume=sleep:1.5"}
+    )
+    a.start()
+    dev = loops.create()
+    vid = new_vol_id()
+
+    def request(rid: int, method: str, params: Any = None) -> bytes:
+        msg = {"jsonrpc": "2.0", "id": rid, "method": method}
+        if params is not None:
+            msg["params"] = params
+        return json.dumps(msg).encode() + b"\n"
+
+    answers: list[tuple[float, dict[str, Any]]] = []
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(30)
+        s.connect(a.socket)
+        reader = s.makefile("rb")
+        s.sendall(request(1, ATTACH, [vid, local_info(dev)]))
+        a.wait_log("fail point brick.after_connect_volume: sleep")
+        sent = time.monotonic()
+        s.sendall(request(2, INFO, [[vid]]) + request(3, "Host.ping"))
+        for _ in range(3):
+            line = reader.readline()
+            answers.append((time.monotonic() - sent, json.loads(line)))
+    # The ping is answered inline, the info from the database thread:
+    # either may come first, both before the attach.
+    by_id = {answer["id"]: answer for _, answer in answers}
+    assert answers[2][1]["id"] == 1, answers
+    info, ping, attach = by_id[2], by_id[3], by_id[1]
+    (row,) = info["result"]
+    assert (row["vol_id"], row["state"]) == (vid, "attaching")
+    assert ping["result"] is True
+    assert attach["result"]["path"] == dev
+    assert attach["result"]["vol_id"] == vid
+    assert brick_calls(a, vid) == ["connect"]
+    assert a.call(DETACH, [vid]) is None

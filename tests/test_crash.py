@@ -8,12 +8,14 @@ pick the instant of the crash; ``kill`` is a real SIGKILL of the daemon.
 
 from __future__ import annotations
 
+import inspect
 import os
 import random
 import re
 import signal
 import sqlite3
 import stat
+import sys
 import threading
 import time
 from pathlib import Path
@@ -22,16 +24,16 @@ from typing import Any
 import pytest
 from conftest import Agent, Loops, brick_calls, local_info, new_vol_id
 
+from hostagent import brick, db
 from hostagent.client import RpcError
+from hostagent.db import VolumeRecord
+from hostagent.reconcile import Reconciler
+from hostagent.volumes import _Attach, _Teardown
 
 ATTACH = "ManagedVolume.attach_volume"
 DETACH = "ManagedVolume.detach_volume"
 INFO = "ManagedVolume.volumes_info"
 FAILPOINTS = "HOSTAGENT_FAILPOINTS"
-
-# The steps of the flows, as volumes.py runs them.
-ATTACH_STEPS = ("record", "connect", "connected", "wait", "attached", "link")
-DETACH_STEPS = ("mark", "unlink", "disconnect", "forget")
 
 
 def db_rows(agent: Agent) -> dict[str, tuple[str, str | None, str | None]]:
@@ -208,16 +210,62 @@ DISCONNECT_STARTED = {
 }
 
 
+def flow_points(flow: str, steps: list[Any]) -> set[str]:
+    """The before/after fail points of ``steps`` run as flow ``flow``."""
+    return {f"{flow}.{w}_{s.name}" for s in steps for w in ("before", "after")}
+
+
+def code_fail_points() -> dict[str, set[str]]:
+    """Every fail point the code has, by flow, from the code itself.
+
+    The steps are those the flows really run (built, not run, on a
+    record that needs nothing); the os-brick points are read from
+    brick.py's source.
+    """
+    rec = VolumeRecord(
+        vol_id=new_vol_id(),
+        connection_info=local_info("/dev/null"),
+        path=None,
+        attachment={},
+        multipath_id=None,
+        state=db.ATTACHING,
+        last_error=None,
+        created=0.0,
+        updated=0.0,
+        backend=None,
+    )
+    # No service: building the steps touches none, only running them.
+    service: Any = None
+    attach = _Attach(service, rec.vol_id, "local", rec.connection_info)
+    teardown = _Teardown(service, rec, None).steps()
+    completion = Reconciler(service).completion_steps(rec, "/dev/null")
+    return {
+        "attach": flow_points("attach", attach.steps()),
+        "detach": flow_points("detach", teardown),
+        "reconcile": flow_points("reconcile", teardown + completion),
+        "brick": set(
+            re.findall(r'_failpoint\("([^"]+)"\)', inspect.getsource(brick))
+        ),
+    }
+
+
 def test_every_flow_step_is_covered() -> None:
-    """The kill tables name every before/after point of both flows."""
-    attach = {p for p, _ in ATTACH_KILLS if p.startswith("attach.")}
-    detach = {p for p, _ in DETACH_KILLS if p.startswith("detach.")}
-    assert attach == {
-        f"attach.{w}_{s}" for s in ATTACH_STEPS for w in ("before", "after")
+    """The kill tables name every fail point the flows and brick.py have.
+
+    A step (or os-brick fail point) added without a kill test fails this.
+    """
+    points = code_fail_points()
+    assert len(points["brick"]) == 4, points["brick"]
+    attach = {p for p, _ in ATTACH_KILLS if not p.startswith("brick.")}
+    detach = {p for p, _ in DETACH_KILLS if not p.startswith("brick.")}
+    reconcile = {p for _, p, _ in RECONCILE_KILLS if p.startswith("rec")}
+    brick_points = {
+        p for p, _ in ATTACH_KILLS + DETACH_KILLS if p.startswith("brick.")
     }
-    assert detach == {
-        f"detach.{w}_{s}" for s in DETACH_STEPS for w in ("before", "after")
-    }
+    assert attach == points["attach"]
+    assert detach == points["detach"]
+    assert reconcile == points["reconcile"]
+    assert brick_points == points["brick"]
 
 
 @pytest.mark.parametrize(("point", "outcome"), ATTACH_KILLS)
@@ -279,14 +327,23 @@ def test_kill_during_detach(
     assert_no_double_connect(brick_calls(a, vid))
 
 
-# A second crash while reconciling the first: the next start finishes.
+# A second crash while reconciling the first, at every reconcile point:
+# the next start finishes.  Rollbacks and finished detaches run the
+# detach flow's steps as "reconcile"; completions run attached and link.
 RECONCILE_KILLS = [
+    ("attach.after_record", "reconcile.before_mark", "gone"),
     ("attach.after_record", "reconcile.after_mark", "gone"),
+    ("attach.after_connect", "reconcile.before_unlink", "gone"),
+    ("detach.after_mark", "reconcile.after_unlink", "gone"),
     ("attach.after_connect", "reconcile.before_disconnect", "gone"),
     ("attach.after_connect", "brick.after_disconnect_volume", "gone"),
-    ("attach.after_connected", "reconcile.before_attached", "attached"),
-    ("attach.after_connected", "reconcile.before_link", "attached"),
+    ("detach.after_unlink", "reconcile.after_disconnect", "gone"),
     ("detach.after_mark", "reconcile.before_forget", "gone"),
+    ("attach.after_record", "reconcile.after_forget", "gone"),
+    ("attach.after_connected", "reconcile.before_attached", "attached"),
+    ("attach.after_connected", "reconcile.after_attached", "attached"),
+    ("attach.after_connected", "reconcile.before_link", "attached"),
+    ("attach.after_wait", "reconcile.after_link", "attached"),
 ]
 
 
@@ -379,6 +436,142 @@ def test_failing_disconnect_at_start_up_keeps_the_row(
     assert a.call(INFO) == []
     assert a.links() == []
     assert_no_double_connect(brick_calls(a, vid))
+
+
+# -- failed connect ----------------------------------------------------------
+
+
+def test_failed_connect_is_disconnected(
+    agent_factory: Any, loops: Loops
+) -> None:
+    """connect_volume raising after it connected: undone, nothing left.
+
+    ``brick.after_connect_volume=raise`` is os-brick raising when the
+    connection is up (a StorPool reassign done, an iSCSI login made):
+    the attach disconnects from the connection info before it forgets.
+    """
+    a: Agent = agent_factory()
+    dev = loops.create()
+    vid = new_vol_id()
+    set_failpoints(a, "brick.after_connect_volume=raise")
+    a.start()
+    err = a.error(ATTACH, [vid, local_info(dev)])
+    assert err.code == 926
+    assert err.data["operation"] == "connect_volume"
+    assert err.data["error_class"] == "ProcessExecutionError"
+    assert a.call(INFO) == []
+    assert db_rows(a) == {}
+    assert a.links() == []
+    assert brick_calls(a, vid) == ["connect", "disconnect"]
+    log = a.log()
+    assert f"volume {vid}: connect failed; disconnecting" in log
+    assert f"volume {vid}: disconnecting device unknown (local)" in log
+    # os-brick's own trace (debug): its disconnect_volume ran for this
+    # volume's device, with no device info, and returned.
+    (call,) = re.findall(r"==> disconnect_volume: call .*", log)
+    assert f"'connection_properties': {{'device_path': '{dev}'}}" in call
+    assert "'device_info': {}" in call
+    assert "<== disconnect_volume: return" in log
+    assert "undoing step" not in log
+
+
+def test_failed_connect_whose_disconnect_fails_keeps_the_row(
+    agent_factory: Any, loops: Loops
+) -> None:
+    """connect and its clean-up both fail: 926, the row stays detaching.
+
+    Nothing is forgotten while it may still be connected: volumes_info
+    shows the row with the error, a new attach is 927, and a detach
+    retries the disconnect and removes the row.
+    """
+    a: Agent = agent_factory()
+    dev = loops.create()
+    vid = new_vol_id()
+    set_failpoints(
+        a,
+        "brick.after_connect_volume=raise,"
+        "brick.before_disconnect_volume=1*raise",
+    )
+    a.start()
+    err = a.error(ATTACH, [vid, local_info(dev)])
+    assert err.code == 926
+    assert err.data["operation"] == "connect_volume"
+    (info,) = a.call(INFO)
+    assert info["vol_id"] == vid
+    assert info["state"] == "detaching"
+    assert info["attachment"] is None
+    assert info["last_error"].startswith("attach failed (local connect_volume")
+    assert (
+        "undoing connect failed (local disconnect_volume failed"
+        in (info["last_error"])
+    )
+    assert info["last_error"].endswith("run detach_volume to clean up")
+    assert db_rows(a)[vid][0] == "detaching"
+    assert a.links() == []
+    assert a.error(ATTACH, [vid, local_info(dev)]).code == 927
+    assert brick_calls(a, vid) == ["connect", "disconnect"]
+
+    assert a.call(DETACH, [vid]) is None
+    assert a.call(INFO) == []
+    assert brick_calls(a, vid) == ["connect", "disconnect", "disconnect"]
+    assert_consistent(a)
+    # The volume can be used again once the connector works.
+    a.stop()
+    restart(a)
+    check_reusable(a, vid, dev)
+
+
+# The daemon, with its shutdown wait shortened so a test can outlast it.
+SHORT_SHUTDOWN = (
+    "import sys; from hostagent import daemon; "
+    "daemon.SHUTDOWN_TIMEOUT = 0.3; "
+    "sys.exit(daemon.main(sys.argv[2:]))"
+)
+
+
+def test_shutdown_leaves_a_running_attach_to_reconciliation(
+    agent_factory: Any, loops: Loops
+) -> None:
+    """SIGTERM while os-brick connects, longer than the shutdown waits.
+
+    The cancelled attach is not reverted (its worker thread is still in
+    connect_volume): the row stays ``attaching`` and the next start
+    rolls it back, disconnecting.
+    """
+    a: Agent = agent_factory()
+    dev = loops.create()
+    vid = new_vol_id()
+    set_failpoints(a, "brick.after_connect_volume=sleep:1.5")
+    a.start(prefix=[sys.executable, "-c", SHORT_SHUTDOWN])
+    outcome: dict[str, Any] = {}
+
+    def attach() -> None:
+        try:
+            outcome["result"] = a.call(ATTACH, [vid, local_info(dev)])
+        except (OSError, RpcError) as e:
+            outcome["error"] = e
+
+    t = threading.Thread(target=attach)
+    t.start()
+    a.wait_log("fail point brick.after_connect_volume: sleep")
+    assert a.stop() == 0
+    t.join(30)
+    assert isinstance(outcome.get("error"), OSError), outcome
+    log = a.log()
+    assert "1 request(s) still running at shutdown" in log
+    assert (
+        f"attach of volume {vid} interrupted (CancelledError) in step "
+        "connect: not reverting"
+    ) in log
+    assert "undoing step" not in log
+    assert db_rows(a) == {vid: ("attaching", None, None)}
+    assert brick_calls(a, vid) == ["connect"]
+
+    restart(a)
+    assert "rolled_back 1" in reconcile_lines(a)[-1]
+    assert brick_calls(a, vid) == ["connect", "disconnect"]
+    assert_consistent(a)
+    check_reusable(a, vid, dev)
 
 
 # -- symlinks and devices at start-up ----------------------------------------

@@ -112,3 +112,107 @@ def test_sleep_fail_point_pauses_and_goes_on() -> None:
 def test_malformed_fail_point_is_refused(action: str) -> None:
     with pytest.raises(ValueError, match=r"fail point t\.a"):
         FailPoints({"t.a": action})
+
+
+def test_undo_on_failure_undoes_the_failing_step_too() -> None:
+    """A step that may fail half-way (a connect) is undone when it fails."""
+    log: list[str] = []
+
+    async def half_done() -> None:
+        log.append("do b")
+        raise RuntimeError("b failed after doing part of its work")
+
+    async def undo_b() -> None:
+        log.append("undo b")
+
+    steps = [recorder(log, "a"), Step("b", half_done, undo_b, True)]
+    with pytest.raises(RuntimeError, match="b failed"):
+        run(Flow("t", FailPoints()).run(steps))
+    assert log == ["do a", "do b", "undo b", "undo a"]
+
+
+def test_failing_step_without_undo_on_failure_is_not_undone() -> None:
+    log: list[str] = []
+
+    async def fails() -> None:
+        raise RuntimeError("b failed")
+
+    async def undo_b() -> None:
+        log.append("undo b")
+
+    steps = [recorder(log, "a"), Step("b", fails, undo_b)]
+    with pytest.raises(RuntimeError):
+        run(Flow("t", FailPoints()).run(steps))
+    assert log == ["do a", "undo a"]
+
+
+def test_undo_on_failure_not_run_when_the_step_never_started() -> None:
+    """A ``before_`` fail point fails the flow before ``do`` runs."""
+    log: list[str] = []
+    b = recorder(log, "b")
+    steps = [recorder(log, "a"), Step("b", b.do, b.undo, True)]
+    with pytest.raises(FailPointError):
+        run(Flow("t", FailPoints({"t.before_b": "raise"})).run(steps))
+    assert log == ["do a", "undo a"]
+
+
+def test_failed_undo_of_a_failed_step_is_reported() -> None:
+    log: list[str] = []
+
+    async def fails() -> None:
+        raise RuntimeError("connect failed")
+
+    async def bad_undo() -> None:
+        raise OSError("disconnect failed")
+
+    steps = [recorder(log, "a"), Step("b", fails, bad_undo, True)]
+    with pytest.raises(FlowError) as e:
+        run(Flow("t", FailPoints()).run(steps))
+    assert e.value.undo_failed == "b"
+    assert str(e.value.error) == "connect failed"
+    assert log == ["do a"]  # a (the record of what may exist) is kept
+
+
+def test_cancelled_flow_is_not_reverted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A cancelled step may still run on a thread: nothing is undone."""
+    log: list[str] = []
+
+    async def main() -> None:
+        entered = asyncio.Event()
+
+        async def hangs() -> None:
+            entered.set()
+            await asyncio.Event().wait()  # e.g. os-brick on a worker
+
+        async def undo_b() -> None:
+            log.append("undo b")
+
+        steps = [recorder(log, "a"), Step("b", hangs, undo_b, True)]
+        task = asyncio.create_task(
+            Flow("t", FailPoints(), "volume v").run(steps)
+        )
+        await entered.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    run(main())
+    assert log == ["do a"]
+    assert (
+        "t of volume v interrupted (CancelledError) in step b: not reverting"
+        in caplog.text
+    )
+
+
+def test_base_exception_in_a_step_is_not_reverted() -> None:
+    log: list[str] = []
+
+    async def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    steps = [recorder(log, "a"), Step("b", interrupted, None, True)]
+    with pytest.raises(KeyboardInterrupt):
+        run(Flow("t", FailPoints()).run(steps))
+    assert log == ["do a"]

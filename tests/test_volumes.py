@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import stat
@@ -12,10 +13,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Agent, Loops, local_info, new_vol_id
+from conftest import (
+    Agent,
+    Loops,
+    brick_calls,
+    load_config,
+    local_info,
+    new_vol_id,
+)
 
 from hostagent import db
+from hostagent.brick import Brick
 from hostagent.client import RpcError
+from hostagent.db import Database
+from hostagent.errors import AgentError
+from hostagent.udev import Udev
+from hostagent.volumes import VolumeService
 
 ATTACH = "ManagedVolume.attach_volume"
 DETACH = "ManagedVolume.detach_volume"
@@ -204,6 +217,9 @@ def test_connector_error_is_926_with_class_and_leaves_nothing(
     assert "device_path" in err.data["error"]
     assert rows(agent) == []
     assert agent.links() == []
+    # The connector refused the data: it connected nothing, and there is
+    # nothing to disconnect.
+    assert brick_calls(agent, vid) == ["connect"]
 
 
 def test_missing_device_is_926_and_leaves_nothing(
@@ -215,6 +231,8 @@ def test_missing_device_is_926_and_leaves_nothing(
     assert err.data["error_class"] == "VolumeDeviceNotFound"
     assert rows(agent) == []
     assert agent.links() == []
+    # A connector error past the data: whatever it did is disconnected.
+    assert brick_calls(agent, vid) == ["connect", "disconnect"]
 
 
 def test_db_file_is_private_wal_and_versioned(agent: Agent) -> None:
@@ -293,42 +311,113 @@ def test_iscsi_to_dead_portal_is_926_and_leaves_nothing(agent: Agent) -> None:
 
 
 def test_ping_is_fast_while_attach_runs_in_os_brick(
-    agent_factory: Any,
+    agent_factory: Any, loops: Loops
 ) -> None:
-    """Without multipath, os-brick retries the login for ~12 s here."""
-    agent: Agent = agent_factory()
-    agent.configure(brick={"multipath": False, "device_scan_attempts": 1})
+    """Pings answer in < 100 ms while an attach is inside os-brick.
+
+    The fail point pauses the worker thread inside ``Brick.connect``,
+    after connect_volume and before it returns, as a slow iSCSI login
+    would; the log shows every ping answered while it was there.
+    """
+    agent: Agent = agent_factory(
+        env={"HOSTAGENT_FAILPOINTS": "brick.after_connect_volume=sleep:2"}
+    )
     agent.start()
+    dev = loops.create()
     vid = new_vol_id()
-    info = DEAD_PORTAL
     outcome: dict[str, Any] = {}
 
     def run() -> None:
-        started = time.monotonic()
-        try:
-            attach(agent, vid, info)
-        except RpcError as e:
-            outcome["error"] = e
-        outcome["seconds"] = time.monotonic() - started
+        outcome["result"] = attach(agent, vid, local_info(dev))
 
     t = threading.Thread(target=run)
     t.start()
-    time.sleep(1.0)
+    agent.wait_log("fail point brick.after_connect_volume: sleep:2")
     latencies = []
     with agent.client() as c:
-        while t.is_alive() and len(latencies) < 50:
+        for _ in range(10):
             started = time.monotonic()
             assert c.call("Host.ping") is True
             latencies.append(time.monotonic() - started)
             time.sleep(0.05)
-    t.join(120)
-    assert len(latencies) >= 5, "attach ended before pings could be timed"
+    inside = t.is_alive()
+    t.join(30)
+    assert inside, "the attach left os-brick before the pings were done"
     assert max(latencies) < 0.1, latencies
-    err = outcome["error"]
+    assert outcome["result"]["path"] == dev
+    # In log order: into os-brick, the pings, then out of it.
+    lines = agent.log().splitlines()
+    entered = next(
+        i for i, x in enumerate(lines) if "brick.after_connect_volume" in x
+    )
+    done = next(
+        i for i, x in enumerate(lines) if f"attached volume {vid}" in x
+    )
+    pings = [i for i, x in enumerate(lines) if "Host.ping done" in x]
+    assert len([i for i in pings if entered < i < done]) == len(latencies)
+    assert agent.call(DETACH, [vid]) is None
+
+
+# What os-brick's iSCSI connector answers for a multipath attach: the
+# WWID as multipath_id (the dm map is /dev/mapper/<WWID>).  This kernel
+# has no device-mapper, so the map never appears.
+MPATH_WWID = "36001405deadbeefdeadbeefdeadbeef0"
+
+
+def wait_for_device_error(
+    tmp_path: Path, enforce: bool, info: dict[str, Any]
+) -> AgentError:
+    """The error of VolumeService.wait_for_device for os-brick's ``info``."""
+    cfg = load_config(
+        tmp_path,
+        f"""
+[storage]
+state_dir = "{tmp_path / "state"}"
+run_dir = "{tmp_path / "run"}"
+[brick]
+multipath = true
+enforce_multipath = {str(enforce).lower()}
+""",
+    )
+    brick = Brick(cfg.brick, cfg.lock_dir, tmp_path / "mnt")
+    service = VolumeService(cfg, Database(cfg.db_path), brick, Udev())
+    service.device_wait = 0.3
+
+    async def wait() -> str:
+        return await service.wait_for_device("iscsi", info)
+
+    try:
+        with pytest.raises(AgentError) as e:
+            asyncio.run(wait())
+    finally:
+        service._workers.shutdown()
+    return e.value
+
+
+def test_enforced_multipath_map_that_never_appears_is_928(
+    tmp_path: Path, loops: Loops
+) -> None:
+    """os-brick named a multipath map that never showed up: 928.
+
+    The single-path device (a loop device standing for the SCSI disk) is
+    there, but multipath is required and there is no multipath device.
+    """
+    err = wait_for_device_error(
+        tmp_path, True, {"path": loops.create(), "multipath_id": MPATH_WWID}
+    )
+    assert err.code == 928
+    assert "no multipath device appeared" in err.message
+    assert f"mpath-{MPATH_WWID}" in err.message
+    assert err.data == {"driver": "iscsi", "multipath_id": MPATH_WWID}
+
+
+def test_unenforced_multipath_map_that_never_appears_is_926(
+    tmp_path: Path,
+) -> None:
+    err = wait_for_device_error(
+        tmp_path,
+        False,
+        {"path": "/dev/disk/by-id/nothing", "multipath_id": MPATH_WWID},
+    )
     assert err.code == 926
-    assert err.data["driver"] == "iscsi"
-    assert err.data["error_class"]
-    assert outcome["seconds"] < 60
-    assert rows(agent) == []
-    assert agent.links() == []
-    assert no_iscsi_leftovers()
+    assert f"/dev/mapper/{MPATH_WWID} did not appear" in err.message
