@@ -35,6 +35,7 @@ from jsonrpcserver.response import to_serializable
 from jsonrpcserver.sentinels import NOID
 
 from hostagent import schema
+from hostagent.db import DatabaseBusy
 from hostagent.errors import (
     AgentError,
     InternalError,
@@ -294,11 +295,15 @@ class Api:
                 started = time.monotonic()
                 params = dict(zip(order, args, strict=False)) | kwargs
                 fields = _log_fields(name, ctx, params)
-                try:
-                    _check_params(spec, ctx, params, fields)
-                    value = await fn(ctx, **params)
-                except Exception as e:
-                    return _failure(name, fields, e)
+                # An attach's secrets are erased from every line logged
+                # while it runs: os-brick logs a failing attach's too, and
+                # so does _failure(), after the service returned.
+                with SCRUBBER.holding(params.get("connection_info")):
+                    try:
+                        _check_params(spec, ctx, params, fields)
+                        value = await fn(ctx, **params)
+                    except Exception as e:
+                        return _failure(name, fields, e)
                 log.debug(
                     "%s done in %.6f s",
                     name,
@@ -366,7 +371,10 @@ class Api:
         backend: str | None = None,
     ) -> dict[str, Any]:
         """``ManagedVolume.attach_volume``."""
-        return await self.service.attach(vol_id, connection_info, backend)
+        try:
+            return await self.service.attach(vol_id, connection_info, backend)
+        finally:
+            self._keep_secrets(vol_id)
 
     async def extend_volume(self, ctx: Peer, vol_id: str) -> int:
         """``ManagedVolume.extend_volume``."""
@@ -374,7 +382,28 @@ class Api:
 
     async def detach_volume(self, ctx: Peer, vol_id: str) -> None:
         """``ManagedVolume.detach_volume``."""
-        await self.service.detach(vol_id)
+        try:
+            await self.service.detach(vol_id)
+        finally:
+            self._keep_secrets(vol_id)
+
+    def _keep_secrets(self, vol_id: str) -> None:
+        """Have the scrubber hold the secrets of ``vol_id``'s row, if any.
+
+        Called after every attach and detach, whatever its outcome: the
+        row is the truth (an attach whose undo failed keeps one, a failed
+        detach keeps it, a refused attach leaves another's in place).  The
+        read and the change happen in one step of the event loop, so no
+        other call's row can come or go in between.
+        """
+        try:
+            rec = self.service.db.peek(vol_id)
+        except DatabaseBusy:
+            return  # keep what is held: holding too much costs memory only
+        if rec is None:
+            SCRUBBER.release(vol_id)
+        else:
+            SCRUBBER.hold(vol_id, rec.connection_info)
 
     async def volumes_info(
         self, ctx: Peer, vol_ids: list[str] | None = None
@@ -544,17 +573,22 @@ def _check_params(
 
 
 def _failure(name: str, fields: dict[str, Any], e: Exception) -> Result:
-    """The error result for ``e``, raised by method ``name`` (logged)."""
+    """The error result for ``e``, raised by method ``name`` (logged).
+
+    Message and data are scrubbed here, whoever raised the error: an
+    os-brick exception's text can carry a secret anywhere in it.
+    """
     if isinstance(e, AgentError):
+        message = SCRUBBER.scrub(e.message)
         log.log(
             logging.WARNING if e.code >= 0 else logging.INFO,
             "%s failed: %d %s",
             name,
             e.code,
-            e.message,
+            message,
             extra=fields,
         )
-        return Error(e.code, e.message, SCRUBBER.scrub_data(e.data))
+        return Error(e.code, message, SCRUBBER.scrub_data(e.data))
     error_id = uuid.uuid4().hex[:12]
     log.error(
         "internal error %s in %s",
@@ -593,5 +627,7 @@ def _explain_bind_error(name: str, error: dict[str, Any]) -> None:
     if error.get("code") == InvalidParams.code and error.get("message") == (
         "Invalid params"
     ):
-        detail = str(error.get("data", ""))
+        detail = SCRUBBER.scrub(str(error.get("data", "")))
         error["message"] = f"bad params for {name}: {detail}"
+        if "data" in error:
+            error["data"] = detail
