@@ -300,7 +300,7 @@ class Api:
                 # so does _failure(), after the service returned.
                 with SCRUBBER.holding(params.get("connection_info")):
                     try:
-                        _check_params(spec, ctx, params, fields)
+                        _check_params(spec, params)
                         value = await fn(ctx, **params)
                     except Exception as e:
                         return _failure(name, fields, e)
@@ -319,7 +319,7 @@ class Api:
                 started = time.monotonic()
                 params = dict(zip(order, args, strict=False)) | kwargs
                 try:
-                    _check_params(spec, ctx, params, None)
+                    _check_params(spec, params)
                     value = fn(ctx, **params)
                 except Exception as e:
                     return _failure(name, _log_fields(name, ctx, params), e)
@@ -529,10 +529,44 @@ class Api:
     ) -> dict[str, Any] | None:
         token = _REQUEST_ID.set(_id_text(req.id))
         try:
+            if name in MUTATING:
+                self._audit(name, req, peer)
             _, result = await dispatch_request(self.methods, peer, req)
         finally:
             _REQUEST_ID.reset(token)
         return _response(name, req, result)
+
+    def _audit(self, name: str, req: Request, peer: Peer) -> None:
+        """Log who calls mutating method ``name``, before anything else.
+
+        Every call gets this line, also one whose params are wrong or do
+        not fit the method at all (jsonrpcserver refuses those without
+        calling it).  The vol_id is shown only when it is a valid one: a
+        bad value is never written to the log.
+        """
+        params = req.params
+        value = (
+            params.get("vol_id")
+            if isinstance(params, dict)
+            else (params[0] if params else None)
+        )
+        args = [peer, *params] if isinstance(params, list) else [peer]
+        kwargs = params if isinstance(params, dict) else {}
+        try:
+            self._signatures[name].bind(*args, **kwargs)
+        except TypeError:
+            refused = " (refused: the params do not fit the method)"
+        else:
+            refused = ""
+        fields = _log_fields(name, peer, {"vol_id": value})
+        log.info(
+            "%s by %s vol_id=%s%s",
+            name,
+            peer.describe(),
+            fields["VOL_ID"] or ("(invalid)" if value is not None else "-"),
+            refused,
+            extra=fields,
+        )
 
 
 def _id_text(rid: Any) -> str | None:
@@ -543,33 +577,35 @@ def _id_text(rid: Any) -> str | None:
 def _log_fields(
     name: str, ctx: Peer, params: dict[str, Any]
 ) -> dict[str, Any]:
-    """Structured fields for the journal, for the log lines of one call."""
+    """Structured fields for the journal, for the log lines of one call.
+
+    ``VOL_ID`` only when the call's vol_id is a valid one: the fields are
+    built before validation, and a bad value is never logged.
+    """
     return {
         "METHOD": name,
-        "VOL_ID": params.get("vol_id"),
+        "VOL_ID": _valid_vol_id(params.get("vol_id")),
         "PEER_UID": ctx.uid,
         "REQUEST_ID": _REQUEST_ID.get(),
     }
 
 
-def _check_params(
-    spec: schema.Method,
-    ctx: Peer,
-    params: dict[str, Any],
-    fields: dict[str, Any] | None,
-) -> None:
-    """Validate params against the schema; log who calls a mutating method."""
+def _valid_vol_id(value: Any) -> str | None:
+    """``value`` if it is a vol_id the schema accepts, else None."""
+    if value is None:
+        return None
+    try:
+        schema.validate(schema.VOL_ID, value, "vol_id")
+    except InvalidParams:
+        return None
+    return str(value)
+
+
+def _check_params(spec: schema.Method, params: dict[str, Any]) -> None:
+    """Validate params against the schema (InvalidParams if they fail)."""
     for p in spec.params:
         if p.name in params:
             schema.validate(p.schema, params[p.name], p.name)
-    if spec.name in MUTATING:
-        log.info(
-            "%s by %s vol_id=%s",
-            spec.name,
-            ctx.describe(),
-            params.get("vol_id"),
-            extra=fields or _log_fields(spec.name, ctx, params),
-        )
 
 
 def _failure(name: str, fields: dict[str, Any], e: Exception) -> Result:
