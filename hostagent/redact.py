@@ -29,8 +29,9 @@ MASK = "***"
 # Ceph keys 40, and Cinder generates 16-character CHAP passwords and
 # 20-character user names; below 6 characters a value ("0", "abc", "lun")
 # would be found in unrelated text far more often than it is a secret.
-# os-brick's iscsiadm command lines, the one place it writes a CHAP
-# password, are masked by oslo's mask_password whatever the length.
+# os-brick's own lines that carry a CHAP password (the iscsiadm command
+# lines, its call traces) go through oslo's mask_password, which masks
+# it whatever its length; a user name it does not mask.
 MIN_SCRUB_LENGTH = 6
 
 # How long after a change the main pattern is recompiled (on a thread).
