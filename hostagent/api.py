@@ -35,6 +35,7 @@ from jsonrpcserver.response import to_serializable
 from jsonrpcserver.sentinels import NOID
 
 from hostagent import schema
+from hostagent.db import DatabaseBusy
 from hostagent.errors import (
     AgentError,
     InternalError,
@@ -294,11 +295,15 @@ class Api:
                 started = time.monotonic()
                 params = dict(zip(order, args, strict=False)) | kwargs
                 fields = _log_fields(name, ctx, params)
-                try:
-                    _check_params(spec, ctx, params, fields)
-                    value = await fn(ctx, **params)
-                except Exception as e:
-                    return _failure(name, fields, e)
+                # An attach's secrets are erased from every line logged
+                # while it runs: os-brick logs a failing attach's too, and
+                # so does _failure(), after the service returned.
+                with SCRUBBER.holding(params.get("connection_info")):
+                    try:
+                        _check_params(spec, params)
+                        value = await fn(ctx, **params)
+                    except Exception as e:
+                        return _failure(name, fields, e)
                 log.debug(
                     "%s done in %.6f s",
                     name,
@@ -314,7 +319,7 @@ class Api:
                 started = time.monotonic()
                 params = dict(zip(order, args, strict=False)) | kwargs
                 try:
-                    _check_params(spec, ctx, params, None)
+                    _check_params(spec, params)
                     value = fn(ctx, **params)
                 except Exception as e:
                     return _failure(name, _log_fields(name, ctx, params), e)
@@ -366,7 +371,10 @@ class Api:
         backend: str | None = None,
     ) -> dict[str, Any]:
         """``ManagedVolume.attach_volume``."""
-        return await self.service.attach(vol_id, connection_info, backend)
+        try:
+            return await self.service.attach(vol_id, connection_info, backend)
+        finally:
+            self._keep_secrets(vol_id)
 
     async def extend_volume(self, ctx: Peer, vol_id: str) -> int:
         """``ManagedVolume.extend_volume``."""
@@ -374,7 +382,28 @@ class Api:
 
     async def detach_volume(self, ctx: Peer, vol_id: str) -> None:
         """``ManagedVolume.detach_volume``."""
-        await self.service.detach(vol_id)
+        try:
+            await self.service.detach(vol_id)
+        finally:
+            self._keep_secrets(vol_id)
+
+    def _keep_secrets(self, vol_id: str) -> None:
+        """Have the scrubber hold the secrets of ``vol_id``'s row, if any.
+
+        Called after every attach and detach, whatever its outcome: the
+        row is the truth (an attach whose undo failed keeps one, a failed
+        detach keeps it, a refused attach leaves another's in place).  The
+        read and the change happen in one step of the event loop, so no
+        other call's row can come or go in between.
+        """
+        try:
+            rec = self.service.db.peek(vol_id)
+        except DatabaseBusy:
+            return  # keep what is held: holding too much costs memory only
+        if rec is None:
+            SCRUBBER.release(vol_id)
+        else:
+            SCRUBBER.hold(vol_id, rec.connection_info)
 
     async def volumes_info(
         self, ctx: Peer, vol_ids: list[str] | None = None
@@ -500,10 +529,44 @@ class Api:
     ) -> dict[str, Any] | None:
         token = _REQUEST_ID.set(_id_text(req.id))
         try:
+            if name in MUTATING:
+                self._audit(name, req, peer)
             _, result = await dispatch_request(self.methods, peer, req)
         finally:
             _REQUEST_ID.reset(token)
         return _response(name, req, result)
+
+    def _audit(self, name: str, req: Request, peer: Peer) -> None:
+        """Log who calls mutating method ``name``, before anything else.
+
+        Every call gets this line, also one whose params are wrong or do
+        not fit the method at all (jsonrpcserver refuses those without
+        calling it).  The vol_id is shown only when it is a valid one: a
+        bad value is never written to the log.
+        """
+        params = req.params
+        value = (
+            params.get("vol_id")
+            if isinstance(params, dict)
+            else (params[0] if params else None)
+        )
+        args = [peer, *params] if isinstance(params, list) else [peer]
+        kwargs = params if isinstance(params, dict) else {}
+        try:
+            self._signatures[name].bind(*args, **kwargs)
+        except TypeError:
+            refused = " (refused: the params do not fit the method)"
+        else:
+            refused = ""
+        fields = _log_fields(name, peer, {"vol_id": value})
+        log.info(
+            "%s by %s vol_id=%s%s",
+            name,
+            peer.describe(),
+            fields["VOL_ID"] or ("(invalid)" if value is not None else "-"),
+            refused,
+            extra=fields,
+        )
 
 
 def _id_text(rid: Any) -> str | None:
@@ -514,47 +577,54 @@ def _id_text(rid: Any) -> str | None:
 def _log_fields(
     name: str, ctx: Peer, params: dict[str, Any]
 ) -> dict[str, Any]:
-    """Structured fields for the journal, for the log lines of one call."""
+    """Structured fields for the journal, for the log lines of one call.
+
+    ``VOL_ID`` only when the call's vol_id is a valid one: the fields are
+    built before validation, and a bad value is never logged.
+    """
     return {
         "METHOD": name,
-        "VOL_ID": params.get("vol_id"),
+        "VOL_ID": _valid_vol_id(params.get("vol_id")),
         "PEER_UID": ctx.uid,
         "REQUEST_ID": _REQUEST_ID.get(),
     }
 
 
-def _check_params(
-    spec: schema.Method,
-    ctx: Peer,
-    params: dict[str, Any],
-    fields: dict[str, Any] | None,
-) -> None:
-    """Validate params against the schema; log who calls a mutating method."""
+def _valid_vol_id(value: Any) -> str | None:
+    """``value`` if it is a vol_id the schema accepts, else None."""
+    if value is None:
+        return None
+    try:
+        schema.validate(schema.VOL_ID, value, "vol_id")
+    except InvalidParams:
+        return None
+    return str(value)
+
+
+def _check_params(spec: schema.Method, params: dict[str, Any]) -> None:
+    """Validate params against the schema (InvalidParams if they fail)."""
     for p in spec.params:
         if p.name in params:
             schema.validate(p.schema, params[p.name], p.name)
-    if spec.name in MUTATING:
-        log.info(
-            "%s by %s vol_id=%s",
-            spec.name,
-            ctx.describe(),
-            params.get("vol_id"),
-            extra=fields or _log_fields(spec.name, ctx, params),
-        )
 
 
 def _failure(name: str, fields: dict[str, Any], e: Exception) -> Result:
-    """The error result for ``e``, raised by method ``name`` (logged)."""
+    """The error result for ``e``, raised by method ``name`` (logged).
+
+    Message and data are scrubbed here, whoever raised the error: an
+    os-brick exception's text can carry a secret anywhere in it.
+    """
     if isinstance(e, AgentError):
+        message = SCRUBBER.scrub(e.message)
         log.log(
             logging.WARNING if e.code >= 0 else logging.INFO,
             "%s failed: %d %s",
             name,
             e.code,
-            e.message,
+            message,
             extra=fields,
         )
-        return Error(e.code, e.message, SCRUBBER.scrub_data(e.data))
+        return Error(e.code, message, SCRUBBER.scrub_data(e.data))
     error_id = uuid.uuid4().hex[:12]
     log.error(
         "internal error %s in %s",
@@ -593,5 +663,7 @@ def _explain_bind_error(name: str, error: dict[str, Any]) -> None:
     if error.get("code") == InvalidParams.code and error.get("message") == (
         "Invalid params"
     ):
-        detail = str(error.get("data", ""))
+        detail = SCRUBBER.scrub(str(error.get("data", "")))
         error["message"] = f"bad params for {name}: {detail}"
+        if "data" in error:
+            error["data"] = detail

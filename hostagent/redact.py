@@ -3,21 +3,39 @@
 Two layers, because connectors and their tools are not ours to audit:
 
 * :func:`redact` replaces the values of secret-looking keys in nested
-  data before it is logged or returned.
-* :data:`SCRUBBER` remembers every secret value the agent has been handed
-  and erases it from any text on its way out (log lines, error messages),
-  whatever library produced that text.
+  data.  Results (volumes_info, attach answers, events) are masked this
+  way, by key alone.
+* :data:`SCRUBBER` erases the secret values of the volumes on this host
+  and of the calls in progress from free text on its way out (log lines,
+  error messages), whatever library produced that text.  Only values of
+  at least :data:`MIN_SCRUB_LENGTH` characters: see :func:`secret_values`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import re
 import threading
+import time
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from typing import Any
 
 MASK = "***"
+
+# Secret values shorter than this are not erased from free text.  CHAP
+# secrets are 12 to 16 characters (RFC 3720 asks for at least 12 bytes),
+# Ceph keys 40, and Cinder generates 16-character CHAP passwords and
+# 20-character user names; below 6 characters a value ("0", "abc", "lun")
+# would be found in unrelated text far more often than it is a secret.
+# os-brick's own lines that carry a CHAP password (the iscsiadm command
+# lines, its call traces) go through oslo's mask_password, which masks
+# it whatever its length; a user name it does not mask.
+MIN_SCRUB_LENGTH = 6
+
+# How long after a change the main pattern is recompiled (on a thread).
+MERGE_DELAY = 0.2
 
 # Matched case-insensitively against the whole key, so "auth_password",
 # "discovery_auth_password", "AUTH_USERNAME" and "keyring" are caught but
@@ -56,7 +74,15 @@ def redact(value: Any) -> Any:
 
 
 def secret_values(value: Any) -> set[str]:
-    """Every non-empty string stored under a secret key in ``value``."""
+    """The strings under secret keys in ``value`` that text scrubbing uses.
+
+    Only strings of at least :data:`MIN_SCRUB_LENGTH` characters: a
+    shorter value would match unrelated text (a password "0" turned
+    every zero in the logs into ``***``).  Numbers and booleans are never
+    learned: no connector's credential is one, and ``3260`` or ``true``
+    are everywhere in log text.  All of them are still masked by key
+    wherever they appear in structured data (:func:`redact`).
+    """
     found: set[str] = set()
     if isinstance(value, dict):
         for k, v in value.items():
@@ -74,52 +100,208 @@ def _strings(value: Any) -> set[str]:
     if isinstance(value, (dict, list)):
         items = value.values() if isinstance(value, dict) else value
         return set().union(*(_strings(v) for v in items)) if items else set()
-    if value is None or isinstance(value, bool):
-        return set()
-    text = str(value)
-    return {text} if text else set()
+    if isinstance(value, str) and len(value) >= MIN_SCRUB_LENGTH:
+        return {value}
+    return set()
 
 
 class Scrubber:
-    """Erases known secret strings from text.
+    """Erases the secrets of live volumes and calls from free text.
 
-    A host with many volumes knows thousands of secrets; the pattern that
-    finds them is a trie (see :func:`_trie_pattern`), so a text costs about
-    the same whatever their number.
+    Secrets are held by owners: a stored volume (its ``vol_id``) or a call
+    in progress (:meth:`holding`).  A secret is erased while at least one
+    owner holds it, and forgotten when the last one lets go, so the set is
+    that of the volumes on this host, not of every request ever seen.
+
+    The pattern that finds them is a trie (see :func:`_trie_pattern`), so
+    a text costs about the same whatever their number; compiling it for
+    1,000 secrets takes tens of milliseconds, too long for the event loop
+    at every attach.  So there are two: the *main* pattern, recompiled on
+    a thread of its own a moment after a change, and a small *recent* one
+    for the secrets learned since, compiled at once.  Text goes through
+    the recent one first.  A main secret that contains a recent one (a
+    keyring holding a user name) is put in the recent pattern too, so
+    that it is erased whole there instead of losing only its middle.
+    Until the main pattern is recompiled it still finds forgotten
+    secrets; each match is checked against the held ones (see
+    :func:`_sub_known`), so forgetting takes effect at once.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, merge_delay: float = MERGE_DELAY) -> None:
         self._lock = threading.Lock()
-        self._secrets: frozenset[str] = frozenset()
-        self._pattern: re.Pattern[str] | None = None
-        self.generation = 0
+        self._merge_delay = merge_delay
+        self._held: dict[Hashable, frozenset[str]] = {}
+        self._count: dict[str, int] = {}  # secret -> owners holding it
+        # The secrets compiled into the main pattern, and the same joined
+        # by NULs, where one C-speed search tells whether a new secret is
+        # inside any of them.
+        self._main: frozenset[str] = frozenset()
+        self._main_text = ""
+        self._main_pattern: re.Pattern[str] | None = None
+        self._recent: frozenset[str] = frozenset()
+        self._pending: set[str] = set()  # held, not in main: what recent is
+        # What scrub() runs, in order; replaced whole, read without lock.
+        self._patterns: tuple[re.Pattern[str], ...] = ()
+        # The merge thread, started at the first change, waits on this.
+        self._wake = threading.Condition(self._lock)
+        self._merge_wanted = False
+        self._merger: threading.Thread | None = None
 
     @property
     def active(self) -> bool:
-        """True once a secret was learned (until then text is unchanged)."""
-        return self._pattern is not None
+        """True while a secret is held (until then text is unchanged)."""
+        return bool(self._patterns)
 
-    def remember(self, value: Any) -> None:
-        """Learn the secret values found in ``value`` (a connection info)."""
-        new = secret_values(value)
-        if not new or new <= self._secrets:
+    def known(self) -> frozenset[str]:
+        """The secrets held now (what :meth:`scrub` erases, at least)."""
+        with self._lock:
+            return frozenset(self._count)
+
+    def settled(self) -> bool:
+        """True when the main pattern finds exactly the held secrets."""
+        with self._lock:
+            return self._main == self._count.keys()
+
+    def hold(self, owner: Hashable, value: Any) -> None:
+        """Let ``owner`` hold the secrets in ``value`` instead of its own.
+
+        ``value`` is a connection info (or anything holding some); with
+        none in it, ``owner`` holds nothing any more.
+        """
+        self._hold(owner, frozenset(secret_values(value)))
+
+    def hold_many(self, values: Mapping[Hashable, Any]) -> None:
+        """:meth:`hold` for each owner, then compile (at start-up)."""
+        with self._lock:
+            for owner, value in values.items():
+                self._set(owner, frozenset(secret_values(value)))
+        self.flush()
+
+    def release(self, owner: Hashable) -> None:
+        """``owner`` holds nothing any more."""
+        if owner not in self._held:
             return
         with self._lock:
-            self._secrets = self._secrets | new
-            self._pattern = _compile(self._secrets)
-            # Tells holders of scrubbed data that it may be stale now.
-            self.generation += 1
+            self._set(owner, frozenset())
+            self._publish()
+
+    @contextlib.contextmanager
+    def holding(self, value: Any) -> Iterator[None]:
+        """Hold the secrets in ``value`` while the block runs."""
+        secrets = frozenset(secret_values(value))
+        if not secrets:
+            yield
+            return
+        owner = object()
+        self._hold(owner, secrets)
+        try:
+            yield
+        finally:
+            self.release(owner)
+
+    def flush(self) -> None:
+        """Compile the main pattern now, on this thread, from all held."""
+        with self._lock:
+            target = frozenset(self._count)
+        pattern = _compile(target) if target else None
+        with self._lock:
+            self._set_main(target, pattern)
 
     def scrub(self, text: str) -> str:
-        """``text`` with every remembered secret replaced by ``"***"``."""
-        pattern = self._pattern
-        if pattern is None:
-            return text
-        return pattern.sub(MASK, text)
+        """``text`` with every held secret replaced by ``"***"``."""
+        for pattern in self._patterns:
+            text = _sub_known(pattern, text, self._count)
+        return text
 
     def scrub_data(self, value: Any) -> Any:
-        """:func:`redact` plus :meth:`scrub` on every string inside."""
-        return _scrub_data(value, self._pattern)
+        """:func:`redact` plus :meth:`scrub` on every string inside.
+
+        For data that may carry free text (an error's ``data``), not for
+        results: a client chooses its own secrets, and one that picks
+        ``/dev/`` as its password must not change anybody's paths.
+        """
+        return _scrub_data(value, self.scrub)
+
+    def _hold(self, owner: Hashable, new: frozenset[str]) -> None:
+        if new == self._held.get(owner, frozenset()):
+            return  # the usual case: an attached volume seen again
+        with self._lock:
+            self._set(owner, new)
+            self._publish()
+
+    # -- under the lock ----------------------------------------------------
+
+    def _set(self, owner: Hashable, new: frozenset[str]) -> None:
+        old = self._held.pop(owner, frozenset())
+        if new:
+            self._held[owner] = new
+        for s in new - old:
+            count = self._count.get(s, 0)
+            self._count[s] = count + 1
+            if not count and s not in self._main:
+                self._pending.add(s)
+        for s in old - new:
+            self._count[s] -= 1
+            if not self._count[s]:
+                del self._count[s]
+                self._pending.discard(s)
+
+    def _publish(self) -> None:
+        """Recompile the recent pattern; have the main one merged later."""
+        if self._pending != self._recent:
+            self._set_recent(frozenset(self._pending))
+        if self._pending or len(self._count) != len(self._main):
+            self._merge_later()
+
+    def _set_main(
+        self, main: frozenset[str], pattern: re.Pattern[str] | None
+    ) -> None:
+        self._main = main
+        self._main_text = "\0".join(main)
+        self._main_pattern = pattern
+        self._pending = {s for s in self._count if s not in main}
+        self._set_recent(frozenset(self._pending))
+
+    def _set_recent(self, recent: frozenset[str]) -> None:
+        self._recent = recent
+        words = set(recent)
+        for s in recent:
+            if s in self._main_text:
+                words.update(m for m in self._main if s in m)
+        patterns = [_compile(frozenset(words))] if words else []
+        if self._main_pattern is not None:
+            patterns.append(self._main_pattern)
+        self._patterns = tuple(patterns)
+
+    def _merge_later(self) -> None:
+        self._merge_wanted = True
+        if self._merger is None:
+            # One thread for good: starting one costs milliseconds on a
+            # busy host, waking it costs nothing.
+            self._merger = threading.Thread(
+                target=self._merge, name="scrub-merge", daemon=True
+            )
+            self._merger.start()
+        else:
+            self._wake.notify()
+
+    # -- on the merge thread -----------------------------------------------
+
+    def _merge(self) -> None:
+        while True:
+            with self._wake:
+                while not self._merge_wanted:
+                    self._wake.wait()
+                self._merge_wanted = False
+            # A burst of attaches (100 at once) is merged in one compile.
+            time.sleep(self._merge_delay)
+            with self._lock:
+                target = frozenset(self._count)
+                if target == self._main:
+                    continue
+            pattern = _compile(target) if target else None
+            with self._lock:
+                self._set_main(target, pattern)
 
 
 def _compile(secrets: frozenset[str]) -> re.Pattern[str]:
@@ -173,22 +355,58 @@ def _trie_pattern(words: frozenset[str]) -> str:
     return build(trie)
 
 
-def _scrub_data(value: Any, pattern: re.Pattern[str] | None) -> Any:
-    # One walk that both redacts and scrubs: results hold a connection
-    # info per volume, and volumes_info returns every volume.
+def _sub_known(
+    pattern: re.Pattern[str], text: str, known: Mapping[str, int]
+) -> str:
+    """``text`` with the ``known`` secrets that ``pattern`` finds masked.
+
+    ``pattern`` may also find secrets no longer held.  Every secret that
+    matches at one place is a prefix of the longest one matching there,
+    so where the pattern found a forgotten secret the longest held one at
+    that place is the longest held prefix of the match.
+    """
+    match = pattern.search(text)
+    if match is None:
+        return text  # nearly every line: one search
+    out: list[str] = []
+    done = 0
+    while match is not None:
+        start, end = match.span()
+        word = match.group()
+        if word not in known:
+            end = start + next(
+                (
+                    n
+                    for n in range(len(word) - 1, MIN_SCRUB_LENGTH - 1, -1)
+                    if word[:n] in known
+                ),
+                0,
+            )
+        if end > start:
+            out += (text[done:start], MASK)
+            done = end
+            match = pattern.search(text, end)
+        else:
+            match = pattern.search(text, start + 1)
+    out.append(text[done:])
+    return "".join(out)
+
+
+def _scrub_data(value: Any, scrub: Callable[[str], str]) -> Any:
+    # One walk that both redacts and scrubs.
     if isinstance(value, str):
-        return value if pattern is None else pattern.sub(MASK, value)
+        return scrub(value)
     if isinstance(value, dict):
         return {
             k: (
                 MASK
                 if isinstance(k, str) and is_secret_key(k) and v is not None
-                else _scrub_data(v, pattern)
+                else _scrub_data(v, scrub)
             )
             for k, v in value.items()
         }
     if isinstance(value, list):
-        return [_scrub_data(v, pattern) for v in value]
+        return [_scrub_data(v, scrub) for v in value]
     return value
 
 

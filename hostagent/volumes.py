@@ -55,7 +55,7 @@ from hostagent.events import Events
 from hostagent.flow import FailPoints, Flow, FlowError, Step
 from hostagent.lane import Lane
 from hostagent.reconcile import Reconciler
-from hostagent.redact import SCRUBBER
+from hostagent.redact import SCRUBBER, redact
 from hostagent.udev import Udev
 
 log = logging.getLogger(__name__)
@@ -103,10 +103,8 @@ class VolumeService:
         self._locks: dict[str, asyncio.Lock] = {}
         self._waiters: dict[str, int] = {}
         self._brick_load: asyncio.Future[None] | None = None
-        # volumes_info's last entries: (scrubber generation, entries).
-        self._shown: tuple[
-            int, dict[tuple[tuple[Any, ...], bool], dict[str, Any]]
-        ] = (-1, {})
+        # volumes_info's last entries, by row and presence.
+        self._shown: dict[tuple[tuple[Any, ...], bool], dict[str, Any]] = {}
         self.device_wait = DEVICE_WAIT
         self.events = Events(lambda: self.info(None))
 
@@ -160,7 +158,7 @@ class VolumeService:
         # them again at detach and logs what it sees, so the scrubber
         # must know them before the first request.
         records = await self.in_db(self.db.list)
-        SCRUBBER.remember([r.connection_info for r in records])
+        SCRUBBER.hold_many({r.vol_id: r.connection_info for r in records})
         self.volumes_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
 
     async def close(self) -> None:
@@ -297,11 +295,12 @@ class VolumeService:
         """Attach ``vol_id``; return path, attachment and managed path.
 
         ``backend`` names a ``[backend.NAME]`` whose options to use;
-        without it the driver type's ``[brick]`` defaults apply.
+        without it the driver type's ``[brick]`` defaults apply.  The
+        caller holds the secrets of ``connection_info`` in the scrubber
+        for the call (:class:`hostagent.api.Api` does).
         """
         driver = self.check_driver(connection_info)
         options = self.check_backend(driver, backend)
-        SCRUBBER.remember(connection_info)
         await self.brick_ready()
         async with self.volume_lock(vol_id):
             existing = await self.record(vol_id)
@@ -368,7 +367,7 @@ class VolumeService:
         return {
             "vol_id": vol_id,
             "path": path,
-            "attachment": SCRUBBER.scrub_data(attachment),
+            "attachment": redact(attachment),
             "managed_path": str(self.volumes_dir / vol_id),
         }
 
@@ -668,15 +667,12 @@ class VolumeService:
         present = self.udev.exists_many(
             (row[_PATH], row[_MULTIPATH_ID]) for row in rows
         )
-        # Decoding, scrubbing and building a volume's entry are most of
+        # Decoding, masking and building a volume's entry are most of
         # the cost of volumes_info, and its answer changes little from one
         # call to the next: the entries of the last answer are kept, by
-        # row and presence, for as long as the scrubber learned nothing
-        # new.  They are shared between answers, never modified.
-        generation = SCRUBBER.generation
-        kept, last = self._shown
-        if kept != generation:
-            last = {}
+        # row and presence (secrets are masked by key alone, so nothing
+        # else changes an entry).  They are shared, never modified.
+        last = self._shown
         shown: dict[tuple[tuple[Any, ...], bool], dict[str, Any]] = {}
         for key in zip(rows, present, strict=True):
             entry = last.get(key)
@@ -684,7 +680,7 @@ class VolumeService:
                 entry = _entry(StoredVolume._make(key[0]), key[1])
             shown[key] = entry
         # Only this answer's entries are kept: the memo stays its size.
-        self._shown = (generation, shown)
+        self._shown = shown
         return list(shown.values())
 
 
@@ -927,4 +923,4 @@ def _entry(row: StoredVolume, exists: bool) -> dict[str, Any]:
 
 def _shown_json(text: str | None) -> Any:
     """A stored JSON column, decoded and scrubbed, as results show it."""
-    return None if text is None else SCRUBBER.scrub_data(json.loads(text))
+    return None if text is None else redact(json.loads(text))

@@ -9,6 +9,7 @@ and the managed symlink must still be there.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import uuid
 from collections.abc import Iterator
@@ -380,3 +381,61 @@ def test_lone_surrogate_id_still_gets_its_answer(seeded: Seeded) -> None:
     )
     assert answer["id"] == "\ud800"
     assert answer["error"]["code"] == -32601
+
+
+EXTEND = "ManagedVolume.extend_volume"
+
+
+def test_refused_mutating_calls_are_logged_with_their_peer(
+    seeded: Seeded,
+) -> None:
+    """Every attach, detach and extend leaves one line naming its caller,
+    also when its params are wrong or do not fit the method; the bad
+    values themselves (and secrets) never reach the log."""
+    agent = seeded.agent
+    marker = "mark-" + uuid.uuid4().hex[:12]
+    password = "pw-" + marker  # long enough to be scrubbed anyway
+    shown, fits = str(uuid.uuid4()), str(uuid.uuid4())
+    calls: list[tuple[bytes, str]] = [
+        (line(msg(DETACH, [f"../../etc/{marker}"])), "(invalid)\n"),
+        (line(msg(DETACH, {"vol_id": 5})), "(invalid)\n"),
+        (line(msg(EXTEND)), "vol_id=- (refused"),
+        (
+            line(
+                msg(
+                    ATTACH,
+                    {
+                        "vol_id": shown,
+                        "connection_info": local_info(
+                            OTHER_DEV, auth_password=password
+                        ),
+                        marker: True,
+                    },
+                )
+            ),
+            f"vol_id={shown} (refused",
+        ),
+        (
+            line(msg(ATTACH, [fits, local_info(password), None, 1])),
+            f"vol_id={fits} (refused",
+        ),
+        (line(msg(ATTACH, [fits, f"local {password}"])), f"vol_id={fits}\n"),
+        (line(msg(DETACH, [marker], rid=None)), "(invalid)\n"),
+        (
+            line([msg(EXTEND, [marker]), msg(DETACH, [SEEDED + marker])]),
+            "(invalid)\n",
+        ),
+    ]
+    start = len(agent.log())
+    for payload, _ in calls:
+        agent.exchange(payload)
+    assert agent.call("Host.ping") is True
+    log = agent.log()[start:]
+    peer = f" by unix uid=0 pid={os.getpid()} vol_id="
+    audit = [x for x in log.splitlines(keepends=True) if peer in x]
+    assert len(audit) == len(calls) + 1, log  # the batch held two
+    for (_, expected), got in zip(calls, audit, strict=False):
+        assert expected in got, (expected, got)
+    assert audit[-1].endswith("vol_id=(invalid)\n")
+    assert marker not in log
+    assert password not in log

@@ -155,6 +155,26 @@ def test_rpm_metadata(rpm_file: Path) -> None:
     assert arch == "noarch"
     requires = {r.split()[0] for r in rpm_query(rpm_file, "-R")}
     assert requires >= REQUIRES, REQUIRES - requires
+    # Site path and bytecode are the build host's Python's: the package
+    # says which Python that is.  The spec declares it (rpm's automatic
+    # python dependencies, where the build host has them, say the same).
+    need("rpmspec")
+    abi = {
+        r for r in rpm_query(rpm_file, "--requires") if r.startswith("python(")
+    }
+    assert len(abi) == 1, abi
+    (line,) = abi
+    assert re.fullmatch(r"python\(abi\) = 3\.\d+", line), line
+    declared = run("rpmspec", "-q", "--requires", ROOT / "hostagent.spec")
+    assert line in declared.stdout.splitlines(), declared
+    version = line.split()[-1]
+    files = rpm_query(rpm_file, "-l")
+    site = f"/usr/lib/python{version}/site-packages/hostagent/"
+    assert f"{site}__init__.py" in files
+    compiled = [f for f in files if f.endswith(".pyc")]
+    assert compiled and all(f.startswith(site) for f in compiled)
+    tag = "cpython-" + version.replace(".", "")
+    assert all(f".{tag}." in f for f in compiled), compiled
     flags, modes = {}, {}
     for line in rpm_query(
         rpm_file,

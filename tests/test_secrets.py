@@ -7,7 +7,9 @@ answer are searched for each secret value.
 
 from __future__ import annotations
 
+import copy
 import json
+import os
 import sqlite3
 import stat
 import uuid
@@ -16,6 +18,8 @@ from typing import Any
 
 import pytest
 from conftest import Agent, Loops, local_info, new_vol_id
+from test_fc import FakeHostAgent
+from test_rbd import FakeCeph, rbd_info
 
 from hostagent.client import RpcError
 
@@ -205,3 +209,124 @@ def test_secrets_of_a_failing_iscsi_chap_attach(
     assert "auth.password -v ***" in log
     assert leaks(log) == []
     assert not (Path("/etc/iscsi/nodes") / CHAP_IQN).exists()
+
+
+def test_short_chap_passwords_stay_out_of_iscsiadm_lines(
+    agent_factory: Any,
+) -> None:
+    """Too short to be erased from text (redact.MIN_SCRUB_LENGTH), they
+    are masked on os-brick's iscsiadm command lines by oslo's
+    mask_password, and in every result by their key."""
+    agent: Agent = agent_factory()
+    agent.configure(brick={"multipath": True})
+    agent.start()
+    short = {"auth_password": "Xq9Zk", "discovery_auth_password": "Vb3Wq"}
+    info = copy.deepcopy(CHAP_PORTAL)
+    iqn = f"iqn.2026-11.test.hostagent:chap-short-{uuid.uuid4().hex[:12]}"
+    info["data"].update(short, target_iqn=iqn)
+    seen = Seen()
+    err = seen.error(agent, ATTACH, [new_vol_id(), info])
+    assert err.code == 926
+    log = agent.log()
+    assert "auth.password -v ***" in log
+    for value in short.values():
+        assert value not in log
+        assert value not in "".join(seen.texts)
+    assert leaks(log) == []  # the user names are long: erased as well
+    assert not (Path("/etc/iscsi/nodes") / iqn).exists()
+
+
+def test_secrets_change_only_text_and_only_while_a_volume_uses_them(
+    agent: Agent, loops: Loops, tmp_path: Path
+) -> None:
+    """A caller's secrets are not masks over everybody's data.
+
+    Volume ``c``'s device path contains ``word``; other callers use
+    ``word`` as their password.  ``c``'s results never change, and text
+    shows ``word`` as ``***`` only while some call or volume uses it.
+    """
+    word = "Pw" + uuid.uuid4().hex[:10]
+    link = tmp_path / f"disk-{word}"
+    link.symlink_to(loops.create())
+    path = str(link)
+    c = new_vol_id()
+    agent.call(ATTACH, [c, local_info(path)])
+
+    def refused(vol_id: str | None = None, **secrets: Any) -> str:
+        """The 927 message of another volume on ``c``'s device."""
+        info = local_info(path, **secrets)
+        err = agent.error(ATTACH, [vol_id or new_vol_id(), info])
+        assert err.code == 927
+        assert f"already attached as volume {c}" in err.message
+        return err.message
+
+    def c_unchanged() -> None:
+        (got,) = agent.call(INFO, [[c]])
+        assert got["path"] == path
+        assert got["connection_info"] == local_info(path)
+        assert got["attachment"]["path"] == path
+
+    # The caller's own password is in its error message: hidden there
+    # (no raiser scrubs that message: the answer is scrubbed centrally).
+    # A one-character password changes nothing anywhere.
+    b = new_vol_id()[:-1] + "0"
+    message = refused(b, auth_password=word, discovery_auth_password="0")
+    assert word not in message
+    assert f"device {tmp_path}/disk-*** is" in message
+    c_unchanged()
+    # That call ended: its secret is forgotten.
+    assert word in refused()
+
+    # Volumes that keep it: masked while one of them is attached.
+    a1, a2 = new_vol_id(), new_vol_id()
+    for vol_id in (a1, a2):
+        agent.call(
+            ATTACH, [vol_id, local_info(loops.create(), auth_password=word)]
+        )
+    assert word not in refused()
+    agent.call(DETACH, [a1])
+    assert word not in refused()  # a2 still uses it
+    agent.restart()
+    assert word not in refused()  # known again from the database
+    c_unchanged()
+    agent.call(DETACH, [a2])
+    assert word in refused()
+    agent.call(DETACH, [c])
+
+    log = agent.log()
+    assert f"volume {b}: connecting (local)" in log
+    assert f"attached volume {c} at {path}" in log
+    assert f"volume {c}: disconnecting {path} (local)" in log
+    assert "disk-***" in log  # while the callers' secrets were in use
+
+
+def test_an_os_brick_error_carrying_a_secret_is_scrubbed(
+    agent_factory: Any, tmp_path: Path
+) -> None:
+    """os-brick's rbd connector puts the user name on the rbd command
+    line, and the error of a failed map quotes that command line."""
+    fake = FakeCeph(tmp_path / "ceph")
+    a: FakeHostAgent = agent_factory(
+        env={
+            "PATH": f"{fake.bin}:{os.environ['PATH']}",
+            "FAKE_CEPH": str(fake.root),
+        },
+        cls=FakeHostAgent,
+        spec={},
+    )
+    a.start()
+    user = "rbdUser-" + uuid.uuid4().hex[:8]
+    seen = Seen()
+    err = seen.error(
+        a, ATTACH, [new_vol_id(), rbd_info("volumes/nope", auth_username=user)]
+    )
+    assert err.code == 926
+    assert err.data["error_class"] == "ProcessExecutionError"
+    assert "--id ***" in err.data["error"]
+    assert err.message == (
+        "rbd connect_volume failed: ProcessExecutionError: Unexpected error "
+        "while running command."
+    )
+    assert user not in "".join(seen.texts)
+    assert "--id ***" in a.log()
+    assert user not in a.log()
