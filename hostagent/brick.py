@@ -159,6 +159,8 @@ class Brick:
         conn = self._connector(driver, backend)
         try:
             self._failpoint("brick.before_connect_volume")
+            if driver == "storpool":
+                check_storpool_data(data)
             info = conn.connect_volume(data)
             self._failpoint("brick.after_connect_volume")
         except Exception as e:
@@ -178,14 +180,36 @@ class Brick:
         force: bool = False,
         backend: BackendConfig | None = None,
     ) -> None:
-        """Run the connector's ``disconnect_volume``."""
+        """Run the connector's ``disconnect_volume``.
+
+        A disconnect that finds nothing of the volume can be attached
+        here returns as done (logged): StorPool's API says the volume
+        does not exist, or the ``rbd`` tool is missing and the kernel
+        maps no such image (see :func:`_nothing_attached`).
+        """
         conn = self._connector(driver, backend)
+        info = dict(attachment or {})
         try:
             self._failpoint("brick.before_disconnect_volume")
             # An attach killed before os-brick returned has no device
             # info; connectors then find the devices from ``data`` alone
             # (iSCSI: the sessions of target_iqn(s)/target_portal(s)).
-            conn.disconnect_volume(data, attachment or {}, force=force)
+            if driver == "storpool":
+                info = _storpool_device_info(conn, data, info)
+            try:
+                conn.disconnect_volume(data, info, force=force)
+            except Exception as e:
+                why = _nothing_attached(driver, conn, data, e)
+                if why is None:
+                    raise
+                log.warning(
+                    "%s disconnect_volume failed (%s: %s), but %s: "
+                    "nothing to disconnect, done",
+                    driver,
+                    type(e).__name__,
+                    e,
+                    why,
+                )
             self._failpoint("brick.after_disconnect_volume")
         except Exception as e:
             raise _failed("disconnect_volume", driver, e) from e
@@ -353,6 +377,85 @@ def _with_env(env: dict[str, str]) -> Any:
     return execute
 
 
+def _nothing_attached(
+    driver: str, conn: Any, data: dict[str, Any], error: Exception
+) -> str | None:
+    """Why a failed disconnect left nothing attached, or None.
+
+    Only two failures qualify, each where the connector's own checks tell
+    that the volume cannot be attached to this host: any other failed
+    disconnect may leave something connected, and is raised.
+    """
+    if driver == "storpool" and _storpool_no_such_volume(error):
+        return "StorPool has no such volume"
+    if driver == "rbd" and data.get(
+        "do_local_attach", getattr(conn, "do_local_attach", False)
+    ):
+        return _rbd_nothing_mapped(conn, data)
+    return None
+
+
+# -- RBD --------------------------------------------------------------------
+
+# The kernel lists every image it maps (krbd) here, one directory each.
+RBD_SYSFS = Path("/sys/bus/rbd/devices")
+
+
+def rbd_kernel_maps(sysfs: Path = RBD_SYSFS) -> set[str]:
+    """``pool/image`` of every image the rbd kernel module maps.
+
+    Empty without the module (no directory).  An image in a namespace
+    counts as ``pool/image`` too: os-brick cannot name one, and treating
+    it as this image errs on the side of keeping the row.
+    """
+    maps: set[str] = set()
+    try:
+        entries = list(sysfs.iterdir())
+    except FileNotFoundError:
+        return maps
+    for d in entries:
+        try:
+            pool = (d / "pool").read_text().strip()
+            name = (d / "name").read_text().strip()
+        except FileNotFoundError:
+            continue  # unmapped while this read the directory
+        maps.add(f"{pool}/{name}")
+    return maps
+
+
+def _rbd_nothing_mapped(
+    conn: Any, data: dict[str, Any], sysfs: Path = RBD_SYSFS
+) -> str | None:
+    """Why nothing of ``data``'s image is mapped, when the tool is gone.
+
+    os-brick's connect maps only after ``which rbd`` found the tool (else
+    "ceph-common package is not installed"), and its disconnect needs the
+    tool too.  Without the tool, a failed connect mapped nothing; but the
+    tool may also have been removed after an attach, so the kernel's own
+    list of mapped images must not have this one.
+    """
+    from oslo_concurrency import processutils
+
+    try:
+        conn._execute("which", "rbd")
+    except processutils.ProcessExecutionError:
+        pass
+    else:
+        return None  # the tool is there: the failure is a real one
+    name = data.get("name")
+    if name in rbd_kernel_maps(sysfs):
+        log.error(
+            "rbd image %s is mapped by the kernel but the rbd tool "
+            "(ceph-common) is not installed: cannot unmap it",
+            name,
+        )
+        return None
+    return (
+        "the rbd tool (ceph-common) is not installed and the kernel maps "
+        f"no image {name}"
+    )
+
+
 # -- StorPool ---------------------------------------------------------------
 
 STORPOOL_DEFAULTS = {"SP_API_HTTP_HOST": "127.0.0.1", "SP_API_HTTP_PORT": "81"}
@@ -388,6 +491,66 @@ def read_storpool_conf(path: str) -> dict[str, str]:
             conf.update({k: v or "" for k, v in parser[section].items()})
     conf.update({k: os.environ[k] for k in STORPOOL_ENV if k in os.environ})
     return conf
+
+
+def check_storpool_data(data: dict[str, Any]) -> None:
+    """Raise ValueError where os-brick's StorPool connect would refuse.
+
+    Its connect_volume checks these before its first API call, but
+    raises the BrickException its API failures raise too; a ValueError
+    tells the volume service that nothing was connected, so no clean-up
+    detach is sent (it could detach another record's volume).  The
+    messages are os-brick's.
+    """
+    if data.get("client_id") is None:
+        raise ValueError(
+            "Invalid StorPool connection data, no client ID specified."
+        )
+    if data.get("volume") is None:
+        raise ValueError(
+            "Invalid StorPool connection data, no volume ID specified."
+        )
+    if data.get("access_mode") not in ("rw", "ro"):
+        raise ValueError(
+            "Invalid access_mode specified in the connection data."
+        )
+
+
+def _storpool_device_info(
+    conn: Any, data: dict[str, Any], info: dict[str, Any]
+) -> dict[str, Any]:
+    """``info`` with a device path for os-brick's StorPool disconnect.
+
+    Its disconnect_volume detaches by the name in the device path and has
+    no other way; a failed (or killed) connect returned none.  The path
+    by volume name, ``/dev/storpool/<prefix>--volume-<volume>``, is what
+    the connector's own ``get_volume_paths`` says, from ``data``.
+    """
+    if data.get("device_path") or info.get("path"):
+        return info
+    (path,) = conn.get_volume_paths(data)
+    return {**info, "path": path}
+
+
+def _storpool_no_such_volume(error: BaseException) -> bool:
+    """Whether StorPool's API answered ``objectDoesNotExist``.
+
+    os-brick wraps the API's error (its ``__cause__``); the error name is
+    the API's, what StorPool's Cinder driver also treats as "gone".
+    """
+    from os_brick.initiator import storpool_utils
+
+    seen: set[int] = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if (
+            isinstance(e, storpool_utils.StorPoolAPIError)
+            and e.name == "objectDoesNotExist"
+        ):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 @functools.cache

@@ -27,6 +27,8 @@ import pytest
 from conftest import Loops, new_vol_id
 from test_fc import FakeHostAgent
 
+from hostagent import brick
+
 ATTACH = "ManagedVolume.attach_volume"
 DETACH = "ManagedVolume.detach_volume"
 INFO = "ManagedVolume.volumes_info"
@@ -269,8 +271,78 @@ def test_without_ceph_common_is_926(agent_factory: Any) -> None:
     err = a.error(ATTACH, [new_vol_id(), rbd_info()])
     assert err.code == 926
     assert "ceph-common package is not installed" in err.message
-    # The failed connect's clean-up disconnect needs the rbd tool too:
-    # the row is kept for a detach once the tool is there.
-    (info,) = a.call(INFO)
-    assert info["state"] == "detaching"
-    assert "undoing connect failed" in info["last_error"]
+    # The failed connect's clean-up disconnect needs the rbd tool too,
+    # and fails; without the tool nothing was mapped (and the kernel
+    # maps no such image), so nothing is left.
+    assert a.call(INFO) == []
+    assert "rbd disconnect_volume failed (ProcessExecutionError: " in a.log()
+    assert (
+        "but the rbd tool (ceph-common) is not installed and the kernel "
+        "maps no image volumes/volume-1: nothing to disconnect, done"
+        in a.log()
+    )
+
+
+def kernel_map(sysfs: Path, n: int, pool: str, name: str) -> None:
+    """A /sys/bus/rbd/devices/<n> entry, as krbd makes for a mapping."""
+    d = sysfs / str(n)
+    d.mkdir(parents=True)
+    for key, value in {
+        "pool": pool,
+        "name": name,
+        "pool_ns": "",
+        "snap": "-",
+    }.items():
+        (d / key).write_text(value + "\n")
+
+
+class Which:
+    """The one call asked of the connector: ``which rbd``.
+
+    Without the tool, rootwrap's execute raises ProcessExecutionError (a
+    command that fails or cannot be found).  The rbd kernel module is
+    what this machine does not have, so the test lays out its sysfs
+    directory itself.
+    """
+
+    def __init__(self, found: bool) -> None:
+        self.found = found
+        self.calls: list[tuple[str, ...]] = []
+
+    def _execute(self, *cmd: str, **kwargs: Any) -> tuple[str, str]:
+        from oslo_concurrency import processutils
+
+        self.calls.append(cmd)
+        if not self.found:
+            raise processutils.ProcessExecutionError(exit_code=1, cmd=cmd)
+        return "/usr/bin/rbd\n", ""
+
+
+def test_without_the_tool_an_image_the_kernel_maps_is_kept(
+    tmp_path: Path,
+) -> None:
+    """The tool removed after an attach: the mapping is still there.
+
+    Only an image the kernel does not map counts as disconnected.
+    """
+    sysfs = tmp_path / "devices"
+    assert brick.rbd_kernel_maps(sysfs) == set()  # no rbd module
+    kernel_map(sysfs, 0, "volumes", "volume-1")
+    kernel_map(sysfs, 3, "images", "volume-1")
+    assert brick.rbd_kernel_maps(sysfs) == {
+        "volumes/volume-1",
+        "images/volume-1",
+    }
+    # The tool is there: a failed disconnect is a real failure.
+    assert brick._rbd_nothing_mapped(Which(True), {"name": "a/b"}) is None
+    conn = Which(False)
+    data = rbd_info()["data"]
+    assert brick._rbd_nothing_mapped(conn, data, sysfs) is None
+    assert conn.calls == [("which", "rbd")]
+    why = brick._rbd_nothing_mapped(
+        conn, rbd_info("volumes/other")["data"], sysfs
+    )
+    assert why == (
+        "the rbd tool (ceph-common) is not installed and the kernel maps "
+        "no image volumes/other"
+    )

@@ -6,7 +6,8 @@ StorPool's JSON-over-HTTP API.  ``FakeStorPool`` is an HTTP server on
 (``VolumesReassignWait``, ``VolumeGetInfo``, ``Volume``), with
 StorPool's auth header, reply envelope (``{"data": ...}`` or
 ``{"error": {"name", "descr", "transient"}}``) and volume naming
-(``os--volume-<id>``, ``~<globalId>``).  It also plays this host's
+(``os--volume-<id>``, ``~<globalId>``); a call named in ``fail``
+answers with the given error.  It also plays this host's
 StorPool block client: a volume assigned to our SP_OURID appears in the
 daemon's private /dev (fakehost.py) as ``/dev/spN`` (a real loop device's
 numbers) with the ``/dev/storpool/<name>`` and
@@ -49,6 +50,9 @@ class FakeStorPool(ThreadingHTTPServer):
         self.dev_root = dev_root
         self.volumes: dict[str, dict[str, Any]] = {}
         self.calls: list[tuple[str, str, Any]] = []
+        # Calls told to fail: call name -> (HTTP status, error name,
+        # description), answered in StorPool's error envelope.
+        self.fail: dict[str, tuple[int, str, str]] = {}
         self.lock = threading.Lock()
 
     @property
@@ -142,6 +146,8 @@ class _Handler(BaseHTTPRequestHandler):
             if not self.path.startswith(prefix):
                 return self.error(404, "invalidParam", "no such call")
             call, _, arg = self.path[len(prefix) :].partition("/")
+            if call in s.fail:
+                return self.error(*s.fail[call])
             if method == "POST" and call == "VolumesReassignWait":
                 return self.reassign(body)
             if method == "GET" and call in ("VolumeGetInfo", "Volume"):
@@ -282,28 +288,99 @@ def test_extend_asks_the_api_for_the_size(
 def test_unknown_volume_is_926_with_the_api_error(
     storpool: tuple[FakeHostAgent, FakeStorPool, str],
 ) -> None:
-    a, _sp, _ = storpool
+    """The reassign fails; the clean-up detach by name finds no volume.
+
+    os-brick's StorPool disconnect needs a device path, which a failed
+    connect never returned: the agent gives it the path by name
+    (``/dev/storpool/<name>``, as the connector's get_volume_paths
+    says).  StorPool answers objectDoesNotExist, so nothing of it can be
+    attached here and no row is kept.
+    """
+    a, sp, _ = storpool
     vid = new_vol_id()
-    err = a.error(ATTACH, [vid, sp_info(new_vol_id()), "sp"])
+    unknown = new_vol_id()
+    err = a.error(ATTACH, [vid, sp_info(unknown), "sp"])
     assert err.code == 926
     assert "objectDoesNotExist" in err.message
-    # A failed connect is disconnected in case it did part of its work;
-    # os-brick's StorPool disconnect needs the device path a failed
-    # connect never returned, so that fails and the row is kept.
-    (info,) = a.call(INFO)
-    assert (info["vol_id"], info["state"]) == (vid, "detaching")
-    assert "undoing connect failed" in info["last_error"]
-    assert "no device_path specified" in info["last_error"]
+    name = f"os--volume-{unknown}"
+    assert sp.calls == [
+        (
+            "POST",
+            "/ctrl/1.0/MultiCluster/VolumesReassignWait",
+            {"reassign": [{"volume": name, "rw": [OURID]}]},
+        ),
+        (
+            "POST",
+            "/ctrl/1.0/MultiCluster/VolumesReassignWait",
+            {
+                "reassign": [
+                    {"volume": name, "detach": [OURID], "force": False}
+                ]
+            },
+        ),
+    ]
+    assert a.call(INFO) == []
+    assert "StorPool has no such volume: nothing to disconnect" in a.log()
+    assert sp.volumes[SP_NAME]["attached"] == {}
+
+
+def test_failed_volume_info_detaches_the_reassigned_volume(
+    storpool: tuple[FakeHostAgent, FakeStorPool, str],
+) -> None:
+    """The reassign is done, then VolumeGetInfo fails: detached again.
+
+    The volume was attached to this host (its device appeared) when
+    connect_volume raised; the clean-up detaches it by name in the API
+    and the attach leaves no row.  Once the API answers, it attaches.
+    """
+    a, sp, _dev = storpool
+    sp.fail["VolumeGetInfo"] = (500, "busy", "the cluster is busy")
+    vid = new_vol_id()
+    err = a.error(ATTACH, [vid, sp_info(), "sp"])
+    assert err.code == 926
+    assert err.data["operation"] == "connect_volume"
+    assert "busy: the cluster is busy" in err.message
+    assert sp.calls == [
+        (
+            "POST",
+            "/ctrl/1.0/MultiCluster/VolumesReassignWait",
+            {"reassign": [{"volume": SP_NAME, "rw": [OURID]}]},
+        ),
+        ("GET", f"/ctrl/1.0/MultiCluster/VolumeGetInfo/{SP_NAME}", None),
+        (
+            "POST",
+            "/ctrl/1.0/MultiCluster/VolumesReassignWait",
+            {
+                "reassign": [
+                    {"volume": SP_NAME, "detach": [OURID], "force": False}
+                ]
+            },
+        ),
+    ]
+    assert sp.volumes[SP_NAME]["attached"] == {}
+    assert not (a.root / "dev" / "storpool" / SP_NAME).exists()
+    assert a.call(INFO) == []
+    del sp.fail["VolumeGetInfo"]
+    res = a.call(ATTACH, [vid, sp_info(), "sp"])
+    assert res["path"] == "/dev/storpool-byid/b7kz.b.c3f"
+    assert sp.volumes[SP_NAME]["attached"] == {OURID: "rw"}
 
 
 def test_bad_access_mode_is_926_before_any_call(
     storpool: tuple[FakeHostAgent, FakeStorPool, str],
 ) -> None:
+    """Refused like os-brick refuses it, as bad data: no clean-up detach.
+
+    A detach by name could take the volume from another record that has
+    it attached here; and no row is left behind.
+    """
     a, sp, _ = storpool
     err = a.error(ATTACH, [new_vol_id(), sp_info(mode="rwx"), "sp"])
     assert err.code == 926
-    assert "access_mode" in err.message
+    assert "Invalid access_mode" in err.message
+    assert err.data["error_class"] == "ValueError"
     assert sp.calls == []
+    assert a.call(INFO) == []
 
 
 def test_wrong_token_is_926(
