@@ -8,7 +8,8 @@ attach or detach:
   with the recorded connection info, delete the row);
 * ``detaching`` rows have their detach finished;
 * a failed rollback or detach keeps the row ``detaching`` with
-  ``last_error``, for a later ``detach_volume`` to retry;
+  ``last_error``, for a later ``detach_volume`` to retry; a row deleted
+  lets go of its secrets in the scrubber;
 * managed symlinks without a row are removed; those of ``attached`` rows
   are created or pointed back at the row's path;
 * ``attached`` rows whose device is gone stay (``exists: false``).
@@ -229,6 +230,10 @@ class Reconciler:
                 await self.s.teardown(rec, "reconcile", note, context)
             except Exception:
                 return "failed"
+            # The row is gone: open() had the scrubber hold its secrets,
+            # and nothing else would let go of them (api.py does this
+            # after an attach or a detach).
+            SCRUBBER.release(vol_id)
             log.info(
                 "reconcile: volume %s: %s",
                 vol_id,

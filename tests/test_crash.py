@@ -8,6 +8,7 @@ pick the instant of the crash; ``kill`` is a real SIGKILL of the daemon.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import os
 import random
@@ -22,13 +23,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Agent, Loops, brick_calls, local_info, new_vol_id
+from conftest import (
+    Agent,
+    Loops,
+    brick_calls,
+    load_config,
+    local_info,
+    new_vol_id,
+)
 
 from hostagent import brick, db
 from hostagent.client import RpcError
-from hostagent.db import VolumeRecord
+from hostagent.db import Database, VolumeRecord
 from hostagent.reconcile import Reconciler
-from hostagent.volumes import _Attach, _Teardown
+from hostagent.redact import SCRUBBER
+from hostagent.udev import Udev
+from hostagent.volumes import VolumeService, _Attach, _Teardown
 
 ATTACH = "ManagedVolume.attach_volume"
 DETACH = "ManagedVolume.detach_volume"
@@ -519,6 +529,61 @@ def test_failed_connect_whose_disconnect_fails_keeps_the_row(
     a.stop()
     restart(a)
     check_reusable(a, vid, dev)
+
+
+def test_rows_rolled_back_at_start_up_let_go_of_their_secrets(
+    tmp_path: Path, loops: Loops
+) -> None:
+    """The scrubber holds the secrets of rows only while they exist.
+
+    In-process (the scrubber is the daemon's memory): open() holds every
+    row's secrets; reconciliation deletes a rolled-back row and must let
+    go of its, not of an attached row's.
+    """
+    cfg = load_config(
+        tmp_path,
+        f"""
+[storage]
+state_dir = "{tmp_path / "state"}"
+run_dir = "{tmp_path / "run"}"
+[brick]
+drivers = ["local"]
+""",
+    )
+    dev = loops.create()
+    gone, kept = new_vol_id(), new_vol_id()
+    gone_secret, kept_secret = f"gone-{gone}", f"kept-{kept}"
+    seed = Database(cfg.db_path)
+    seed.open()
+    # Killed before os-brick returned: rolled back at start-up.
+    seed.insert(gone, local_info(dev, auth_password=gone_secret))
+    seed.insert(kept, local_info(dev, auth_password=kept_secret))
+    seed.set_attached(kept, dev, {"path": dev}, None)
+    seed.close()
+
+    service = VolumeService(
+        cfg,
+        Database(cfg.db_path),
+        brick.Brick(cfg.brick, cfg.lock_dir, tmp_path / "mnt"),
+        Udev(),
+    )
+
+    async def start() -> dict[str, int]:
+        await service.open()
+        assert {gone_secret, kept_secret} <= SCRUBBER.known()
+        try:
+            return await service.reconcile()
+        finally:
+            await service.close()
+
+    try:
+        stats = asyncio.run(start())
+        assert stats["rolled_back"] == 1
+        assert gone_secret not in SCRUBBER.known()
+        assert kept_secret in SCRUBBER.known()
+    finally:
+        SCRUBBER.release(gone)
+        SCRUBBER.release(kept)
 
 
 # The daemon, with its shutdown wait shortened so a test can outlast it.
