@@ -25,6 +25,7 @@ import functools
 import logging
 import os
 import platform
+import re
 import socket
 import threading
 import time
@@ -493,6 +494,9 @@ def read_storpool_conf(path: str) -> dict[str, str]:
     return conf
 
 
+_STORPOOL_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,200}")
+
+
 def check_storpool_data(data: dict[str, Any]) -> None:
     """Raise ValueError where os-brick's StorPool connect would refuse.
 
@@ -509,6 +513,16 @@ def check_storpool_data(data: dict[str, Any]) -> None:
     if data.get("volume") is None:
         raise ValueError(
             "Invalid StorPool connection data, no volume ID specified."
+        )
+    # os-brick puts the name into the API's URL path as it is: a "/" or
+    # "?" in it would address another call.  StorPool's own names are
+    # letters, digits and "_-.:"; Cinder's volume ids are UUIDs.
+    if not isinstance(data["volume"], str) or not _STORPOOL_NAME.fullmatch(
+        data["volume"]
+    ):
+        raise ValueError(
+            "Invalid StorPool connection data, the volume ID may only "
+            "hold letters, digits and _-.: (at most 200 characters)."
         )
     if data.get("access_mode") not in ("rw", "ro"):
         raise ValueError(

@@ -383,6 +383,22 @@ def test_bad_access_mode_is_926_before_any_call(
     assert a.call(INFO) == []
 
 
+@pytest.mark.parametrize(
+    "volume", ["../VolumeDelete/x", "a?b=c", "", "x" * 201, 7]
+)
+def test_volume_name_outside_storpool_names_is_refused(
+    storpool: tuple[FakeHostAgent, FakeStorPool, str], volume: Any
+) -> None:
+    """os-brick puts the name into a URL path: refused before any call."""
+    a, sp, _ = storpool
+    err = a.error(ATTACH, [new_vol_id(), sp_info(volume=volume), "sp"])
+    assert err.code == 926
+    assert err.data["error_class"] == "ValueError"
+    assert "may only hold letters, digits" in err.message
+    assert sp.calls == []
+    assert a.call(INFO) == []
+
+
 def test_wrong_token_is_926(
     storpool: tuple[FakeHostAgent, FakeStorPool, str], tmp_path: Path
 ) -> None:
