@@ -8,6 +8,7 @@ import json
 import os
 import resource
 import socket
+import ssl
 import stat
 import subprocess
 import time
@@ -16,8 +17,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import Agent, need, new_vol_id
+from conftest import Agent, load_config, need, new_vol_id
+from pki import Pki, start_tls_agent
 
+from hostagent import config
 from hostagent.client import Client
 
 PING = b'{"jsonrpc":"2.0","id":1,"method":"Host.ping"}\n'
@@ -66,6 +69,130 @@ def _accepted(agent: Agent) -> Client:
         c.close()
         assert time.monotonic() < deadline, "no connection slot came back"
         time.sleep(0.05)
+
+
+def _accept_queue(port: int) -> int:
+    """Connections waiting in the listen backlog of 127.0.0.1:PORT.
+
+    For a listening socket, /proc/net/tcp's rx_queue is the number of
+    connections the kernel completed that the process has not accepted.
+    """
+    local = f"0100007F:{port:04X}"
+    with open("/proc/net/tcp") as f:
+        for row in f.readlines()[1:]:
+            fields = row.split()
+            if fields[1] == local and fields[3] == "0A":  # LISTEN
+                return int(fields[4].split(":")[1], 16)
+    raise AssertionError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def _wait_for(what: str, ok: Any, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not ok():
+        assert time.monotonic() < deadline, f"never: {what}"
+        time.sleep(0.05)
+
+
+def test_tcp_peers_in_their_handshake_never_lock_out_local_clients(
+    agent_factory: Any, pki: Pki
+) -> None:
+    """13 TCP connections that never start TLS, against max_connections=4
+    and max_handshakes=3: the agent takes 3 into a handshake, leaves 10
+    in the backlog, and local clients (and an engine already connected)
+    are served as if nothing happened."""
+    tls = start_tls_agent(
+        agent_factory, pki, max_connections=4, max_handshakes=3
+    )
+    engine = tls.client()
+    raw: list[socket.socket] = []
+    local: list[Client] = []
+    try:
+        assert engine.call("Host.ping") is True
+        for _ in range(13):
+            raw.append(
+                socket.create_connection(("127.0.0.1", tls.port), timeout=10)
+            )
+        _wait_for(
+            "the agent takes connections into their handshake",
+            lambda: _accept_queue(tls.port) <= 10,
+        )
+        for _ in range(3):
+            local.append(tls.agent.client(timeout=10))
+            assert local[-1].call("Host.ping") is True
+        assert engine.call("ManagedVolume.volumes_info") == []
+        # Engine + 3 local clients: max_connections counts those.
+        with tls.agent.client(timeout=10) as extra:
+            refusal = extra.recv()
+        assert refusal["error"]["code"] == -32600
+        assert "max_connections=4" in refusal["error"]["message"]
+        # 3 handshakes at once: the other 10 are left in the backlog.
+        assert _accept_queue(tls.port) == 10
+    finally:
+        for c in (engine, *local):
+            c.close()
+        for s in raw:
+            s.close()
+    # The peers gave up: their handshakes end, the backlog drains and a
+    # new engine gets in.
+    with tls.client() as late:
+        assert late.call("Host.ping") is True
+    assert _accept_queue(tls.port) == 0
+    # Each went: its handshake failed at the EOF, or (accepted before
+    # the agent saw the other clients leave) it was refused before one.
+    log = tls.agent.log()
+    ended = log.count("TLS handshake with 127.0.0.1:")
+    assert ended + log.count("before its TLS handshake") >= 13
+
+
+def test_tcp_connection_beyond_max_connections_gets_no_handshake(
+    agent_factory: Any, pki: Pki
+) -> None:
+    tls = start_tls_agent(agent_factory, pki, max_connections=2)
+    local = [_accepted(tls.agent) for _ in range(2)]
+    try:
+        for c in local:
+            assert c.call("Host.ping") is True
+        # Closed at once, before a byte of TLS: recv does not wait for
+        # its timeout (that would raise).
+        with (
+            socket.create_connection(("127.0.0.1", tls.port), timeout=20) as s,
+            contextlib.suppress(ConnectionResetError),
+        ):
+            assert s.recv(100) == b""
+        line = tls.agent.wait_log("before its TLS handshake")
+        assert "refusing a connection from 127.0.0.1:" in line
+        assert "2 open, max_connections=2" in line
+        with (
+            pytest.raises((ssl.SSLError, ConnectionError, OSError)),
+            tls.client() as c,
+        ):
+            c.call("Host.ping")
+        log = tls.agent.log()
+        assert log.count("before its TLS handshake") == 2
+        assert "TLS handshake with" not in log  # none was attempted
+        assert "TLS connection from" not in log
+    finally:
+        local.pop().close()
+    # A slot came back (once the agent saw the EOF): engines get in.
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with tls.client() as c:
+                assert c.call("Host.ping") is True
+            break
+        except (ssl.SSLError, OSError):
+            assert time.monotonic() < deadline, "the slot never came back"
+            time.sleep(0.05)
+    for c in local:
+        c.close()
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "'8'", "true"])
+def test_max_handshakes_must_be_a_positive_integer(
+    tmp_path: Any, value: str
+) -> None:
+    with pytest.raises(config.ConfigError, match=r"server\.max_handshakes"):
+        load_config(tmp_path, f"[server]\nmax_handshakes = {value}\n")
 
 
 def test_slow_loris_times_out_and_blocks_nobody(agent_factory: Any) -> None:
