@@ -35,6 +35,11 @@ others:
 The TLS listener requires a client certificate that chains to
 ``tls_ca`` and, when ``tls_allowed_subjects`` is set, whose subject CN is
 in that list.
+
+Shutdown (:meth:`Server.close`) stops the listeners and lets the
+requests in flight finish; a line that arrives meanwhile on an open
+connection is not run but answered with :class:`ShuttingDown`, so no
+client is left waiting for an answer that never comes.
 """
 
 from __future__ import annotations
@@ -54,9 +59,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from hostagent.api import Answer, Peer, dumps, error_response
+from hostagent.api import Answer, Peer, dumps, error_response, loads
 from hostagent.config import ConfigError, ServerConfig, parse_hostport
-from hostagent.errors import InvalidRequest
+from hostagent.errors import AgentError, InvalidRequest
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +74,21 @@ _READ_CHUNK = 65536
 
 class ListenError(Exception):
     """A listener cannot be set up; the message says why."""
+
+
+class ShuttingDown(AgentError):
+    """A request that arrived while the agent was stopping: not run.
+
+    -32000 is the first of JSON-RPC's implementation-defined server
+    error codes: the request may be fine, this server just will not
+    run it now.  A client can send it again once the agent is back.
+    """
+
+    code = -32000
+    default_message = (
+        "the agent is shutting down; the request was not run "
+        "(send it again once the agent is back)"
+    )
 
 
 class Server:
@@ -401,7 +421,7 @@ class Server:
             held.clear()
             return await self._send(data, peer, out)
 
-        while not self.closing:
+        while True:
             nl = buf.find(b"\n", scan)
             if nl >= 0:
                 if nl - start > limit:
@@ -452,8 +472,6 @@ class Server:
                     await self._respond(answer, peer, out, None)
                 return
             buf += chunk
-        if held:
-            await send_held()
 
     def _start(
         self,
@@ -502,6 +520,12 @@ class Server:
         )
 
     def _answer(self, line: bytes, peer: Peer) -> Answer:
+        if self.closing:
+            log.debug(
+                "not running a request from %s: shutting down",
+                peer.describe(),
+            )
+            return shutting_down(line)
         try:
             return self.handler(line, peer)
         except Exception:
@@ -552,7 +576,11 @@ class Server:
                 in_flight.release()
 
     async def close(self, timeout: float) -> None:
-        """Stop listening, let requests in flight finish, close the rest."""
+        """Stop listening, let requests in flight finish, close the rest.
+
+        Until the connections close, lines that arrive on them are
+        answered with :class:`ShuttingDown` instead of being run.
+        """
         self.closing = True
         for server in self._servers:
             server.close()
@@ -569,13 +597,19 @@ class Server:
                 timeout,
                 len(self._requests),
             )
-            _, pending = await asyncio.wait(
-                set(self._requests), timeout=timeout
-            )
-            if pending:
+        # A request read just before closing began may still be
+        # waiting for its connection's in-flight slot and start later:
+        # wait for those too, within the same time.
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self._requests:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
                 log.warning(
-                    "%d request(s) still running at shutdown", len(pending)
+                    "%d request(s) still running at shutdown",
+                    len(self._requests),
                 )
+                break
+            await asyncio.wait(set(self._requests), timeout=left)
         for task in list(self._connections):
             task.cancel()
         if self._connections:
@@ -731,6 +765,37 @@ def _peername(sock: socket.socket) -> Any:
         return sock.getpeername()
     except OSError:
         return None  # the peer is already gone
+
+
+def shutting_down(line: bytes) -> bytes | None:
+    """The answer to ``line`` while the agent stops: nothing is run.
+
+    Each request with an id (and anything malformed, which would get an
+    error anyway) gets a :class:`ShuttingDown` error; notifications get
+    nothing, as always; a line that is not JSON keeps its parse error.
+    """
+    try:
+        message = loads(line)
+    except AgentError as e:
+        return dumps(error_response(e))
+    err = ShuttingDown()
+    if isinstance(message, list) and message:
+        out = [
+            error_response(err, _request_id(m))
+            for m in message
+            if not (isinstance(m, dict) and "id" not in m)
+        ]
+        return dumps(out) if out else None
+    if isinstance(message, dict) and "id" not in message:
+        return None
+    return dumps(error_response(err, _request_id(message)))
+
+
+def _request_id(message: Any) -> Any:
+    """The id to answer ``message`` with: its own if valid, else null."""
+    rid = message.get("id") if isinstance(message, dict) else None
+    valid = isinstance(rid, (str, int)) and not isinstance(rid, bool)
+    return rid if valid else None
 
 
 def _listen_address(hostport: str) -> tuple[str, int]:

@@ -7,6 +7,7 @@ import grp
 import json
 import os
 import resource
+import signal
 import socket
 import ssl
 import stat
@@ -17,7 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import Agent, load_config, need, new_vol_id
+from conftest import Agent, Loops, load_config, local_info, need, new_vol_id
 from pki import Pki, start_tls_agent
 
 from hostagent import config
@@ -337,6 +338,96 @@ def test_shutdown_with_clients_connected_is_clean(agent: Agent) -> None:
     assert "Traceback" not in log
     assert " ERROR " not in log
     assert "stopped" in log
+
+
+def _line(*messages: Any) -> bytes:
+    return b"".join(json.dumps(m).encode() + b"\n" for m in messages)
+
+
+def _req(method: str, rid: Any, params: Any = None) -> dict[str, Any]:
+    message = {"jsonrpc": "2.0", "id": rid, "method": method}
+    return message if params is None else message | {"params": params}
+
+
+def _shutting_down(answer: Any, rid: Any) -> bool:
+    return bool(
+        answer["id"] == rid
+        and answer["error"]["code"] == -32000
+        and "shutting down" in answer["error"]["message"]
+        and "not run" in answer["error"]["message"]
+    )
+
+
+def test_requests_arriving_during_shutdown_get_an_answer(
+    agent_factory: Any, loops: Loops
+) -> None:
+    """SIGTERM while an attach runs: it finishes; a request read before
+    the signal runs; lines that arrive (or were not read) after it are
+    answered -32000 without running; then the agent closes and exits 0."""
+    agent: Agent = agent_factory(
+        env={"HOSTAGENT_FAILPOINTS": "attach.before_connect=sleep:5"}
+    )
+    agent.configure(server={"max_in_flight": 1})
+    agent.start()
+    dev, vid = loops.create(), new_vol_id()
+    busy, idle = agent.client(timeout=30), agent.client(timeout=30)
+    try:
+        assert idle.call("Host.ping") is True
+        attach = _req(
+            "ManagedVolume.attach_volume",
+            "attach",
+            {"vol_id": vid, "connection_info": local_info(dev)},
+        )
+        # With max_in_flight=1, "info" is read (and waits for the slot)
+        # while the attach runs; "caps" is not read yet.
+        busy.send_raw(
+            _line(
+                attach,
+                _req("ManagedVolume.volumes_info", "info"),
+                _req("Host.getCapabilities", "caps"),
+            )
+        )
+        agent.wait_log("attach_volume by")
+        assert agent.proc is not None
+        agent.proc.send_signal(signal.SIGTERM)
+        agent.wait_log("shutting down; 1 request(s) in flight")
+        idle.send_raw(_line(_req("Host.ping", "p1")))
+        assert _shutting_down(idle.recv(), "p1")
+        batch = [
+            _req("Host.ping", "b1"),
+            {"jsonrpc": "2.0", "method": "Host.ping"},  # notification
+            _req("ManagedVolume.detach_volume", "b2", [vid]),
+        ]
+        idle.send_raw(_line(batch))
+        b1, b2 = idle.recv()
+        assert _shutting_down(b1, "b1") and _shutting_down(b2, "b2")
+        # A notification gets nothing: the next answer is the ping's.
+        idle.send_raw(_line({"jsonrpc": "2.0", "method": "Host.ping"}))
+        idle.send_raw(_line(_req("Host.ping", "p2")))
+        assert _shutting_down(idle.recv(), "p2")
+        idle.send_raw(b"{not json\n")
+        assert idle.recv()["error"]["code"] == -32700
+        # The attach in flight was never in doubt.
+        answer = busy.recv()
+        assert answer["id"] == "attach"
+        assert answer["result"]["vol_id"] == vid
+        rest = {a["id"]: a for a in (busy.recv(), busy.recv())}
+        assert [v["vol_id"] for v in rest["info"]["result"]] == [vid]
+        assert _shutting_down(rest["caps"], "caps")
+        # Then the agent closes every connection.
+        with pytest.raises(ConnectionError):
+            busy.recv()
+        with pytest.raises(ConnectionError):
+            idle.recv()
+    finally:
+        busy.close()
+        idle.close()
+    # (stop() would signal again if the daemon is still exiting.)
+    assert agent.proc.wait(30) == 0
+    log = agent.log()
+    assert "detach_volume by" not in log  # the batch did not run
+    assert "Traceback" not in log
+    assert " ERROR " not in log
 
 
 def test_daemon_raises_its_open_file_limit(agent_factory: Any) -> None:
