@@ -66,6 +66,7 @@ class ServerConfig:
     tls_allowed_subjects: list[str] = field(default_factory=list)
     max_message_bytes: int = 1048576
     max_connections: int = 1024
+    max_handshakes: int = 64
     max_in_flight: int = 64
     max_batch: int = 100
     idle_timeout: float = 300.0
@@ -280,6 +281,7 @@ def _check(c: Config) -> None:
     s = c.server
     _positive("server.max_message_bytes", s.max_message_bytes, minimum=1024)
     _positive("server.max_connections", s.max_connections)
+    _positive("server.max_handshakes", s.max_handshakes)
     _positive("server.max_in_flight", s.max_in_flight)
     _positive("server.max_batch", s.max_batch)
     if not s.unix_socket and not s.tls_listen:

@@ -14,7 +14,15 @@ others:
 
 * a line longer than ``max_message_bytes`` gets -32600 and the
   connection is closed;
-* at most ``max_connections`` connections (later ones get -32600);
+* at most ``max_connections`` connections: Unix clients and TLS
+  clients whose handshake is done (later ones get -32600; a TCP
+  connection over the limit is closed before its handshake);
+* at most ``max_handshakes`` TLS handshakes at once, counted apart from
+  ``max_connections``: a TCP peer is unauthenticated until its
+  handshake is done, so a crowd of them must never take the slots of
+  the local clients.  At the cap the agent stops accepting TCP
+  connections (they wait in the listen backlog) until a handshake
+  ends;
 * at most ``max_in_flight`` requests running per connection (reading
   pauses at the cap, which pushes back on the client instead of queueing
   without bound);
@@ -27,6 +35,11 @@ others:
 The TLS listener requires a client certificate that chains to
 ``tls_ca`` and, when ``tls_allowed_subjects`` is set, whose subject CN is
 in that list.
+
+Shutdown (:meth:`Server.close`) stops the listeners and lets the
+requests in flight finish; a line that arrives meanwhile on an open
+connection is not run but answered with :class:`ShuttingDown`, so no
+client is left waiting for an answer that never comes.
 """
 
 from __future__ import annotations
@@ -46,9 +59,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from hostagent.api import Answer, Peer, dumps, error_response
+from hostagent.api import Answer, Peer, dumps, error_response, loads
 from hostagent.config import ConfigError, ServerConfig, parse_hostport
-from hostagent.errors import InvalidRequest
+from hostagent.errors import AgentError, InvalidRequest
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +74,21 @@ _READ_CHUNK = 65536
 
 class ListenError(Exception):
     """A listener cannot be set up; the message says why."""
+
+
+class ShuttingDown(AgentError):
+    """A request that arrived while the agent was stopping: not run.
+
+    -32000 is the first of JSON-RPC's implementation-defined server
+    error codes: the request may be fine, this server just will not
+    run it now.  A client can send it again once the agent is back.
+    """
+
+    code = -32000
+    default_message = (
+        "the agent is shutting down; the request was not run "
+        "(send it again once the agent is back)"
+    )
 
 
 class Server:
@@ -78,7 +106,17 @@ class Server:
         self.handler = handler
         self.listening = listening or (lambda peer: False)
         self._servers: list[asyncio.AbstractServer] = []
-        self._connections: set[asyncio.Task[None]] = set()
+        # Every connection task (for close), and those counted against
+        # max_connections: Unix clients and TLS clients past their
+        # handshake.
+        self._connections: set[asyncio.Task[Any]] = set()
+        self._established: set[asyncio.Task[Any]] = set()
+        # TLS listening sockets and the tasks accepting on them; a slot
+        # is taken before each accept and given back when the
+        # connection's handshake is over.
+        self._tcp_sockets: list[socket.socket] = []
+        self._acceptors: list[asyncio.Task[None]] = []
+        self._handshake_slots = asyncio.Semaphore(config.max_handshakes)
         self._requests: set[asyncio.Task[None]] = set()
         self._tls: ssl.SSLContext | None = None
         self.closing = False
@@ -92,6 +130,11 @@ class Server:
     def connection_count(self) -> int:
         """Connections currently open (TLS handshakes included)."""
         return len(self._connections)
+
+    @property
+    def established_count(self) -> int:
+        """Connections counted against ``max_connections``."""
+        return len(self._established)
 
     @property
     def request_count(self) -> int:
@@ -144,20 +187,21 @@ class Server:
         host, port = _listen_address(hostport)
         self._tls = tls_context(self.config)
         try:
-            server = await asyncio.start_server(
-                self._on_tcp,
-                None if host == "*" else host,
-                port,
-                limit=_READ_CHUNK,
-                backlog=min(self.config.max_connections, 4096),
-                reuse_address=True,
+            # Sockets of our own rather than asyncio.start_server: its
+            # accept loop cannot be paused, and accepting must stop
+            # while max_handshakes handshakes are under way.
+            socks = _bind_tcp(
+                None if host == "*" else host, port, _TCP_BACKLOG
             )
         except OSError as e:
             raise ListenError(
                 f"server.tls_listen: cannot listen on {hostport}: "
                 f"{e.strerror or e}"
             ) from e
-        self._servers.append(server)
+        self._tcp_sockets += socks
+        self._acceptors += [
+            asyncio.create_task(self._accept_tcp(s)) for s in socks
+        ]
         subjects = self.config.tls_allowed_subjects
         log.info(
             "listening on tls:%s (client certificates from %s; subjects: %s)",
@@ -166,54 +210,125 @@ class Server:
             ", ".join(subjects) if subjects else "any",
         )
 
-    def _track(self) -> bool:
-        """Count the calling connection task; False when over the limit."""
-        task = asyncio.current_task()
+    def _track(self, task: asyncio.Task[Any] | None = None) -> Any:
+        """Remember a connection task (default: the calling one), so
+        that :meth:`close` can end it; return it."""
+        task = task or asyncio.current_task()
         assert task is not None
         self._connections.add(task)
         task.add_done_callback(self._connections.discard)
-        return self.connection_count <= self.config.max_connections
+        return task
+
+    def _admit(self, task: asyncio.Task[Any]) -> bool:
+        """Count ``task`` against max_connections; False when full."""
+        if len(self._established) >= self.config.max_connections:
+            return False
+        self._established.add(task)
+        task.add_done_callback(self._established.discard)
+        return True
 
     async def _on_unix(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         with _cancel_quietly(writer):
-            if not self._track():
+            if not self._admit(self._track()):
                 await self._refuse(writer)
                 return
             await self._serve(reader, writer, unix_peer(writer))
 
-    async def _on_tcp(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        with _cancel_quietly(writer):
-            await self._accept_tls(reader, writer)
+    async def _accept_tcp(self, sock: socket.socket) -> None:
+        """Accept TCP connections while fewer than max_handshakes run.
 
-    async def _accept_tls(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        # The handshake starts at once, before anything awaits: data the
-        # client sends first must reach the TLS layer, not the reader.
-        within_limit = self._track()
-        address = _format_address(writer.get_extra_info("peername"))
+        At the cap nothing is accepted: new connections wait in the
+        kernel's listen backlog, holding no descriptor of ours, until a
+        handshake ends.
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._handshake_slots.acquire()
+            try:
+                conn, _ = await loop.sock_accept(sock)
+            except OSError as e:
+                self._handshake_slots.release()
+                if e.errno in _ACCEPT_OUT_OF_RESOURCES:
+                    # Out of descriptors or memory: accepting again at
+                    # once would spin; asyncio's own servers wait too.
+                    log.warning(
+                        "cannot accept TLS connections: %s; retrying in 1 s",
+                        e.strerror or e,
+                    )
+                    await asyncio.sleep(1.0)
+                continue
+            self._track(asyncio.create_task(self._on_tcp(conn)))
+
+    async def _on_tcp(self, conn: socket.socket) -> None:
+        """One accepted TCP connection; holds a handshake slot."""
+        task = asyncio.current_task()
+        assert task is not None
+        address = _format_address(_peername(conn))
+        try:
+            if len(self._established) >= self.config.max_connections:
+                # Full: close before spending a handshake on it (the
+                # peer sees the connection close; an established TLS
+                # client would get -32600 instead, below).
+                log.warning(
+                    "refusing a connection from %s before its TLS "
+                    "handshake: %d open, max_connections=%d",
+                    address,
+                    len(self._established),
+                    self.config.max_connections,
+                )
+                conn.close()
+                return
+            streams = await self._handshake(conn, address)
+        finally:
+            self._handshake_slots.release()
+        if streams is None:
+            return
+        reader, writer = streams
+        with _cancel_quietly(writer):
+            await self._serve_tls(task, reader, writer, address)
+
+    async def _handshake(
+        self, conn: socket.socket, address: str
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        """The server side of the TLS handshake on ``conn``; None (and
+        ``conn`` closed) when it fails."""
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=_READ_CHUNK)
+        protocol = asyncio.StreamReaderProtocol(reader)
         assert self._tls is not None
         timeout = self.config.read_timeout
         try:
             # asyncio's own handshake timeout (a little later) is only a
             # backstop: ours raises a TimeoutError that names the key.
             async with asyncio.timeout(timeout):
-                await writer.start_tls(
-                    self._tls, ssl_handshake_timeout=timeout + 5
+                transport, _ = await loop.connect_accepted_socket(
+                    lambda: protocol,
+                    conn,
+                    ssl=self._tls,
+                    ssl_handshake_timeout=timeout + 5,
                 )
         except (OSError, TimeoutError) as e:
             # Without a log line, a client with a bad or expired
             # certificate is a silent mystery on both ends.
+            # (asyncio closed the connection.)
             log.warning("TLS handshake with %s failed: %s", address, _why(e))
-            writer.transport.abort()
-            return
+            return None
+        return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+
+    async def _serve_tls(
+        self,
+        task: asyncio.Task[Any],
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        address: str,
+    ) -> None:
         cn = subject_cn(writer.get_extra_info("peercert"))
         peer = Peer("tls", address=address, subject=cn)
-        if not within_limit:
+        # Connections may have filled up during the handshake; this
+        # client is authenticated, so it gets told why.
+        if not self._admit(task):
             await self._refuse(writer)
             return
         allowed = self.config.tls_allowed_subjects
@@ -239,7 +354,7 @@ class Server:
     async def _refuse(self, writer: asyncio.StreamWriter) -> None:
         log.warning(
             "refusing a connection: %d open, max_connections=%d",
-            self.connection_count - 1,
+            len(self._established),
             self.config.max_connections,
         )
         await _send_and_close(
@@ -306,7 +421,7 @@ class Server:
             held.clear()
             return await self._send(data, peer, out)
 
-        while not self.closing:
+        while True:
             nl = buf.find(b"\n", scan)
             if nl >= 0:
                 if nl - start > limit:
@@ -357,8 +472,6 @@ class Server:
                     await self._respond(answer, peer, out, None)
                 return
             buf += chunk
-        if held:
-            await send_held()
 
     def _start(
         self,
@@ -407,6 +520,12 @@ class Server:
         )
 
     def _answer(self, line: bytes, peer: Peer) -> Answer:
+        if self.closing:
+            log.debug(
+                "not running a request from %s: shutting down",
+                peer.describe(),
+            )
+            return shutting_down(line)
         try:
             return self.handler(line, peer)
         except Exception:
@@ -457,23 +576,40 @@ class Server:
                 in_flight.release()
 
     async def close(self, timeout: float) -> None:
-        """Stop listening, let requests in flight finish, close the rest."""
+        """Stop listening, let requests in flight finish, close the rest.
+
+        Until the connections close, lines that arrive on them are
+        answered with :class:`ShuttingDown` instead of being run.
+        """
         self.closing = True
         for server in self._servers:
             server.close()
+        for acceptor in self._acceptors:
+            acceptor.cancel()
+        # The accept loops must be gone before their sockets close: a
+        # closed descriptor must not stay registered with the loop.
+        await asyncio.gather(*self._acceptors, return_exceptions=True)
+        for sock in self._tcp_sockets:
+            sock.close()
         if self._requests:
             log.info(
                 "waiting up to %g s for %d request(s) in flight",
                 timeout,
                 len(self._requests),
             )
-            _, pending = await asyncio.wait(
-                set(self._requests), timeout=timeout
-            )
-            if pending:
+        # A request read just before closing began may still be
+        # waiting for its connection's in-flight slot and start later:
+        # wait for those too, within the same time.
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self._requests:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
                 log.warning(
-                    "%d request(s) still running at shutdown", len(pending)
+                    "%d request(s) still running at shutdown",
+                    len(self._requests),
                 )
+                break
+            await asyncio.wait(set(self._requests), timeout=left)
         for task in list(self._connections):
             task.cancel()
         if self._connections:
@@ -577,6 +713,89 @@ def _why(e: BaseException) -> str:
     if isinstance(e, TimeoutError):
         return "no handshake within server.read_timeout"
     return str(e) or type(e).__name__
+
+
+# The listen backlog is where TCP connections wait while max_handshakes
+# handshakes run, so it is not tied to max_connections; the kernel caps
+# it at net.core.somaxconn.
+_TCP_BACKLOG = 4096
+
+# accept() errors that say the process or the host ran out of something.
+_ACCEPT_OUT_OF_RESOURCES = frozenset(
+    {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+)
+
+
+def _bind_tcp(
+    host: str | None, port: int, backlog: int
+) -> list[socket.socket]:
+    """Listening sockets on every address of ``host`` (None: all).
+
+    What :func:`asyncio.start_server` binds: one socket per address,
+    IPv6 ones IPv6-only so that the IPv4 wildcard can bind beside them.
+    """
+    infos = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    socks: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            try:
+                sock = socket.socket(family, kind, proto)
+            except OSError:
+                continue  # e.g. IPv6 disabled on this host
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(backlog)
+            sock.setblocking(False)
+    except OSError:
+        for sock in socks:
+            sock.close()
+        raise
+    if not socks:
+        raise OSError(errno.EAFNOSUPPORT, "no usable address")
+    return socks
+
+
+def _peername(sock: socket.socket) -> Any:
+    try:
+        return sock.getpeername()
+    except OSError:
+        return None  # the peer is already gone
+
+
+def shutting_down(line: bytes) -> bytes | None:
+    """The answer to ``line`` while the agent stops: nothing is run.
+
+    Each request with an id (and anything malformed, which would get an
+    error anyway) gets a :class:`ShuttingDown` error; notifications get
+    nothing, as always; a line that is not JSON keeps its parse error.
+    """
+    try:
+        message = loads(line)
+    except AgentError as e:
+        return dumps(error_response(e))
+    err = ShuttingDown()
+    if isinstance(message, list) and message:
+        out = [
+            error_response(err, _request_id(m))
+            for m in message
+            if not (isinstance(m, dict) and "id" not in m)
+        ]
+        return dumps(out) if out else None
+    if isinstance(message, dict) and "id" not in message:
+        return None
+    return dumps(error_response(err, _request_id(message)))
+
+
+def _request_id(message: Any) -> Any:
+    """The id to answer ``message`` with: its own if valid, else null."""
+    rid = message.get("id") if isinstance(message, dict) else None
+    valid = isinstance(rid, (str, int)) and not isinstance(rid, bool)
+    return rid if valid else None
 
 
 def _listen_address(hostport: str) -> tuple[str, int]:

@@ -7,12 +7,19 @@ as the property test in ``make check``) in W processes at once against
 one daemon, until N messages (lines) were sent in all, then prints the
 totals: messages, requests, problems, daemon crashes and the answers seen
 by error code.  Exits 1 if anything was wrong.  Needs root (loop devices).
+
+A daemon that dies during the run is counted as a crash (with its exit
+status and when) and started again, and the campaign goes on: the
+workers wait for it to answer again, and the streams its death cut
+short count as problems.  ``tests/test_fuzz.py`` runs a short campaign
+(and one with a daemon killed halfway) in ``make check``.
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing
+import queue
 import shutil
 import sys
 import tempfile
@@ -24,7 +31,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from conftest import agent_with_loops, release
+from conftest import Agent, agent_with_loops, release
 from fuzzing import (
     POOL,
     Stats,
@@ -33,9 +40,27 @@ from fuzzing import (
     streams,
 )
 from hypothesis import HealthCheck, Phase, given, settings
+from support import exchange
 from test_fuzz import fuzz_config
 
 ROUND = 500  # examples per Hypothesis run; each run reseeds
+# How long a worker waits for a daemon that stopped answering (the
+# campaign restarts a dead one) before it gives up.
+COMEBACK = 60.0
+PING = b'{"jsonrpc":"2.0","id":1,"method":"Host.ping"}\n'
+
+
+def answers_again(socket_path: str, timeout: float = COMEBACK) -> bool:
+    """Wait until the daemon answers a ping on ``socket_path``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if exchange(socket_path, PING, timeout=5):
+                return True
+        except (OSError, AssertionError):
+            pass
+        time.sleep(0.1)
+    return False
 
 
 def worker(
@@ -48,29 +73,46 @@ def worker(
     warnings.simplefilter("ignore")
     stats = Stats()
     problems: list[str] = []
-    streak = [0]  # consecutive failed exchanges: the daemon is gone
+    gone = [False]  # the daemon stopped answering for good
 
-    @settings(
-        max_examples=ROUND,
-        deadline=None,
-        database=None,
-        phases=[Phase.generate],
-        suppress_health_check=list(HealthCheck),
-    )
-    @given(streams(devices))
     def one(stream: bytes) -> None:
-        if stats.messages >= target or streak[0] > 50:
+        if stats.messages >= target or gone[0]:
             return
         found = run_stream(socket_path, stream, stats)
-        streak[0] = streak[0] + 1 if any("exchange" in p for p in found) else 0
         for p in found:
             if len(problems) < 50:
                 problems.append(f"{p}\n    stream: {stream[:300]!r}")
         stats.failures.extend(found)
+        if any("exchange failed" in p for p in found):
+            # Dead (the campaign restarts it) or stuck: wait for it
+            # rather than fail every stream meanwhile.
+            gone[0] = not answers_again(socket_path)
 
-    while stats.messages < target and streak[0] <= 50:
-        one()
+    while stats.messages < target and not gone[0]:
+        # Each example sends a message at least: no more examples than
+        # messages to go, since Hypothesis generates all it was told to
+        # (a short campaign would mostly generate streams it never sends).
+        run = settings(
+            max_examples=min(ROUND, target - stats.messages),
+            deadline=None,
+            database=None,
+            phases=[Phase.generate],
+            suppress_health_check=list(HealthCheck),
+        )(given(streams(devices))(one))
+        run()
     results.put((stats, problems))
+
+
+def restart(agent: Agent, started: float) -> str:
+    """Note a dead daemon's end and start it again; the note."""
+    assert agent.proc is not None
+    note = (
+        f"exit status {agent.proc.returncode} after "
+        f"{time.monotonic() - started:.1f} s"
+    )
+    print(f"  daemon died ({note}); starting it again", flush=True)
+    agent.start()  # reconciles what the death interrupted, then serves
+    return note
 
 
 def main() -> int:
@@ -83,6 +125,11 @@ def main() -> int:
     agent, loops = agent_with_loops(tmp)
     fuzz_config(agent)
     agent.start()
+    assert agent.proc is not None
+    print(
+        f"fuzz campaign: daemon pid {agent.proc.pid}, log {agent.log_path}",
+        flush=True,
+    )
     devices = [loops.create(), loops.create()]
     started = time.monotonic()
     results: Any = multiprocessing.Queue()
@@ -97,8 +144,27 @@ def main() -> int:
         p.start()
     total = Stats()
     shown: list[str] = []
-    for _ in procs:
-        stats, problems = results.get()
+    deaths: list[str] = []
+    reported = 0
+    while reported < len(procs):
+        try:
+            stats, problems = results.get(timeout=0.2)
+        except queue.Empty:
+            if not agent.alive():
+                try:
+                    deaths.append(restart(agent, started))
+                except AssertionError as e:  # it does not come back
+                    deaths.append(f"not restarted: {str(e)[:300]}")
+                    for p in procs:
+                        p.terminate()
+                    break
+            if not any(p.is_alive() for p in procs) and results.empty():
+                # A worker died without its totals (its traceback is
+                # above); the others have reported or never will.
+                shown.append("a worker ended without reporting")
+                break
+            continue
+        reported += 1
         total.streams += stats.streams
         total.messages += stats.messages
         total.requests += stats.requests
@@ -108,10 +174,13 @@ def main() -> int:
     for p in procs:
         p.join()
     seconds = time.monotonic() - started
-    crashes = 0 if agent.alive() else 1
-    final: list[str] = []
-    if not crashes:
+    if agent.alive():
         final = db_problems(str(agent.db_path))
+    else:  # died after the last worker reported, or not restarted
+        if agent.proc is not None:
+            deaths.append(f"exit status {agent.proc.returncode} at the end")
+        final = ["not checked: the daemon is not running"]
+    crashes = len(deaths)
     # The log stays (under tmp) when something was wrong; the loop
     # devices and the socket go either way.
     release(agent, loops, POOL)
@@ -124,6 +193,8 @@ def main() -> int:
     )
     print(f"  requests:    {total.requests}")
     print(f"  crashes:     {crashes}")
+    for d in deaths:
+        print(f"    {d}")
     print(f"  tracebacks in the daemon log: {tracebacks}")
     print(f"  problems:    {len(total.failures)}")
     print(f"  DB at the end: {'; '.join(final) or 'integrity ok'}")
@@ -136,7 +207,8 @@ def main() -> int:
     )
     for p in shown[:20]:
         print("  !", p)
-    if crashes or tracebacks or total.failures or final:
+    lost = reported < len(procs)
+    if crashes or tracebacks or total.failures or final or lost:
         print(f"  daemon log: {agent.log_path}")
         return 1
     shutil.rmtree(tmp, ignore_errors=True)

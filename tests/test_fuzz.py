@@ -10,7 +10,14 @@ the same code for a long campaign.
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -91,6 +98,85 @@ def test_fuzz_totals(fuzzed: Fuzzed) -> None:
     assert fuzzed.agent.call("Host.ping") is True
     assert db_problems(str(fuzzed.agent.db_path)) == []
     assert "Traceback" not in fuzzed.agent.log()
+
+
+# -- make fuzz: the long campaign, in short -----------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+KNOWN_CODES = {-32700, -32600, -32601, -32602, 925, 926, 927, 928, 929, 2009}
+
+
+def _summary(out: str) -> dict[str, str]:
+    """The campaign's summary lines, ``name: value``."""
+    fields = {}
+    for text in out.splitlines():
+        name, sep, value = text.strip().partition(":")
+        if sep and text.startswith("  ") and not text.startswith("    "):
+            fields[name] = value.strip()
+    return fields
+
+
+def _codes(fields: dict[str, str]) -> dict[str, int]:
+    pairs = (x.rsplit(":", 1) for x in fields["answers by code"].split(","))
+    return {k.strip(): int(v) for k, v in pairs}
+
+
+def test_make_fuzz_runs_a_short_campaign() -> None:
+    out = subprocess.run(
+        ["make", "-s", "fuzz", "FUZZ_MESSAGES=300"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    fields = _summary(out.stdout)
+    assert int(fields["messages"].split()[0]) >= 300
+    assert int(fields["requests"]) > 0
+    assert fields["crashes"] == "0"
+    assert fields["problems"] == "0"
+    assert fields["tracebacks in the daemon log"] == "0"
+    assert fields["DB at the end"] == "integrity ok"
+    codes = _codes(fields)
+    assert codes.pop("result") > 0
+    assert codes and {int(c) for c in codes} <= KNOWN_CODES, codes
+
+
+def test_fuzz_campaign_counts_a_daemon_death_and_goes_on() -> None:
+    """SIGKILL the campaign's daemon once it is busy: one crash, the
+    daemon is started again and the campaign sends all its messages."""
+    proc = subprocess.Popen(
+        [sys.executable, "tests/fuzz_campaign.py", "--messages", "400"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        found = re.search(r"daemon pid (\d+), log (\S+)", first)
+        assert found, first
+        pid, log = int(found[1]), Path(found[2])
+        deadline = time.monotonic() + 60
+        while " failed: " not in log.read_text(errors="replace"):
+            assert time.monotonic() < deadline, "the campaign never began"
+            time.sleep(0.05)
+        os.kill(pid, signal.SIGKILL)
+        rest, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1, rest  # a crash is a finding
+    assert "daemon died (exit status -9 after" in rest
+    fields = _summary(rest)
+    assert fields["crashes"] == "1", rest
+    assert int(fields["messages"].split()[0]) >= 400
+    # Restarted: it reconciled and answered until the end.
+    assert fields["DB at the end"] == "integrity ok"
+    assert _codes(fields)["result"] > 0
+    shutil.rmtree(log.parent.parent, ignore_errors=True)
 
 
 # -- the oracle itself: it must catch what it is there to catch -------------

@@ -7,7 +7,9 @@ import grp
 import json
 import os
 import resource
+import signal
 import socket
+import ssl
 import stat
 import subprocess
 import time
@@ -16,8 +18,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import Agent, need, new_vol_id
+from conftest import Agent, Loops, load_config, local_info, need, new_vol_id
+from pki import Pki, start_tls_agent
 
+from hostagent import config
 from hostagent.client import Client
 
 PING = b'{"jsonrpc":"2.0","id":1,"method":"Host.ping"}\n'
@@ -66,6 +70,130 @@ def _accepted(agent: Agent) -> Client:
         c.close()
         assert time.monotonic() < deadline, "no connection slot came back"
         time.sleep(0.05)
+
+
+def _accept_queue(port: int) -> int:
+    """Connections waiting in the listen backlog of 127.0.0.1:PORT.
+
+    For a listening socket, /proc/net/tcp's rx_queue is the number of
+    connections the kernel completed that the process has not accepted.
+    """
+    local = f"0100007F:{port:04X}"
+    with open("/proc/net/tcp") as f:
+        for row in f.readlines()[1:]:
+            fields = row.split()
+            if fields[1] == local and fields[3] == "0A":  # LISTEN
+                return int(fields[4].split(":")[1], 16)
+    raise AssertionError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def _wait_for(what: str, ok: Any, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not ok():
+        assert time.monotonic() < deadline, f"never: {what}"
+        time.sleep(0.05)
+
+
+def test_tcp_peers_in_their_handshake_never_lock_out_local_clients(
+    agent_factory: Any, pki: Pki
+) -> None:
+    """13 TCP connections that never start TLS, against max_connections=4
+    and max_handshakes=3: the agent takes 3 into a handshake, leaves 10
+    in the backlog, and local clients (and an engine already connected)
+    are served as if nothing happened."""
+    tls = start_tls_agent(
+        agent_factory, pki, max_connections=4, max_handshakes=3
+    )
+    engine = tls.client()
+    raw: list[socket.socket] = []
+    local: list[Client] = []
+    try:
+        assert engine.call("Host.ping") is True
+        for _ in range(13):
+            raw.append(
+                socket.create_connection(("127.0.0.1", tls.port), timeout=10)
+            )
+        _wait_for(
+            "the agent takes connections into their handshake",
+            lambda: _accept_queue(tls.port) <= 10,
+        )
+        for _ in range(3):
+            local.append(tls.agent.client(timeout=10))
+            assert local[-1].call("Host.ping") is True
+        assert engine.call("ManagedVolume.volumes_info") == []
+        # Engine + 3 local clients: max_connections counts those.
+        with tls.agent.client(timeout=10) as extra:
+            refusal = extra.recv()
+        assert refusal["error"]["code"] == -32600
+        assert "max_connections=4" in refusal["error"]["message"]
+        # 3 handshakes at once: the other 10 are left in the backlog.
+        assert _accept_queue(tls.port) == 10
+    finally:
+        for c in (engine, *local):
+            c.close()
+        for s in raw:
+            s.close()
+    # The peers gave up: their handshakes end, the backlog drains and a
+    # new engine gets in.
+    with tls.client() as late:
+        assert late.call("Host.ping") is True
+    assert _accept_queue(tls.port) == 0
+    # Each went: its handshake failed at the EOF, or (accepted before
+    # the agent saw the other clients leave) it was refused before one.
+    log = tls.agent.log()
+    ended = log.count("TLS handshake with 127.0.0.1:")
+    assert ended + log.count("before its TLS handshake") >= 13
+
+
+def test_tcp_connection_beyond_max_connections_gets_no_handshake(
+    agent_factory: Any, pki: Pki
+) -> None:
+    tls = start_tls_agent(agent_factory, pki, max_connections=2)
+    local = [_accepted(tls.agent) for _ in range(2)]
+    try:
+        for c in local:
+            assert c.call("Host.ping") is True
+        # Closed at once, before a byte of TLS: recv does not wait for
+        # its timeout (that would raise).
+        with (
+            socket.create_connection(("127.0.0.1", tls.port), timeout=20) as s,
+            contextlib.suppress(ConnectionResetError),
+        ):
+            assert s.recv(100) == b""
+        line = tls.agent.wait_log("before its TLS handshake")
+        assert "refusing a connection from 127.0.0.1:" in line
+        assert "2 open, max_connections=2" in line
+        with (
+            pytest.raises((ssl.SSLError, ConnectionError, OSError)),
+            tls.client() as c,
+        ):
+            c.call("Host.ping")
+        log = tls.agent.log()
+        assert log.count("before its TLS handshake") == 2
+        assert "TLS handshake with" not in log  # none was attempted
+        assert "TLS connection from" not in log
+    finally:
+        local.pop().close()
+    # A slot came back (once the agent saw the EOF): engines get in.
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with tls.client() as c:
+                assert c.call("Host.ping") is True
+            break
+        except (ssl.SSLError, OSError):
+            assert time.monotonic() < deadline, "the slot never came back"
+            time.sleep(0.05)
+    for c in local:
+        c.close()
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "'8'", "true"])
+def test_max_handshakes_must_be_a_positive_integer(
+    tmp_path: Any, value: str
+) -> None:
+    with pytest.raises(config.ConfigError, match=r"server\.max_handshakes"):
+        load_config(tmp_path, f"[server]\nmax_handshakes = {value}\n")
 
 
 def test_slow_loris_times_out_and_blocks_nobody(agent_factory: Any) -> None:
@@ -210,6 +338,96 @@ def test_shutdown_with_clients_connected_is_clean(agent: Agent) -> None:
     assert "Traceback" not in log
     assert " ERROR " not in log
     assert "stopped" in log
+
+
+def _line(*messages: Any) -> bytes:
+    return b"".join(json.dumps(m).encode() + b"\n" for m in messages)
+
+
+def _req(method: str, rid: Any, params: Any = None) -> dict[str, Any]:
+    message = {"jsonrpc": "2.0", "id": rid, "method": method}
+    return message if params is None else message | {"params": params}
+
+
+def _shutting_down(answer: Any, rid: Any) -> bool:
+    return bool(
+        answer["id"] == rid
+        and answer["error"]["code"] == -32000
+        and "shutting down" in answer["error"]["message"]
+        and "not run" in answer["error"]["message"]
+    )
+
+
+def test_requests_arriving_during_shutdown_get_an_answer(
+    agent_factory: Any, loops: Loops
+) -> None:
+    """SIGTERM while an attach runs: it finishes; a request read before
+    the signal runs; lines that arrive (or were not read) after it are
+    answered -32000 without running; then the agent closes and exits 0."""
+    agent: Agent = agent_factory(
+        env={"HOSTAGENT_FAILPOINTS": "attach.before_connect=sleep:5"}
+    )
+    agent.configure(server={"max_in_flight": 1})
+    agent.start()
+    dev, vid = loops.create(), new_vol_id()
+    busy, idle = agent.client(timeout=30), agent.client(timeout=30)
+    try:
+        assert idle.call("Host.ping") is True
+        attach = _req(
+            "ManagedVolume.attach_volume",
+            "attach",
+            {"vol_id": vid, "connection_info": local_info(dev)},
+        )
+        # With max_in_flight=1, "info" is read (and waits for the slot)
+        # while the attach runs; "caps" is not read yet.
+        busy.send_raw(
+            _line(
+                attach,
+                _req("ManagedVolume.volumes_info", "info"),
+                _req("Host.getCapabilities", "caps"),
+            )
+        )
+        agent.wait_log("attach_volume by")
+        assert agent.proc is not None
+        agent.proc.send_signal(signal.SIGTERM)
+        agent.wait_log("shutting down; 1 request(s) in flight")
+        idle.send_raw(_line(_req("Host.ping", "p1")))
+        assert _shutting_down(idle.recv(), "p1")
+        batch = [
+            _req("Host.ping", "b1"),
+            {"jsonrpc": "2.0", "method": "Host.ping"},  # notification
+            _req("ManagedVolume.detach_volume", "b2", [vid]),
+        ]
+        idle.send_raw(_line(batch))
+        b1, b2 = idle.recv()
+        assert _shutting_down(b1, "b1") and _shutting_down(b2, "b2")
+        # A notification gets nothing: the next answer is the ping's.
+        idle.send_raw(_line({"jsonrpc": "2.0", "method": "Host.ping"}))
+        idle.send_raw(_line(_req("Host.ping", "p2")))
+        assert _shutting_down(idle.recv(), "p2")
+        idle.send_raw(b"{not json\n")
+        assert idle.recv()["error"]["code"] == -32700
+        # The attach in flight was never in doubt.
+        answer = busy.recv()
+        assert answer["id"] == "attach"
+        assert answer["result"]["vol_id"] == vid
+        rest = {a["id"]: a for a in (busy.recv(), busy.recv())}
+        assert [v["vol_id"] for v in rest["info"]["result"]] == [vid]
+        assert _shutting_down(rest["caps"], "caps")
+        # Then the agent closes every connection.
+        with pytest.raises(ConnectionError):
+            busy.recv()
+        with pytest.raises(ConnectionError):
+            idle.recv()
+    finally:
+        busy.close()
+        idle.close()
+    # (stop() would signal again if the daemon is still exiting.)
+    assert agent.proc.wait(30) == 0
+    log = agent.log()
+    assert "detach_volume by" not in log  # the batch did not run
+    assert "Traceback" not in log
+    assert " ERROR " not in log
 
 
 def test_daemon_raises_its_open_file_limit(agent_factory: Any) -> None:

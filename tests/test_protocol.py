@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
@@ -190,12 +191,24 @@ def test_bad_vol_id_is_invalid_params(
 def test_message_over_the_limit_closes_only_that_connection(
     agent: Agent,
 ) -> None:
-    with agent.client() as other:
-        big = b'{"jsonrpc":"2.0","id":1,"method":"Host.ping","params":["'
-        big += b"x" * (1024 * 1024 + 10) + b'"]}\n'
-        (response,) = agent.exchange(big)
+    big = b'{"jsonrpc":"2.0","id":1,"method":"Host.ping","params":["'
+    big += b"x" * (1024 * 1024 + 10) + b'"]}\n'
+    with agent.client() as other, socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(30)
+        s.connect(agent.socket)
+        # Our end stays open both ways, so the EOF below is the agent's
+        # doing (and a recv timeout, if it kept the connection, fails).
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            s.sendall(big)  # the agent may hang up before the last bytes
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+        (response,) = [json.loads(x) for x in data.splitlines()]
         assert response["error"]["code"] == -32600
         assert "max_message_bytes" in response["error"]["message"]
+        # Closed, not just shut for writing: nothing more goes in.
+        with pytest.raises(BrokenPipeError):
+            s.sendall(line(req("Host.ping")))
         assert other.call("Host.ping") is True
 
 
