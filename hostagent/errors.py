@@ -97,3 +97,18 @@ class DriverNotSupported(AgentError):
 
     code = 2009
     default_message = "driver_volume_type is not supported on this host"
+
+
+class ShuttingDown(AgentError):
+    """A request that arrived while the agent was stopping: not run.
+
+    -32000 is the first of JSON-RPC's implementation-defined server
+    error codes: the request may be fine, this server just will not
+    run it now.  A client can send it again once the agent is back.
+    """
+
+    code = -32000
+    default_message = (
+        "the agent is shutting down; the request was not run "
+        "(send it again once the agent is back)"
+    )

@@ -61,7 +61,7 @@ from typing import Any
 
 from hostagent.api import Answer, Peer, dumps, error_response, loads
 from hostagent.config import ConfigError, ServerConfig, parse_hostport
-from hostagent.errors import AgentError, InvalidRequest
+from hostagent.errors import AgentError, InvalidRequest, ShuttingDown
 
 log = logging.getLogger(__name__)
 
@@ -74,21 +74,6 @@ _READ_CHUNK = 65536
 
 class ListenError(Exception):
     """A listener cannot be set up; the message says why."""
-
-
-class ShuttingDown(AgentError):
-    """A request that arrived while the agent was stopping: not run.
-
-    -32000 is the first of JSON-RPC's implementation-defined server
-    error codes: the request may be fine, this server just will not
-    run it now.  A client can send it again once the agent is back.
-    """
-
-    code = -32000
-    default_message = (
-        "the agent is shutting down; the request was not run "
-        "(send it again once the agent is back)"
-    )
 
 
 class Server:
