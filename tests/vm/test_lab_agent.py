@@ -69,8 +69,10 @@ def test_iscsi_multipath_attach(run: GuestRun) -> None:
     assert result["managed_path"] == (
         f"/run/hostagent/volumes/{data['vol_id']}"
     )
-    assert data["managed_realpath"] == data["path_realpath"]
     assert data["dm_name"] is not None, "no dm device mpath-<wwid>"
+    # The path and the managed link lead to that dm device.
+    assert data["path_realpath"] == f"/dev/{data['dm_name']}"
+    assert data["managed_realpath"] == data["path_realpath"]
     assert len(data["dm_slaves"]) == 2
     assert len(data["sessions_attached"]) == 2
     assert_info_matches(data)
@@ -105,6 +107,7 @@ def test_iscsi_chap(run: GuestRun) -> None:
     # One portal, but multipath is on in the agent: a one-path dm device.
     assert wwid and data["result"]["path"] == f"/dev/mapper/{wwid}"
     assert data["dm_name"] is not None, "no dm device mpath-<wwid>"
+    assert data["path_realpath"] == f"/dev/{data['dm_name']}"
     assert len(data["dm_slaves"]) == 1
     assert_info_matches(data)
     assert len(data["sessions_attached"]) == 1

@@ -194,6 +194,7 @@ def case_iscsi_chap(agent: g.Agent, initiator: str) -> None:
         dm = g.dm_by_uuid(f"mpath-{wwid}")
         case.data["dm_name"] = dm
         case.data["dm_slaves"] = g.wait_slaves(dm, 1)
+        case.data["path_realpath"] = os.path.realpath(result["path"])
         case.data["info"] = info_of(c, vol_id)
         case.data["sessions_attached"] = g.iscsi_sessions()
         with case.step("io"):
