@@ -7,6 +7,7 @@ database records the attachment, then restarts it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import pytest
@@ -16,6 +17,8 @@ from lab import GuestRun
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(900)]
 
 NOTHING = {"sessions": [], "dm_devices": {}, "sd_devices": []}
+# hostagent/reconcile.py's summary line, once per start-up.
+SUMMARY = re.compile(r"reconciled (\d+) volume record\(s\) in [0-9.]+ s: (.*)")
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +36,23 @@ def test_killed_after_login(run: GuestRun) -> None:
 
 
 def test_no_session_after_restart(run: GuestRun) -> None:
-    """After the restart's reconciliation no session or dm device is left."""
+    """No session or dm device left when the restarted agent first answers.
+
+    Looked at right after the first ping, without waiting: the rollback
+    must be done before the agent serves, not after.
+    """
     data = run.case_ok("agent_kill_mid_attach")
     assert data["after_restart"] == NOTHING
+
+
+def test_reconcile_rolled_back_the_attach(run: GuestRun) -> None:
+    """The restarted agent's summary: one record, rolled back."""
+    lines = run.case_ok("agent_kill_mid_attach")["reconcile_log"]
+    summaries = [m for m in map(SUMMARY.search, lines) if m]
+    assert len(summaries) == 1, lines
+    count, decisions = summaries[0].groups()
+    assert count == "1"
+    assert decisions == "rolled_back 1", lines
 
 
 def test_no_stale_row_after_restart(run: GuestRun) -> None:

@@ -9,6 +9,7 @@ agent_nvme, agent_nfs, agent_aoe, agent_stop.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -36,6 +37,22 @@ def links(agent: g.Agent) -> list[str]:
     """Managed symlinks present under the agent's run_dir."""
     root = Path(agent.socket).parent / "volumes"
     return sorted(p.name for p in root.iterdir()) if root.exists() else []
+
+
+def file_sha(path: Path | str, offset: int = 1 << 20) -> str:
+    """sha256 of the MiB at ``offset`` of a target's backing file.
+
+    ``io_check`` writes its random MiB there: equal digests mean the
+    data written through the agent's path reached this file.
+    """
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return hashlib.sha256(f.read(1 << 20)).hexdigest()
+
+
+def node_records() -> list[str]:
+    """Lines of ``iscsiadm -m node``: the node records left."""
+    return g.sh("iscsiadm", "-m", "node", check=False).stdout.splitlines()
 
 
 def io_within(path: str, timeout: float) -> str:
@@ -142,9 +159,7 @@ def case_iscsi_multipath(agent: g.Agent) -> None:
             case.data["info_after"] = info_of(c, vol_id)
         case.data["after"] = g.iscsi_leftovers()
         case.data["links_after"] = links(agent)
-        case.data["node_records_after"] = g.sh(
-            "iscsiadm", "-m", "node", check=False
-        ).stdout.splitlines()
+        case.data["node_records_after"] = node_records()
 
 
 def case_iscsi_chap(agent: g.Agent, initiator: str) -> None:
@@ -172,6 +187,14 @@ def case_iscsi_chap(agent: g.Agent, initiator: str) -> None:
                 "ManagedVolume.attach_volume", [vol_id, conn_info(CHAP[1])]
             )
         case.data["result"] = result
+        # One portal, but the agent runs os-brick with multipath on, so
+        # the path is still a dm multipath device (with one path).
+        wwid = result["attachment"].get("multipath_id")
+        case.data["wwid"] = wwid
+        dm = g.dm_by_uuid(f"mpath-{wwid}")
+        case.data["dm_name"] = dm
+        case.data["dm_slaves"] = g.wait_slaves(dm, 1)
+        case.data["path_realpath"] = os.path.realpath(result["path"])
         case.data["info"] = info_of(c, vol_id)
         case.data["sessions_attached"] = g.iscsi_sessions()
         with case.step("io"):
@@ -180,6 +203,8 @@ def case_iscsi_chap(agent: g.Agent, initiator: str) -> None:
             c.call("ManagedVolume.detach_volume", [vol_id])
         case.data["info_after"] = info_of(c, vol_id)
         case.data["after"] = g.iscsi_leftovers()
+        case.data["links_after"] = links(agent)
+        case.data["node_records_after"] = node_records()
 
     with g.Case("agent_iscsi_chap_wrong") as case, agent.client() as c:
         vol_id = vol()
@@ -197,19 +222,16 @@ def case_iscsi_chap(agent: g.Agent, initiator: str) -> None:
         case.data["info_after"] = info_of(c, vol_id)
         case.data["all_volumes"] = c.call("ManagedVolume.volumes_info")
         case.data["after"] = g.iscsi_leftovers()
-        case.data["node_records_after"] = g.sh(
-            "iscsiadm", "-m", "node", check=False
-        ).stdout.splitlines()
+        case.data["node_records_after"] = node_records()
         case.data["links_after"] = links(agent)
 
 
 def case_nvme(agent: g.Agent) -> None:
     """NVMe/TCP through the agent's nvmeof connector."""
     with g.Case("agent_nvme") as case, agent.client() as c:
-        target = g.NvmetTcpTarget(
-            "nqn.2014-08.org.lab:agent-nvme",
-            g.backing_file("agent-nvme.img"),
-        )
+        backing = g.backing_file("agent-nvme.img")
+        target = g.NvmetTcpTarget("nqn.2014-08.org.lab:agent-nvme", backing)
+        case.data["ns_uuid"] = target.ns_uuid
         vol_id = vol()
         conn_info = target.connection_info()
         with case.step("attach"):
@@ -217,8 +239,15 @@ def case_nvme(agent: g.Agent) -> None:
         case.data["result"] = result
         case.data["info"] = info_of(c, vol_id)
         case.data["controllers"] = g.nvme_controllers()
+        # The namespace's uuid as the kernel reports it: the path is the
+        # target's namespace, not some other NVMe disk.
+        uuid_file = Path("/sys/block") / Path(result["path"]).name / "uuid"
+        case.data["path_uuid"] = (
+            uuid_file.read_text().strip() if uuid_file.exists() else None
+        )
         with case.step("io"):
             case.data["io"] = io_within(result["path"], 60)
+        case.data["backing_sha"] = file_sha(backing)
         with case.step("detach"):
             c.call("ManagedVolume.detach_volume", [vol_id])
         case.data["info_after"] = info_of(c, vol_id)
@@ -260,8 +289,11 @@ def case_nfs(agent: g.Agent, share: str) -> None:
             )
         case.data["result"] = result
         case.data["info"] = info_of(c, vol_id)
+        # Where the agent mounted the share (field 2 of /proc/mounts).
+        case.data["mount_points"] = [m.split()[1] for m in mounts()]
         with case.step("io"):
             case.data["io"] = io_within(result["path"], 60)
+        case.data["server_sha"] = file_sha(export / "volume-agent.img")
         with case.step("attach_second"):
             c.call(
                 "ManagedVolume.attach_volume",
@@ -301,8 +333,15 @@ def case_aoe(agent: g.Agent) -> None:
             case.data["info"] = info_of(c, vol_id)
             with case.step("io"):
                 case.data["io"] = io_within(result["path"], 60)
+            case.data["backing_sha"] = file_sha(backing)
             with case.step("detach"):
                 c.call("ManagedVolume.detach_volume", [vol_id])
+            # vblade still serves the target here: the device is gone
+            # only because the agent flushed it out of the driver.
+            case.data["vblade_running"] = vblade.poll() is None
+            case.data["path_exists_after"] = os.path.exists(result["path"])
+            case.data["sysfs_after"] = os.path.exists("/sys/block/etherd!e2.3")
+            case.data["aoe_stat_after"] = g.sh("aoe-stat", check=False).stdout
             case.data["info_after"] = info_of(c, vol_id)
             case.data["links_after"] = links(agent)
         finally:

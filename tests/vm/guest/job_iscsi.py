@@ -41,6 +41,9 @@ def case_multipath(initiator: str) -> None:
         wwid = info.get("multipath_id") or info.get("scsi_wwn")
         case.data["wwid"] = wwid
         mapper = f"/dev/mapper/{wwid}"
+        # os-brick returns /dev/dm-N once the map exists; the mapper link
+        # is udev's, made from the map's uevent: let udevd catch up.
+        g.sh("udevadm", "settle", "--timeout=60", check=False)
         case.data["mapper_exists"] = os.path.exists(mapper)
         case.data["path_realpath"] = os.path.realpath(info["path"])
         case.data["mapper_realpath"] = os.path.realpath(mapper)
