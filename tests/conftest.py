@@ -71,6 +71,21 @@ def load_config(tmp: Path, text: str) -> config.Config:
     return config.load(p)
 
 
+def private_config(tmp: Path, brick: str) -> config.Config:
+    """A config for an in-process service: state and run dirs under
+    ``tmp``, ``brick`` the body of its ``[brick]`` section."""
+    return load_config(
+        tmp,
+        f"""
+[storage]
+state_dir = "{tmp / "state"}"
+run_dir = "{tmp / "run"}"
+[brick]
+{brick}
+""",
+    )
+
+
 def need(*tools: str) -> None:
     """Fail (not skip) when a tool ``make`` installs is missing."""
     missing = [t for t in tools if shutil.which(t) is None]

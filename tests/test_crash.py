@@ -27,9 +27,9 @@ from conftest import (
     Agent,
     Loops,
     brick_calls,
-    load_config,
     local_info,
     new_vol_id,
+    private_config,
 )
 
 from hostagent import brick, db
@@ -540,16 +540,7 @@ def test_rows_rolled_back_at_start_up_let_go_of_their_secrets(
     row's secrets; reconciliation deletes a rolled-back row and must let
     go of its, not of an attached row's.
     """
-    cfg = load_config(
-        tmp_path,
-        f"""
-[storage]
-state_dir = "{tmp_path / "state"}"
-run_dir = "{tmp_path / "run"}"
-[brick]
-drivers = ["local"]
-""",
-    )
+    cfg = private_config(tmp_path, 'drivers = ["local"]')
     dev = loops.create()
     gone, kept = new_vol_id(), new_vol_id()
     gone_secret, kept_secret = f"gone-{gone}", f"kept-{kept}"

@@ -117,6 +117,18 @@ class FakeCeph:
     def mapped(self) -> list[dict[str, str]]:
         return list(json.loads((self.root / "mapped").read_text()))
 
+    def agent(self, agent_factory: Any) -> FakeHostAgent:
+        """A fake-host agent whose PATH finds this shim's ``rbd``."""
+        a: FakeHostAgent = agent_factory(
+            env={
+                "PATH": f"{self.bin}:{os.environ['PATH']}",
+                "FAKE_CEPH": str(self.root),
+            },
+            cls=FakeHostAgent,
+            spec={},
+        )
+        return a
+
 
 @pytest.fixture
 def ceph(
@@ -124,14 +136,7 @@ def ceph(
 ) -> tuple[FakeHostAgent, FakeCeph]:
     fake = FakeCeph(tmp_path / "ceph")
     fake.create("volumes/volume-1", loops.create())
-    a: FakeHostAgent = agent_factory(
-        env={
-            "PATH": f"{fake.bin}:{os.environ['PATH']}",
-            "FAKE_CEPH": str(fake.root),
-        },
-        cls=FakeHostAgent,
-        spec={},
-    )
+    a = fake.agent(agent_factory)
     a.configure(
         backend={
             "ceph-b": {"driver": "rbd", "ceph_conf": "/etc/ceph/b.conf"},

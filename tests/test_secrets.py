@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import sqlite3
 import stat
 import uuid
@@ -18,7 +17,6 @@ from typing import Any
 
 import pytest
 from conftest import Agent, Loops, local_info, new_vol_id
-from test_fc import FakeHostAgent
 from test_rbd import FakeCeph, rbd_info
 
 from hostagent.client import RpcError
@@ -306,14 +304,7 @@ def test_an_os_brick_error_carrying_a_secret_is_scrubbed(
     """os-brick's rbd connector puts the user name on the rbd command
     line, and the error of a failed map quotes that command line."""
     fake = FakeCeph(tmp_path / "ceph")
-    a: FakeHostAgent = agent_factory(
-        env={
-            "PATH": f"{fake.bin}:{os.environ['PATH']}",
-            "FAKE_CEPH": str(fake.root),
-        },
-        cls=FakeHostAgent,
-        spec={},
-    )
+    a = fake.agent(agent_factory)
     a.start()
     user = "rbdUser-" + uuid.uuid4().hex[:8]
     seen = Seen()

@@ -17,9 +17,9 @@ from conftest import (
     Agent,
     Loops,
     brick_calls,
-    load_config,
     local_info,
     new_vol_id,
+    private_config,
 )
 
 from hostagent import db
@@ -368,16 +368,9 @@ def wait_for_device_error(
     tmp_path: Path, enforce: bool, info: dict[str, Any]
 ) -> AgentError:
     """The error of VolumeService.wait_for_device for os-brick's ``info``."""
-    cfg = load_config(
+    cfg = private_config(
         tmp_path,
-        f"""
-[storage]
-state_dir = "{tmp_path / "state"}"
-run_dir = "{tmp_path / "run"}"
-[brick]
-multipath = true
-enforce_multipath = {str(enforce).lower()}
-""",
+        f"multipath = true\nenforce_multipath = {str(enforce).lower()}",
     )
     brick = Brick(cfg.brick, cfg.lock_dir, tmp_path / "mnt")
     service = VolumeService(cfg, Database(cfg.db_path), brick, Udev())
