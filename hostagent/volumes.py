@@ -922,5 +922,5 @@ def _entry(row: StoredVolume, exists: bool) -> dict[str, Any]:
 
 
 def _shown_json(text: str | None) -> Any:
-    """A stored JSON column, decoded and scrubbed, as results show it."""
+    """A stored JSON column, decoded and masked, as results show it."""
     return None if text is None else redact(json.loads(text))
