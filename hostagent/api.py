@@ -35,7 +35,6 @@ from jsonrpcserver.response import to_serializable
 from jsonrpcserver.sentinels import NOID
 
 from hostagent import schema
-from hostagent.db import DatabaseBusy
 from hostagent.errors import (
     AgentError,
     InternalError,
@@ -374,7 +373,7 @@ class Api:
         try:
             return await self.service.attach(vol_id, connection_info, backend)
         finally:
-            self._keep_secrets(vol_id)
+            self.service.keep_secrets(vol_id)
 
     async def extend_volume(self, ctx: Peer, vol_id: str) -> int:
         """``ManagedVolume.extend_volume``."""
@@ -385,25 +384,7 @@ class Api:
         try:
             await self.service.detach(vol_id)
         finally:
-            self._keep_secrets(vol_id)
-
-    def _keep_secrets(self, vol_id: str) -> None:
-        """Have the scrubber hold the secrets of ``vol_id``'s row, if any.
-
-        Called after every attach and detach, whatever its outcome: the
-        row is the truth (an attach whose undo failed keeps one, a failed
-        detach keeps it, a refused attach leaves another's in place).  The
-        read and the change happen in one step of the event loop, so no
-        other call's row can come or go in between.
-        """
-        try:
-            rec = self.service.db.peek(vol_id)
-        except DatabaseBusy:
-            return  # keep what is held: holding too much costs memory only
-        if rec is None:
-            SCRUBBER.release(vol_id)
-        else:
-            SCRUBBER.hold(vol_id, rec.connection_info)
+            self.service.keep_secrets(vol_id)
 
     async def volumes_info(
         self, ctx: Peer, vol_ids: list[str] | None = None

@@ -273,6 +273,24 @@ class VolumeService:
             return None
         return b
 
+    def keep_secrets(self, vol_id: str) -> None:
+        """Have the scrubber hold the secrets of ``vol_id``'s row, if any.
+
+        Called after every attach and detach, whatever its outcome: the
+        row is the truth (an attach whose undo failed keeps one, a failed
+        detach keeps it, a refused attach leaves another's in place).  The
+        read and the change happen in one step of the event loop, so no
+        other call's row can come or go in between.
+        """
+        try:
+            rec = self.db.peek(vol_id)
+        except DatabaseBusy:
+            return  # keep what is held: holding too much costs memory only
+        if rec is None:
+            SCRUBBER.release(vol_id)
+        else:
+            SCRUBBER.hold(vol_id, rec.connection_info)
+
     # -- attach ------------------------------------------------------------
 
     def check_driver(self, connection_info: dict[str, Any]) -> str:
