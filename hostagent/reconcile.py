@@ -231,8 +231,8 @@ class Reconciler:
             except Exception:
                 return "failed"
             # The row is gone: open() had the scrubber hold its secrets,
-            # and nothing else would let go of them (api.py does this
-            # after an attach or a detach).
+            # and nothing else would let go of them (VolumeService.
+            # keep_secrets does this after an attach or a detach).
             SCRUBBER.release(vol_id)
             log.info(
                 "reconcile: volume %s: %s",

@@ -117,11 +117,6 @@ class Server:
         return len(self._connections)
 
     @property
-    def established_count(self) -> int:
-        """Connections counted against ``max_connections``."""
-        return len(self._established)
-
-    @property
     def request_count(self) -> int:
         """Requests currently being handled, over all connections."""
         return len(self._requests)
