@@ -42,6 +42,7 @@ from hostagent.errors import (
     InvalidRequest,
     MethodNotFound,
     ParseError,
+    ShuttingDown,
 )
 from hostagent.redact import SCRUBBER
 from hostagent.volumes import VolumeService
@@ -243,6 +244,36 @@ def error_response(err: AgentError, req_id: Any = None) -> dict[str, Any]:
     if err.data is not None:
         error["data"] = err.data
     return {"jsonrpc": "2.0", "error": error, "id": req_id}
+
+
+def shutting_down(line: bytes) -> bytes | None:
+    """The answer to ``line`` while the agent stops: nothing is run.
+
+    Each request with an id (and anything malformed, which would get an
+    error anyway) gets a :class:`ShuttingDown` error; notifications get
+    nothing, as always; a line that is not JSON keeps its parse error.
+    """
+    try:
+        message = loads(line)
+    except AgentError as e:
+        return dumps(error_response(e))
+    err = ShuttingDown()
+    if isinstance(message, list) and message:
+        out = [
+            error_response(err, _request_id(m))
+            for m in message
+            if not (isinstance(m, dict) and "id" not in m)
+        ]
+        return dumps(out) if out else None
+    if isinstance(message, dict) and "id" not in message:
+        return None
+    return dumps(error_response(err, _request_id(message)))
+
+
+def _request_id(message: Any) -> Any:
+    """The id to answer ``message`` with: its own if valid, else null."""
+    rid = message.get("id") if isinstance(message, dict) else None
+    return rid if _valid_id(rid) else None
 
 
 # -- the methods ------------------------------------------------------------

@@ -59,9 +59,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from hostagent.api import Answer, Peer, dumps, error_response, loads
+from hostagent.api import Answer, Peer, dumps, error_response, shutting_down
 from hostagent.config import ConfigError, ServerConfig, parse_hostport
-from hostagent.errors import AgentError, InvalidRequest, ShuttingDown
+from hostagent.errors import InvalidRequest
 
 log = logging.getLogger(__name__)
 
@@ -745,37 +745,6 @@ def _peername(sock: socket.socket) -> Any:
         return sock.getpeername()
     except OSError:
         return None  # the peer is already gone
-
-
-def shutting_down(line: bytes) -> bytes | None:
-    """The answer to ``line`` while the agent stops: nothing is run.
-
-    Each request with an id (and anything malformed, which would get an
-    error anyway) gets a :class:`ShuttingDown` error; notifications get
-    nothing, as always; a line that is not JSON keeps its parse error.
-    """
-    try:
-        message = loads(line)
-    except AgentError as e:
-        return dumps(error_response(e))
-    err = ShuttingDown()
-    if isinstance(message, list) and message:
-        out = [
-            error_response(err, _request_id(m))
-            for m in message
-            if not (isinstance(m, dict) and "id" not in m)
-        ]
-        return dumps(out) if out else None
-    if isinstance(message, dict) and "id" not in message:
-        return None
-    return dumps(error_response(err, _request_id(message)))
-
-
-def _request_id(message: Any) -> Any:
-    """The id to answer ``message`` with: its own if valid, else null."""
-    rid = message.get("id") if isinstance(message, dict) else None
-    valid = isinstance(rid, (str, int)) and not isinstance(rid, bool)
-    return rid if valid else None
 
 
 def _listen_address(hostport: str) -> tuple[str, int]:
