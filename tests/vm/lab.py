@@ -201,7 +201,9 @@ def run_guest(
 
     ``script`` is a path on the host (visible at the same path in the
     guest); ``.py`` runs with ``python`` (default: this interpreter, so
-    the guest sees the same virtualenv), anything else with bash.
+    the guest sees the same virtualenv), anything else with bash.  The
+    guest's PID 1 is guest/init.sh, or a real systemd for a script
+    marked ``# lab-init: systemd`` (see :func:`guest_init`).
     ``lab_dir`` must be empty or absent; it becomes /lab in the guest.
     ``env`` is exported to the job.  The guest's own timeout is
     ``timeout`` less a margin; qemu is killed at ``timeout`` regardless.
