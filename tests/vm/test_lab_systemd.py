@@ -178,6 +178,14 @@ def test_stop_is_clean(run: GuestRun) -> None:
         "SubState": "listening",
     }
     assert data["socket_exists"] is True
-    assert data["agent_lines"][-1] == "stopped"
+    # The daemon's own shutdown ran to its end.  Not necessarily its
+    # last line: an os-brick import still running in a worker thread
+    # (started at start-up, off the READY path) finishes before the
+    # process exits and logs its own lines.
+    lines = data["agent_lines"]
+    assert "stopped" in lines, lines
+    assert lines.index("shutting down; 0 request(s) in flight") < (
+        lines.index("stopped")
+    )
     assert data["socket_stop_status"] == 0
     assert data["socket_exists_after_socket_stop"] is False

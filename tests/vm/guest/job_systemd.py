@@ -386,9 +386,11 @@ def case_stop() -> None:
         case.data["processes"] = agent_processes()
         case.data["socket_unit"] = show(SOCKET_UNIT, "ActiveState", "SubState")
         case.data["socket_exists"] = os.path.exists(SOCKET)
+        # The stopped daemon's own lines, start to exit.
         case.data["agent_lines"] = [
-            str(e.get("MESSAGE")) for e in journal(f"_SYSTEMD_UNIT={SERVICE}")
-        ][-5:]
+            str(e.get("MESSAGE"))
+            for e in journal(f"_SYSTEMD_UNIT={SERVICE}", f"_PID={pid}")
+        ]
         with case.step("stop_socket"):
             case.data["socket_stop_status"] = systemctl("stop", SOCKET_UNIT)
         case.data["socket_exists_after_socket_stop"] = os.path.exists(SOCKET)
