@@ -27,6 +27,9 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 CACHE = Path(os.environ.get("LAB_CACHE", REPO / ".cache" / "vm"))
 GUEST_INIT = HERE / "guest" / "init.sh"
+# Jobs whose first lines say "# lab-init: systemd" boot a real systemd.
+SYSTEMD_INIT = HERE / "guest" / "init-systemd.sh"
+_INIT_MARK = re.compile(r"^# lab-init: (\S+)$", re.MULTILINE)
 QEMU = "qemu-system-x86_64"
 
 # A marker the guest init prints with its uptime, e.g.
@@ -116,8 +119,26 @@ def check_ready() -> None:
         raise LabUnavailable(f"{QEMU} not found; run tests/vm/setup.sh")
 
 
+def guest_init(script: Path) -> Path:
+    """The guest's PID 1 for ``script``: init.sh, or init-systemd.sh for
+    a job whose first lines carry ``# lab-init: systemd``."""
+    with open(script, errors="replace") as f:
+        head = "".join(f.readline() for _ in range(5))
+    mark = _INIT_MARK.search(head)
+    if mark is None:
+        return GUEST_INIT
+    if mark[1] != "systemd":
+        raise ValueError(f"{script}: unknown lab-init {mark[1]!r}")
+    return SYSTEMD_INIT
+
+
 def qemu_command(
-    lab_dir: Path, *, memory_mb: int, cpus: int, cmdline: str = ""
+    lab_dir: Path,
+    *,
+    memory_mb: int,
+    cpus: int,
+    cmdline: str = "",
+    init: Path = GUEST_INIT,
 ) -> list[str]:
     """The qemu command line for one run sharing ``lab_dir`` as /lab."""
     kver = kernel_version()
@@ -126,7 +147,7 @@ def qemu_command(
             "console=ttyS0",
             "panic=-1",  # a panic reboots, and -no-reboot turns that into exit
             "loglevel=4",
-            f"lab.init={GUEST_INIT}",
+            f"lab.init={init}",
             cmdline,
         ]
     ).strip()
@@ -180,7 +201,9 @@ def run_guest(
 
     ``script`` is a path on the host (visible at the same path in the
     guest); ``.py`` runs with ``python`` (default: this interpreter, so
-    the guest sees the same virtualenv), anything else with bash.
+    the guest sees the same virtualenv), anything else with bash.  The
+    guest's PID 1 is guest/init.sh, or a real systemd for a script
+    marked ``# lab-init: systemd`` (see :func:`guest_init`).
     ``lab_dir`` must be empty or absent; it becomes /lab in the guest.
     ``env`` is exported to the job.  The guest's own timeout is
     ``timeout`` less a margin; qemu is killed at ``timeout`` regardless.
@@ -207,7 +230,9 @@ def run_guest(
     (lab_dir / "job.env").write_text(
         "".join(f"export {k}={shlex.quote(v)}\n" for k, v in job.items())
     )
-    cmd = qemu_command(lab_dir, memory_mb=memory_mb, cpus=cpus)
+    cmd = qemu_command(
+        lab_dir, memory_mb=memory_mb, cpus=cpus, init=guest_init(script)
+    )
     (lab_dir / "qemu.cmd").write_text(shlex.join(cmd) + "\n")
 
     start = time.monotonic()

@@ -36,6 +36,7 @@ packages=(
     socat           # talking to the agent's socket by hand
     util-linux      # losetup, lsblk, blockdev
     e2fsprogs       # mkfs for NFS/AoE checks
+    systemd         # PID 1 of the systemd guest (job_systemd.py)
 )
 
 missing=()
