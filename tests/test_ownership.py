@@ -199,6 +199,14 @@ def test_dm_matched_by_uuid(tmp_path: Path) -> None:
     assert match == (
         'SUBSYSTEM=="block", ENV{DM_UUID}=="mpath-36001405abcdef0123456789"'
     )
+    prev = NodeState("/dev/dm-3", os.makedev(253, 3), 0, 6, 0o660)
+    text = ownership.rule_text(match, NOBODY, KVM, 0o660, prev)
+    assert check_text(text) == []
+    rule = tmp_path / "99-hostagent-managed_x.rules"
+    rule.write_text(text)
+    verified = udevadm_verify(str(rule))
+    if verified is not None:
+        assert verified[0], verified[1]
     nvme = tmp_path / "devices" / "nvme0n1"
     nvme.mkdir()
     (nvme / "wwid").write_text("uuid.1b4e28ba-2fa1-11d2-883f-0016d3cca427\n")
