@@ -5,9 +5,10 @@
 set -eu
 
 # systemd: systemd-analyze, -tmpfiles, -sysusers, -socket-activate for the
-# unit tests (no systemd as PID 1 needed); rpm and cpio: make rpm.
+# unit tests (no systemd as PID 1 needed); rpm and cpio: make rpm;
+# fdisk: sfdisk writes partition tables in the device tests.
 BASE="libsystemd-dev pkg-config gcc open-iscsi util-linux socat \
-multipath-tools python3-venv openssl systemd rpm cpio aoetools"
+multipath-tools python3-venv openssl systemd rpm cpio aoetools fdisk"
 
 pkgs=${*:-$BASE}
 missing=""
