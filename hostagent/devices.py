@@ -489,7 +489,17 @@ def open_by(
 _NOT_BLOCK = ("/dev/pts/", "/dev/tty", "/dev/vhost-", "/dev/shm/")
 _NOT_BLOCK_NAMES = frozenset(
     "/dev/" + name
-    for name in "null zero full random urandom kvm ptmx net/tun console".split()
+    for name in [
+        "null",
+        "zero",
+        "full",
+        "random",
+        "urandom",
+        "kvm",
+        "ptmx",
+        "net/tun",
+        "console",
+    ]
 )
 
 
