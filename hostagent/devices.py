@@ -49,14 +49,19 @@ class DeviceError(Exception):
     reason = "device"
 
     def __init__(self, path: str, message: str, **detail: object) -> None:
+        # Resolved names and mount points come from the host's files and
+        # may hold control characters as well.
         self.path = printable(path)
-        self.message = message
+        self.message = printable(message)
         self.detail: dict[str, object] = {
             "reason": self.reason,
             "path": self.path,
-            **detail,
+            **{
+                k: printable(v) if isinstance(v, str) else v
+                for k, v in detail.items()
+            },
         }
-        super().__init__(message)
+        super().__init__(self.message)
 
 
 class BadPath(DeviceError):
@@ -220,7 +225,10 @@ def device_id(path: str, *, sysfs: str = SYSFS) -> DeviceId:
     :class:`DeviceNotFound`, :class:`PseudoFsPath` or
     :class:`NotBlockDevice`.
     """
-    real = _resolve(path)
+    return _identify(path, _resolve(path), sysfs)
+
+
+def _identify(path: str, real: str, sysfs: str) -> DeviceId:
     try:
         st = os.stat(real)
     except OSError as e:
@@ -552,7 +560,7 @@ class Holders:
         """One line for an operator: who holds the device."""
         parts = [p.describe() for p in self.processes]
         parts += [f"{m.describe()} on {m.parent}" for m in self.maps]
-        parts += [f"{m.mountpoint} mounted" for m in self.mounts]
+        parts += [f"{printable(m.mountpoint)} mounted" for m in self.mounts]
         return "; ".join(parts) if parts else "nothing"
 
     def as_data(self) -> dict[str, object]:
@@ -566,7 +574,7 @@ class Holders:
                 {"name": m.name, "dm_name": m.dm_name, "parent": m.parent}
                 for m in self.maps
             ],
-            "mounts": [m.mountpoint for m in self.mounts],
+            "mounts": [printable(m.mountpoint) for m in self.mounts],
         }
 
 
@@ -685,8 +693,8 @@ def check_local_device(
     """Refuse ``path`` unless it is a free block device a VM may take.
 
     In order: the path must be absolute, without control characters,
-    not under /proc or /sys, exist, resolve to a block device with
-    media, match ``allowed_globs`` (see :func:`allowed`); then nothing
+    not under /proc or /sys, exist, match ``allowed_globs`` (see
+    :func:`allowed`), resolve to a block device with media; then nothing
     on the host may use it: no mount or swap on the device
     (:class:`DeviceMounted`), none through its partitions or maps
     (:class:`HostDisk`: e.g. a disk whose partition is mounted, a PV
@@ -696,15 +704,18 @@ def check_local_device(
     that merely have it open are not refused here; see :func:`holders`.
     Returns the device's :class:`DeviceId`.
     """
-    dev = device_id(path, sysfs=sysfs)
-    if not allowed(path, dev.path, allowed_globs):
+    real = _resolve(path)
+    # Before looking at what the path is: outside the allowed names a
+    # client learns nothing about the host's files.
+    if not allowed(path, real, allowed_globs):
         raise NotAllowed(
             path,
-            f"{path} (resolved: {dev.path}) matches no [brick] "
+            f"{path} (resolved: {real}) matches no [brick] "
             "local_allowed pattern",
-            resolved=dev.path,
+            resolved=real,
             allowed=list(allowed_globs),
         )
+    dev = _identify(path, real, sysfs)
     block = _block_dir(dev.devno, sysfs)
     if _read(block / "size") == "0":
         raise NoMedia(

@@ -148,6 +148,26 @@ def test_bad_paths_refused(path: str) -> None:
     refused(path, BadPath)
 
 
+def test_control_characters_from_the_host_are_escaped(
+    tmp_path: Path, loops: Loops
+) -> None:
+    dev = loops.create(32)
+    with mounted(dev, tmp_path / "a\nCRITICAL forged") as where:
+        message = refused(dev, DeviceMounted)
+        assert "a\\x0aCRITICAL forged" in message
+        found = devices.holders(dev)
+        assert found.mounts[0].mountpoint == str(where)
+        assert "\n" not in found.describe()
+        assert "\n" not in str(found.as_data())
+    weird = tmp_path / "x\ny"
+    weird.write_text("")
+    link = tmp_path / "link"
+    link.symlink_to(weird)
+    with pytest.raises(NotBlockDevice) as info:
+        devices.check_local_device(str(link))
+    assert str(info.value.detail["resolved"]).endswith("x\\x0ay")
+
+
 def test_missing_and_dangling_refused(tmp_path: Path) -> None:
     refused(str(tmp_path / "nothing"), DeviceNotFound)
     link = tmp_path / "dangling"
@@ -237,6 +257,11 @@ def test_local_allowed(tmp_path: Path, loops: Loops) -> None:
     odd = f"/dev/../dev/{os.path.basename(dev)}"
     devices.check_local_device(odd, ["/dev/loop*"])
     refused(f"{vg}/../vg/lv", NotAllowed, allowed_globs=[f"{vg}/*"])
+    # Outside the allowed names nothing is said about what a path is.
+    for other in ("/etc/passwd", "/etc", "/dev/null"):
+        message = refused(other, NotAllowed, allowed_globs=["/dev/loop*"])
+        assert "file" not in message
+        assert "directory" not in message
 
 
 def test_glob_never_crosses_a_slash() -> None:
