@@ -6,9 +6,10 @@ set -eu
 
 # systemd: systemd-analyze, -tmpfiles, -sysusers, -socket-activate for the
 # unit tests (no systemd as PID 1 needed); rpm and cpio: make rpm; lvm2:
-# lvmconfig and lvmdevices for the LVM checks (tests/test_lvmcheck.py).
+# lvmconfig and lvmdevices for the LVM checks (tests/test_lvmcheck.py);
+# fdisk: sfdisk writes partition tables in the device tests.
 BASE="libsystemd-dev pkg-config gcc open-iscsi util-linux socat \
-multipath-tools python3-venv openssl systemd rpm cpio aoetools lvm2"
+multipath-tools python3-venv openssl systemd rpm cpio aoetools lvm2 fdisk"
 
 pkgs=${*:-$BASE}
 missing=""
