@@ -27,6 +27,7 @@ import stat
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -428,3 +429,17 @@ def test_socket_unit_matches_the_default_config() -> None:
     text = (ROOT / "systemd" / "hostagent.socket").read_text()
     assert f"ListenStream={ServerConfig().unix_socket}\n" in text
     assert "SocketMode=0660\n" in text
+
+
+def test_pyproject_license_is_an_spdx_string() -> None:
+    """The table form is deprecated (setuptools warned on every install);
+    the string form needs setuptools 77 or later to build."""
+    raw = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert raw["project"]["license"] == "Apache-2.0"
+    [req] = [
+        r for r in raw["build-system"]["requires"] if r.startswith("setup")
+    ]
+    m = re.fullmatch(r"setuptools>=(\d+)(\.\d+)*", req)
+    assert m and int(m.group(1)) >= 77, req
+    spec = (ROOT / "hostagent.spec").read_text()
+    assert re.search(r"^License:\s+Apache-2\.0$", spec, re.M)
