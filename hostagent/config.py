@@ -331,6 +331,42 @@ def _check(c: Config) -> None:
         )
 
 
+def check_dirs(c: Config) -> None:
+    """Check that ``storage.state_dir`` and ``storage.run_dir`` are usable.
+
+    Each must be a writable directory, or be creatable: its nearest
+    existing ancestor is a writable directory.  Raises
+    :class:`ConfigError` naming the key: a read-only or misplaced
+    directory otherwise surfaces later as an ``[Errno 30]`` on some file
+    inside it, with nothing that points at the config.
+    """
+    for key in ("state_dir", "run_dir"):
+        path = Path(getattr(c.storage, key))
+        probe = path
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        where = f"storage.{key} {path}"
+        if probe != path:
+            where += f" (to be created in {probe})"
+        if not probe.is_dir():
+            raise ConfigError(f"{where}: {probe} is not a directory")
+        # access(2) reports EROFS for a read-only mount even to root.
+        if not os.access(probe, os.W_OK | os.X_OK):
+            why = (
+                "read-only file system"
+                if _read_only(probe)
+                else ("not writable")
+            )
+            raise ConfigError(f"{where}: {why}")
+
+
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
 def _positive(key: str, value: int, minimum: int = 1) -> None:
     if value < minimum:
         raise ConfigError(f"{key} must be >= {minimum}")
