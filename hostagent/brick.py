@@ -8,7 +8,7 @@ here blocks; the volume service runs them on worker threads.
 Any exception a connector raises becomes :class:`ConnectorFailed` (926)
 with the exception's class name in ``data``, its text scrubbed of secrets.
 
-Fail points (see flow.py) around the connector calls:
+Fail points (see failpoints.py) around the connector calls:
 ``brick.before_connect_volume``, ``brick.after_connect_volume`` (the
 connection is up but os-brick has not returned: nothing recorded it),
 ``brick.before_disconnect_volume`` and ``brick.after_disconnect_volume``.
@@ -35,7 +35,7 @@ from typing import Any
 
 from hostagent.config import BackendConfig, BrickConfig
 from hostagent.errors import BrickUnavailable, ConnectorFailed
-from hostagent.flow import FailPointError, FailPoints
+from hostagent.failpoints import FailPointError, FailPoints
 from hostagent.redact import SCRUBBER
 
 log = logging.getLogger(__name__)
@@ -280,6 +280,10 @@ class Brick:
             raise processutils.ProcessExecutionError(
                 stderr=str(e), exit_code=1, cmd=name
             ) from e
+
+    def has_shares(self, driver: str) -> bool:
+        """Whether ``driver``'s volumes sit on a mounted share."""
+        return driver == "nfs"
 
     def uses_multipath(
         self, driver: str, backend: BackendConfig | None = None
