@@ -24,8 +24,6 @@ import contextlib
 import functools
 import logging
 import os
-import platform
-import re
 import socket
 import threading
 import time
@@ -33,15 +31,16 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from hostagent import drivers
 from hostagent.config import BackendConfig, BrickConfig
+from hostagent.drivers.aoe import aoe_device_name
+from hostagent.drivers.rbd import RBD_SYSFS, rbd_kernel_maps
+from hostagent.drivers.storpool import read_storpool_conf
 from hostagent.errors import BrickUnavailable, ConnectorFailed
 from hostagent.failpoints import FailPointError, FailPoints
 from hostagent.redact import SCRUBBER
 
 log = logging.getLogger(__name__)
-
-# Drivers whose devices may be multipathed through dm-multipath.
-MULTIPATH_DRIVERS = frozenset({"iscsi", "fibre_channel"})
 
 _MAX_ERROR_TEXT = 2000
 
@@ -160,8 +159,7 @@ class Brick:
         conn = self._connector(driver, backend)
         try:
             self._failpoint("brick.before_connect_volume")
-            if driver == "storpool":
-                check_storpool_data(data)
+            drivers.get(driver).check_data(data)
             info = conn.connect_volume(data)
             self._failpoint("brick.after_connect_volume")
         except Exception as e:
@@ -227,7 +225,7 @@ class Brick:
         never unmounts it; the volume service calls this once the last
         volume on the share is disconnected, so detach leaves nothing.
         """
-        if driver != "nfs":
+        if not drivers.get(driver).shares:
             return
         conn = self._connector(driver, backend)
         mount_point = conn._remotefsclient.get_mount_point(data["export"])
@@ -281,16 +279,12 @@ class Brick:
                 stderr=str(e), exit_code=1, cmd=name
             ) from e
 
-    def has_shares(self, driver: str) -> bool:
-        """Whether ``driver``'s volumes sit on a mounted share."""
-        return driver == "nfs"
-
     def uses_multipath(
         self, driver: str, backend: BackendConfig | None = None
     ) -> bool:
         """Whether volumes of ``driver`` are attached through multipath."""
         wanted = backend.multipath if backend else self.config.multipath
-        return wanted and driver in MULTIPATH_DRIVERS
+        return wanted and drivers.uses_multipath(driver)
 
     def enforces_multipath(
         self, driver: str, backend: BackendConfig | None = None
@@ -352,7 +346,7 @@ class Brick:
                 )
             else:
                 conn = connector.InitiatorConnector.factory(
-                    driver.upper(),
+                    drivers.get(driver).protocol,
                     "",
                     use_multipath=self.uses_multipath(driver, backend),
                     device_scan_attempts=attempts,
@@ -402,31 +396,6 @@ def _nothing_attached(
 
 # -- RBD --------------------------------------------------------------------
 
-# The kernel lists every image it maps (krbd) here, one directory each.
-RBD_SYSFS = Path("/sys/bus/rbd/devices")
-
-
-def rbd_kernel_maps(sysfs: Path = RBD_SYSFS) -> set[str]:
-    """``pool/image`` of every image the rbd kernel module maps.
-
-    Empty without the module (no directory).  An image in a namespace
-    counts as ``pool/image`` too: os-brick cannot name one, and treating
-    it as this image errs on the side of keeping the row.
-    """
-    maps: set[str] = set()
-    try:
-        entries = list(sysfs.iterdir())
-    except FileNotFoundError:
-        return maps
-    for d in entries:
-        try:
-            pool = (d / "pool").read_text().strip()
-            name = (d / "name").read_text().strip()
-        except FileNotFoundError:
-            continue  # unmapped while this read the directory
-        maps.add(f"{pool}/{name}")
-    return maps
-
 
 def _rbd_nothing_mapped(
     conn: Any, data: dict[str, Any], sysfs: Path = RBD_SYSFS
@@ -462,76 +431,6 @@ def _rbd_nothing_mapped(
 
 
 # -- StorPool ---------------------------------------------------------------
-
-STORPOOL_DEFAULTS = {"SP_API_HTTP_HOST": "127.0.0.1", "SP_API_HTTP_PORT": "81"}
-STORPOOL_ENV = ("SP_AUTH_TOKEN", "SP_API_HTTP_HOST", "SP_API_HTTP_PORT")
-
-
-def read_storpool_conf(path: str) -> dict[str, str]:
-    """Read a StorPool config file the way StorPool's tools do.
-
-    Shell-style ``KEY=value`` lines, then ``<path>.d/*.conf``; a
-    ``[hostname]`` section overrides the unnamed one for this host, and
-    the ``SP_*`` connection variables in the environment win over both
-    (the same rules as os-brick's ``storpool_utils.get_conf``, which only
-    reads ``/etc/storpool.conf``).
-    """
-    parser = configparser.ConfigParser(strict=False, allow_no_value=True)
-    parser.optionxform = str  # type: ignore[assignment,method-assign]
-    files = [Path(path)]
-    extra = Path(path + ".d")
-    if extra.is_dir():
-        files += sorted(
-            p
-            for p in extra.iterdir()
-            if p.is_file()
-            and p.name.endswith(".conf")
-            and not p.name.startswith(".")
-        )
-    for f in files:
-        parser.read_string("[UNNAMED_SECTION]\n" + f.read_text(), str(f))
-    conf = dict(STORPOOL_DEFAULTS)
-    for section in ("UNNAMED_SECTION", platform.node()):
-        if parser.has_section(section):
-            conf.update({k: v or "" for k, v in parser[section].items()})
-    conf.update({k: os.environ[k] for k in STORPOOL_ENV if k in os.environ})
-    return conf
-
-
-_STORPOOL_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,200}")
-
-
-def check_storpool_data(data: dict[str, Any]) -> None:
-    """Raise ValueError where os-brick's StorPool connect would refuse.
-
-    Its connect_volume checks these before its first API call, but
-    raises the BrickException its API failures raise too; a ValueError
-    tells the volume service that nothing was connected, so no clean-up
-    detach is sent (it could detach another record's volume).  The
-    messages are os-brick's.
-    """
-    if data.get("client_id") is None:
-        raise ValueError(
-            "Invalid StorPool connection data, no client ID specified."
-        )
-    if data.get("volume") is None:
-        raise ValueError(
-            "Invalid StorPool connection data, no volume ID specified."
-        )
-    # os-brick puts the name into the API's URL path as it is: a "/" or
-    # "?" in it would address another call.  StorPool's own names are
-    # letters, digits and "_-.:"; Cinder's volume ids are UUIDs.
-    if not isinstance(data["volume"], str) or not _STORPOOL_NAME.fullmatch(
-        data["volume"]
-    ):
-        raise ValueError(
-            "Invalid StorPool connection data, the volume ID may only "
-            "hold letters, digits and _-.: (at most 200 characters)."
-        )
-    if data.get("access_mode") not in ("rw", "ro"):
-        raise ValueError(
-            "Invalid access_mode specified in the connection data."
-        )
 
 
 def _storpool_device_info(
@@ -622,35 +521,6 @@ def storpool_connector_class() -> type[Any]:
 
 
 # -- ATA over Ethernet ------------------------------------------------------
-
-# AoE addresses a target as shelf (major, 16 bits; 0xffff is broadcast)
-# and slot (minor, 8 bits; 0xff is broadcast).
-AOE_MAX_SHELF = 0xFFFE
-AOE_MAX_SLOT = 0xFE
-
-
-def aoe_device_name(props: dict[str, Any]) -> str:
-    """``e<shelf>.<slot>`` from AoE connection properties.
-
-    ``target_shelf`` and ``target_lun`` (the slot) are what Cinder's and
-    nova-volume's AoE drivers sent; both must be in AoE's address range,
-    so nothing from a client reaches a command line unchecked.
-    """
-    shelf = props.get("target_shelf")
-    slot = props.get("target_lun")
-    for key, value, top in (
-        ("target_shelf", shelf, AOE_MAX_SHELF),
-        ("target_lun", slot, AOE_MAX_SLOT),
-    ):
-        if (
-            not isinstance(value, int)
-            or isinstance(value, bool)
-            or not 0 <= value <= top
-        ):
-            raise ValueError(
-                f"AoE connection data needs {key} as an integer 0..{top}"
-            )
-    return f"e{shelf}.{slot}"
 
 
 @functools.cache

@@ -21,8 +21,9 @@ import pytest
 from conftest import Agent, Loops, need, new_vol_id
 from test_fc import FakeHostAgent
 
-from hostagent.brick import Brick, aoe_connector_class, aoe_device_name
+from hostagent.brick import Brick, aoe_connector_class
 from hostagent.config import BrickConfig
+from hostagent.drivers.aoe import aoe_device_name
 from hostagent.errors import ConnectorFailed
 
 # os-brick runs commands in-process here; eventlet warns about the fork.

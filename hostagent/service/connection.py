@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from hostagent import drivers
 from hostagent.db import Database, VolumeRecord
 from hostagent.service.backends import record_backend
 from hostagent.service.device import device_path
@@ -75,7 +76,7 @@ async def disconnect_unshared(
             driver, data, rec.attachment, backend=backend
         )
     )
-    if h.brick.has_shares(driver) and not await h.in_db(
+    if drivers.get(driver).shares and not await h.in_db(
         _share_in_use, h.db, driver, data, vol_id
     ):
         await h.in_worker(lambda: h.brick.release_share(driver, data, backend))

@@ -12,7 +12,7 @@ import asyncio
 import time
 from typing import Any
 
-from hostagent.brick import MULTIPATH_DRIVERS
+from hostagent import drivers
 from hostagent.config import BackendConfig
 from hostagent.errors import ConnectorFailed, MultipathMissing
 from hostagent.service.host import Host
@@ -23,7 +23,7 @@ DEVICE_POLL = 0.1
 def device_path(driver: str, info: dict[str, Any]) -> str:
     """The path a VM should use for a connected volume."""
     mpath = info.get("multipath_id")
-    if mpath and driver in MULTIPATH_DRIVERS:
+    if mpath and drivers.uses_multipath(driver):
         return f"/dev/mapper/{mpath}"
     return str(info.get("path") or "")
 
