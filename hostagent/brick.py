@@ -26,14 +26,12 @@ import logging
 import os
 import socket
 import threading
-import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from hostagent import drivers
 from hostagent.config import BackendConfig, BrickConfig
-from hostagent.drivers.aoe import aoe_device_name
 from hostagent.drivers.rbd import RBD_SYSFS, rbd_kernel_maps
 from hostagent.drivers.storpool import read_storpool_conf
 from hostagent.errors import BrickUnavailable, ConnectorFailed
@@ -114,19 +112,6 @@ class Brick:
         privileged.default.set_client_mode(False)
         privileged.brick_privsep_hide_output.set_client_mode(False)
 
-    def my_ip(self) -> str:
-        """``brick.my_ip``, or the address of the default route."""
-        if self.config.my_ip:
-            return self.config.my_ip
-        # A UDP connect sends nothing; it only asks the kernel which local
-        # address would be used to reach that (documentation) address.
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                s.connect(("192.0.2.1", 9))
-                return str(s.getsockname()[0])
-        except OSError:
-            return "127.0.0.1"
-
     def connector_properties(self) -> dict[str, Any]:
         """os-brick's ``get_connector_properties`` for this host."""
         self.load()
@@ -135,7 +120,7 @@ class Brick:
         try:
             props: dict[str, Any] = connector.get_connector_properties(
                 "",
-                self.my_ip(),
+                host_ip(self.config),
                 self.config.multipath,
                 self.config.enforce_multipath,
             )
@@ -336,10 +321,11 @@ class Brick:
             if backend and backend.ceph_conf:
                 kwargs["execute"] = _with_env({"CEPH_CONF": backend.ceph_conf})
         try:
-            if driver == "aoe":
-                # os-brick dropped its AoE connector; ours has the same
-                # interface, so the rest of the agent cannot tell.
-                conn = aoe_connector_class()("", device_scan_attempts=attempts)
+            own = drivers.get(driver).connector
+            if own is not None:
+                # A connector of ours, where os-brick has none; it has
+                # os-brick's interface, so the rest cannot tell.
+                conn = own(os_brick_parts())("", device_scan_attempts=attempts)
             elif driver == "storpool" and backend and backend.storpool_conf:
                 conn = storpool_connector_class()(
                     "", backend.storpool_conf, device_scan_attempts=attempts
@@ -357,6 +343,20 @@ class Brick:
             raise _failed("create connector", driver, e) from e
         with self._lock:
             return self._connectors.setdefault(key, conn)
+
+
+def host_ip(config: BrickConfig) -> str:
+    """``brick.my_ip``, or the address of the default route."""
+    if config.my_ip:
+        return config.my_ip
+    # A UDP connect sends nothing; it only asks the kernel which local
+    # address would be used to reach that (documentation) address.
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("192.0.2.1", 9))
+            return str(s.getsockname()[0])
+    except OSError:
+        return "127.0.0.1"
 
 
 def _with_env(env: dict[str, str]) -> Any:
@@ -523,141 +523,26 @@ def storpool_connector_class() -> type[Any]:
 # -- ATA over Ethernet ------------------------------------------------------
 
 
-@functools.cache
-def aoe_connector_class() -> type[Any]:
-    """The AoE connector class (built on first use: it needs os-brick).
+class OsBrickParts(NamedTuple):
+    """The parts of os-brick a driver's own connector is built from.
 
-    os-brick removed its AoE connector; this one follows os-brick's
-    connector interface (``BaseLinuxConnector``) and drives the kernel's
-    aoe module through aoetools: ``aoe-discover`` makes the driver
-    broadcast a query and create ``/dev/etherd/e<shelf>.<slot>`` for
-    every target that answers, ``aoe-revalidate`` re-reads one target's
-    size, ``aoe-flush`` drops a target from the driver.
+    Driver modules never import os-brick; brick.py hands them these (see
+    :attr:`hostagent.drivers.base.Driver.connector`).
     """
+
+    initiator: Any
+    base: Any
+    exception: Any
+    utils: Any
+
+
+@functools.cache
+def os_brick_parts() -> OsBrickParts:
+    """os-brick's connector base module and friends (imported on first use)."""
     from os_brick import exception, initiator, utils
     from os_brick.initiator.connectors import base
 
-    class AoEConnector(base.BaseLinuxConnector):  # type: ignore[misc]
-        """Attach/detach ATA-over-Ethernet volumes (aoetools)."""
-
-        # Class attributes, like os-brick's LinuxFibreChannel paths.
-        ETHERD = "/dev/etherd"
-        # Seconds to wait after the n-th discovery before looking again:
-        # an answer usually takes milliseconds, a busy switch longer.
-        DISCOVER_DELAYS = (1.0, 2.0, 4.0, 8.0)
-
-        def __init__(
-            self,
-            root_helper: str,
-            driver: Any = None,
-            device_scan_attempts: int = initiator.DEVICE_SCAN_ATTEMPTS_DEFAULT,
-            **kwargs: Any,
-        ) -> None:
-            super().__init__(
-                root_helper,
-                driver=driver,
-                device_scan_attempts=device_scan_attempts,
-                **kwargs,
-            )
-
-        @staticmethod
-        def get_connector_properties(
-            root_helper: str, *args: Any, **kwargs: Any
-        ) -> dict[str, Any]:
-            """AoE needs nothing from the initiator: the MAC is implicit."""
-            return {}
-
-        def get_search_path(self) -> str:
-            """Where the aoe driver's block devices appear."""
-            return self.ETHERD
-
-        def _device(self, props: dict[str, Any]) -> tuple[str, str]:
-            try:
-                name = aoe_device_name(props)
-            except ValueError as e:
-                raise exception.BrickException(message=str(e)) from None
-            return name, os.path.join(self.ETHERD, name)
-
-        def get_volume_paths(self, props: dict[str, Any]) -> list[str]:
-            """The device path, when the driver currently has it."""
-            _, path = self._device(props)
-            return [path] if os.path.exists(path) else []
-
-        def _run(self, *cmd: str) -> None:
-            out, err = self._execute(
-                *cmd,
-                run_as_root=True,
-                root_helper=self._root_helper,
-                check_exit_code=0,
-            )
-            log.debug("%s: stdout=%r stderr=%r", " ".join(cmd), out, err)
-
-        @base.synchronized("aoe_control", external=True)  # type: ignore[untyped-decorator]
-        def connect_volume(self, props: dict[str, Any]) -> dict[str, Any]:
-            """Discover the target; return its ``/dev/etherd`` device.
-
-            A device already known to the driver is revalidated (its
-            size may have changed); otherwise discovery runs, and again
-            after each delay, up to ``device_scan_attempts`` times.
-            """
-            name, path = self._device(props)
-            if os.path.exists(path):
-                self._run("aoe-revalidate", name)
-            else:
-                self._run("aoe-discover")
-            tries = 0
-            while not os.path.exists(path):
-                if tries >= self.device_scan_attempts:
-                    raise exception.VolumeDeviceNotFound(device=path)
-                delay = self.DISCOVER_DELAYS[
-                    min(tries, len(self.DISCOVER_DELAYS) - 1)
-                ]
-                log.info(
-                    "AoE device %s not there yet; discovering again in "
-                    "%g s (try %d of %d)",
-                    path,
-                    delay,
-                    tries + 1,
-                    self.device_scan_attempts,
-                )
-                time.sleep(delay)
-                self._run("aoe-discover")
-                tries += 1
-            return {"type": "block", "device": name, "path": path}
-
-        @base.synchronized("aoe_control", external=True)  # type: ignore[untyped-decorator]
-        def disconnect_volume(
-            self,
-            props: dict[str, Any],
-            device_info: dict[str, Any] | None,
-            force: bool = False,
-            ignore_errors: bool = False,
-        ) -> None:
-            """Flush the target out of the driver (gone already: done)."""
-            name, path = self._device(props)
-            if not os.path.exists(path):
-                return
-            try:
-                self._run("aoe-flush", name)
-            except Exception:
-                if not (force and ignore_errors):
-                    raise
-                log.warning("aoe-flush %s failed; ignored (forced)", name)
-
-        def extend_volume(self, props: dict[str, Any]) -> int:
-            """Revalidate the target and return its size in bytes."""
-            name, path = self._device(props)
-            if not os.path.exists(path):
-                raise exception.VolumeDeviceNotFound(device=path)
-            self._run("aoe-revalidate", name)
-            size = utils.get_device_size(self, path)
-            if size is None:
-                raise exception.BrickException(
-                    message=f"cannot read the size of {path}"
-                )
-            return int(size)
-
-    return AoEConnector
+    return OsBrickParts(initiator, base, exception, utils)
 
 
 def _import_eventlet_here() -> None:

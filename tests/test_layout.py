@@ -118,10 +118,16 @@ def test_no_import_circle() -> None:
             visit(m)
 
 
+# Still over the limits, being split by other work (transport/, api).
+NOT_YET = {"transport.py", "api.py"}
+
+
 def test_no_class_or_module_is_too_big() -> None:
-    """No class over 300 lines, no module over 600 in the service."""
+    """No class over 300 lines, no module over 600."""
     big = []
-    for p in (PACKAGE / "service").rglob("*.py"):
+    for p in PACKAGE.rglob("*.py"):
+        if p.relative_to(PACKAGE).as_posix() in NOT_YET:
+            continue
         text = p.read_text()
         if len(text.splitlines()) > 600:
             big.append(f"{p.name}: {len(text.splitlines())} lines")

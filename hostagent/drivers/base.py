@@ -43,3 +43,6 @@ class Driver:
     # What the host lacks for it, given its driver-only options (empty
     # strings when not set); cheap checks only (getCapabilities).
     host_problems: Callable[[Mapping[str, str]], list[str]] = no_problems
+    # For a driver os-brick has no connector for: builds ours from the
+    # os-brick parts brick.py passes (brick.OsBrickParts).
+    connector: Callable[[Any], type[Any]] | None = None
