@@ -138,7 +138,8 @@ def test_rpm_file_list(rpm_file: Path) -> None:
         "/var/lib/hostagent",
     }
     expected |= {
-        f"{site}/hostagent/{p.name}" for p in (ROOT / "hostagent").glob("*.py")
+        f"{site}/{p.relative_to(ROOT).as_posix()}"
+        for p in (ROOT / "hostagent").rglob("*.py")
     }
     assert expected <= files, expected - files
     docs = set(rpm_query(rpm_file, "-d"))

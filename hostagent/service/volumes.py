@@ -27,7 +27,7 @@ from typing import Any
 
 from hostagent import __version__, db, hosttools
 from hostagent.brick import Brick
-from hostagent.config import Config, backend_options
+from hostagent.config import BackendConfig, Config, backend_options
 from hostagent.db import Database, StoredVolume, VolumeRecord
 from hostagent.errors import (
     AgentError,
@@ -75,7 +75,6 @@ class VolumeService:
         self.db = database
         self.brick = brick
         self.udev = udev
-        self.volumes_dir = config.volumes_dir
         # volumes_info's last entries, by row and presence.
         self._shown: dict[tuple[tuple[Any, ...], bool], dict[str, Any]] = {}
         self.events = Events(lambda: self.info(None))
@@ -249,7 +248,7 @@ class VolumeService:
         self,
         driver: str,
         info: dict[str, Any],
-        backend: Any = None,
+        backend: BackendConfig | None = None,
     ) -> str:
         """Wait for a connected device; see :mod:`.device`."""
         return await wait_for_device(self.host, driver, info, backend)
