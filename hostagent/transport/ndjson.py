@@ -15,7 +15,7 @@ Limits applied here, per connection:
   cap, which pushes back on the client instead of queueing without
   bound);
 * ``read_timeout``: a started line must be complete within that many
-  seconds of its first byte (slow loris);
+  seconds of its first byte, however the bytes trickle in (slow loris);
 * ``idle_timeout``: a connection with nothing in flight and nothing
   received for that long is closed, unless it listens for events.
 """
@@ -80,6 +80,9 @@ class _Connection:
         limit = self.config.max_message_bytes
         idle = self.config.idle_timeout or None
         reader, out = self.session.reader, self.out
+        loop = asyncio.get_running_loop()
+        # When the line begun in buf must be complete; None: none begun.
+        deadline: float | None = None
         buf = bytearray(self.session.initial)
         start = 0  # where the next line begins in buf
         scan = 0  # where to look for its newline
@@ -103,12 +106,20 @@ class _Connection:
             if len(buf) - start > limit:
                 await self._too_large()
                 return
+            # A line that ended here means the rest began in the last
+            # read: its time starts now; a line still going keeps its own.
+            if start or deadline is None:
+                deadline = loop.time() + self.config.read_timeout
             del buf[:start]
             start, scan = 0, len(buf)
             started = bool(buf) and not buf.isspace()
+            if not started:
+                deadline = None
             try:
-                async with asyncio.timeout(
-                    self.config.read_timeout if started else idle
+                async with (
+                    asyncio.timeout_at(deadline)
+                    if deadline is not None
+                    else asyncio.timeout(idle)
                 ):
                     chunk = await reader.read(_READ_CHUNK)
             except TimeoutError:

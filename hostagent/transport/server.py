@@ -1,13 +1,15 @@
 """The server: listeners, the connections they accept, shutdown.
 
-Unix connections take a slot of ``max_connections`` at once; TCP ones
-go through their TLS handshake first (at most ``max_handshakes`` at
-once, counted apart from ``max_connections``: a TCP peer is
-unauthenticated until its handshake is done, so a crowd of them must
-never take the slots of the local clients; at the cap the agent stops
-accepting TCP connections, which wait in the listen backlog).  Each
-admitted connection is then served by its framing
-(:mod:`hostagent.transport.framing`).
+Unix connections take a slot at once (see
+:mod:`hostagent.transport.limits` for who may hold how many); TCP ones
+go through their TLS handshake first, and only then take a slot: a TCP
+peer is unauthenticated until its handshake is done, so a crowd of them
+must never take the slots of the local clients, nor delay another
+peer's handshake.  Every TCP connection is accepted at once; one that
+sends nothing within ``handshake_timeout`` is closed without ever
+holding a handshake slot, and a handshake that starts must end within
+``handshake_timeout`` too.  Each admitted connection is then served by
+its framing (:mod:`hostagent.transport.framing`).
 
 The TLS listener requires a client certificate that chains to
 ``tls_ca`` and, when ``tls_allowed_subjects`` is set, whose subject CN is
@@ -31,7 +33,7 @@ from typing import Any
 from hostagent.api import Answer, Peer, connection_error, shutting_down
 from hostagent.config import ServerConfig
 from hostagent.transport.framing import Framing, Session
-from hostagent.transport.limits import Limits
+from hostagent.transport.limits import Handshakes, Limits, RefusalLog
 from hostagent.transport.listeners import (
     ACCEPT_OUT_OF_RESOURCES,
     TCP_BACKLOG,
@@ -44,7 +46,12 @@ from hostagent.transport.listeners import (
 from hostagent.transport.ndjson import serve as serve_ndjson
 from hostagent.transport.output import send_and_close
 from hostagent.transport.sniff import choose_framing
-from hostagent.transport.tls import handshake, subject_cn, tls_context
+from hostagent.transport.tls import (
+    first_bytes,
+    handshake,
+    subject_cn,
+    tls_context,
+)
 
 log = logging.getLogger("hostagent.transport")
 
@@ -69,15 +76,14 @@ class Server:
         self.handler = handler
         self._listening = listening or (lambda peer: False)
         self.limits = Limits(config)
+        self.handshakes = Handshakes(config.max_handshakes)
+        self.refusals = RefusalLog()
         self._servers: list[asyncio.AbstractServer] = []
         # Every connection task, handshakes included (for close).
         self._connections: set[asyncio.Task[Any]] = set()
-        # TLS listening sockets and the tasks accepting on them; a slot
-        # is taken before each accept and given back when the
-        # connection's handshake is over.
+        # TLS listening sockets and the tasks accepting on them.
         self._tcp_sockets: list[socket.socket] = []
         self._acceptors: list[asyncio.Task[None]] = []
-        self._handshake_slots = asyncio.Semaphore(config.max_handshakes)
         self._requests: set[asyncio.Task[None]] = set()
         self._tls: ssl.SSLContext | None = None
         self.closing = False
@@ -144,9 +150,9 @@ class Server:
         ``*`` as HOST means every address of the host (IPv4 and IPv6).
         """
         self._tls = tls_context(self.config)
-        # Sockets of our own rather than asyncio.start_server: its
-        # accept loop cannot be paused, and accepting must stop while
-        # max_handshakes handshakes are under way.
+        # Sockets of our own rather than asyncio.start_server: the
+        # handshake waits for the peer's first bytes before it starts,
+        # and for a slot of the peer's address.
         socks = bind_tcp(hostport)
         self._tcp_sockets += socks
         self._acceptors += [
@@ -175,26 +181,25 @@ class Server:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         with cancel_quietly(writer):
-            if not self.limits.admit(self._track()):
-                await self._refuse(writer)
-                return
             peer = unix_peer(writer)
+            refused = self.limits.admit_unix(self._track(), peer.uid)
+            if refused:
+                await self._refuse(writer, peer, refused)
+                return
             await serve_ndjson(Session(reader, writer, peer, self))
 
     async def _accept_tcp(self, sock: socket.socket) -> None:
-        """Accept TCP connections while fewer than max_handshakes run.
+        """Accept every TCP connection as it comes.
 
-        At the cap nothing is accepted: new connections wait in the
-        kernel's listen backlog, holding no descriptor of ours, until a
-        handshake ends.
+        No gate here: peers that hold connections open without a word
+        cost a descriptor each for ``handshake_timeout``, and never
+        delay anyone else's accept or handshake.
         """
         loop = asyncio.get_running_loop()
         while True:
-            await self._handshake_slots.acquire()
             try:
                 conn, _ = await loop.sock_accept(sock)
             except OSError as e:
-                self._handshake_slots.release()
                 if e.errno in ACCEPT_OUT_OF_RESOURCES:
                     # Out of descriptors or memory: accepting again at
                     # once would spin; asyncio's own servers wait too.
@@ -207,29 +212,34 @@ class Server:
             self._track(asyncio.create_task(self._on_tcp(conn)))
 
     async def _on_tcp(self, conn: socket.socket) -> None:
-        """One accepted TCP connection; holds a handshake slot."""
+        """One accepted TCP connection: its handshake, then its framing."""
         task = asyncio.current_task()
         assert task is not None and self._tls is not None
-        _, address = peer_address(conn)
-        try:
-            if self.limits.full():
-                # Full: close before spending a handshake on it (the
-                # peer sees the connection close; an established TLS
-                # client would get -32600 instead, below).
-                log.warning(
-                    "refusing a connection from %s before its TLS "
-                    "handshake: %d open, max_connections=%d",
-                    address,
-                    self.limits.established,
-                    self.config.max_connections,
-                )
-                conn.close()
-                return
-            streams = await handshake(
-                conn, self._tls, address, self.config.read_timeout
+        host, address = peer_address(conn)
+        if self.limits.full():
+            # Full: close before spending a handshake on it (the peer
+            # sees the connection close; an established TLS client
+            # would get -32600 instead, below).
+            self.refusals.warning(
+                "refusing a connection from %s before its TLS "
+                "handshake: %d open, max_connections=%d",
+                address,
+                self.limits.established,
+                self.config.max_connections,
             )
-        finally:
-            self._handshake_slots.release()
+            conn.close()
+            return
+        timeout = self.config.handshake_timeout
+        try:
+            if not await first_bytes(conn, address, timeout):
+                return
+            async with self.handshakes.slot(host):
+                streams = await handshake(
+                    conn, self._tls, address, timeout, "handshake_timeout"
+                )
+        except asyncio.CancelledError:
+            conn.close()  # shutdown: no transport owns it yet
+            raise
         if streams is None:
             return
         reader, writer = streams
@@ -247,8 +257,9 @@ class Server:
         peer = Peer("tls", address=address, subject=cn)
         # Connections may have filled up during the handshake; this
         # client is authenticated, so it gets told why.
-        if not self.limits.admit(task):
-            await self._refuse(writer)
+        refused = self.limits.admit_tls(task, cn)
+        if refused:
+            await self._refuse(writer, peer, refused)
             return
         allowed = self.config.tls_allowed_subjects
         if allowed and cn not in allowed:
@@ -274,19 +285,23 @@ class Server:
         )
         await framing(Session(reader, writer, peer, self, initial))
 
-    async def _refuse(self, writer: asyncio.StreamWriter) -> None:
-        log.warning(
-            "refusing a connection: %d open, max_connections=%d",
+    async def _refuse(
+        self, writer: asyncio.StreamWriter, peer: Peer, reason: str
+    ) -> None:
+        self.refusals.warning(
+            "refusing a connection: %d open, %s (%s)",
             self.limits.established,
-            self.config.max_connections,
+            reason,
+            peer.describe(),
         )
-        limit = self.config.max_connections
         await send_and_close(
             writer,
             connection_error(
-                f"too many connections (max_connections={limit}); "
-                "try again later",
-                {"max_connections": limit},
+                f"too many connections ({reason}); try again later",
+                {
+                    "max_connections": self.config.max_connections,
+                    "reason": reason,
+                },
             ),
         )
 
@@ -299,6 +314,7 @@ class Server:
         answered with ``ShuttingDown`` instead of being run.
         """
         self.closing = True
+        self.refusals.close()
         for server in self._servers:
             server.close()
         for acceptor in self._acceptors:

@@ -150,3 +150,38 @@ async def handshake(
         )
         return None
     return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+
+
+async def first_bytes(
+    conn: socket.socket, address: str, timeout: float
+) -> bool:
+    """Wait until the peer on ``conn`` sends something (its ClientHello).
+
+    A peer that stays silent takes no handshake slot, only its
+    descriptor; after ``timeout`` it is closed (False).
+    """
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+    fd = conn.fileno()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(fd, wake)
+    silent = False
+    try:
+        async with asyncio.timeout(timeout):
+            await ready
+    except TimeoutError:
+        silent = True
+    finally:
+        loop.remove_reader(fd)
+    if silent:
+        log.warning(
+            "TLS handshake with %s failed: no handshake within "
+            "server.handshake_timeout",
+            address,
+        )
+        conn.close()
+    return not silent
