@@ -649,6 +649,30 @@ def _python_for_nobody() -> str:
     pytest.fail("no system python3 for user nobody")
 
 
+def _hog(agent: Agent, gid: int, n: int) -> subprocess.Popen[str]:
+    """User nobody (in group ``gid``) with ``n`` connections open."""
+    hog = subprocess.Popen(
+        [_python_for_nobody(), "-I", "-c", HOG, agent.socket, str(n)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        user=NOBODY,
+        group=NOBODY,
+        extra_groups=[gid],
+    )
+    assert hog.stdout is not None
+    assert hog.stdout.readline() == "open\n"
+    return hog
+
+
+def _held(hog: subprocess.Popen[str]) -> int:
+    """How many of its connections the agent kept for ``hog``."""
+    assert hog.stdin is not None and hog.stdout is not None
+    hog.stdin.write("count\n")
+    hog.stdin.flush()
+    return int(hog.stdout.readline())
+
+
 def test_another_uid_cannot_take_roots_connections(
     agent_factory: Any, test_group: tuple[str, int]
 ) -> None:
@@ -658,23 +682,11 @@ def test_another_uid_cannot_take_roots_connections(
     name, gid = test_group
     agent = group_agent(agent_factory, name)
     per_uid = config.ServerConfig().max_connections_per_uid
-    hog = subprocess.Popen(
-        [_python_for_nobody(), "-I", "-c", HOG, agent.socket, "1100"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        user=NOBODY,
-        group=NOBODY,
-        extra_groups=[gid],
-    )
+    hog = _hog(agent, gid, 1100)
     try:
-        assert hog.stdin is not None and hog.stdout is not None
-        assert hog.stdout.readline() == "open\n"
         with agent.client(timeout=10) as root:
             assert root.call("Host.ping") is True
-        hog.stdin.write("count\n")
-        hog.stdin.flush()
-        assert int(hog.stdout.readline()) == per_uid
+        assert _held(hog) == per_uid
         # Still served while nobody holds its share.
         assert agent.call("Host.ping") is True
     finally:
@@ -716,25 +728,13 @@ def test_a_uid_other_than_root_leaves_the_reserved_slots(
     )
     os.chmod(agent.sock_dir, 0o755)
     agent.start()
-    hog = subprocess.Popen(
-        [_python_for_nobody(), "-I", "-c", HOG, agent.socket, "8"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        user=NOBODY,
-        group=NOBODY,
-        extra_groups=[gid],
-    )
+    hog = _hog(agent, gid, 8)
     roots: list[Client] = []
     try:
-        assert hog.stdin is not None and hog.stdout is not None
-        assert hog.stdout.readline() == "open\n"
         for _ in range(3):
             roots.append(agent.client(timeout=10))
             assert roots[-1].call("Host.ping") is True
-        hog.stdin.write("count\n")
-        hog.stdin.flush()
-        assert int(hog.stdout.readline()) == 5
+        assert _held(hog) == 5
         with agent.client(timeout=10) as extra:
             refusal = extra.recv()
         assert "max_connections=8" in refusal["error"]["message"]

@@ -64,44 +64,45 @@ class Limits:
 
     def admit_unix(self, task: asyncio.Task[Any], uid: int | None) -> str:
         """Give a Unix client a slot; "" or why it has none."""
-        c = self.config
-        if self.full():
-            return f"max_connections={c.max_connections}"
         if uid == 0:
+            if self.full():
+                return f"max_connections={self.config.max_connections}"
             self._hold(task, None)
             return ""
-        if self._owners["uid", uid] >= c.max_connections_per_uid:
-            return (
-                f"uid {uid} holds {self._owners['uid', uid]}, "
-                f"max_connections_per_uid={c.max_connections_per_uid}"
-            )
-        if self._shared >= c.max_connections - self.reserved:
-            return self._kept()
-        self._hold(task, ("uid", uid))
-        return ""
-
-    def _kept(self) -> str:
-        return (
-            f"the last {self.reserved} of max_connections="
-            f"{self.config.max_connections} are kept for root "
-            "(reserved_connections)"
-        )
+        cap = self.config.max_connections_per_uid
+        return self._admit(task, ("uid", uid), f"uid {uid}", cap, "uid")
 
     def admit_tls(self, task: asyncio.Task[Any], subject: str) -> str:
         """Give a TLS client a slot; "" or why it has none."""
+        cap = self.config.max_connections_per_subject
+        who = f"subject {subject!r}"
+        return self._admit(task, ("cn", subject), who, cap, "subject")
+
+    def _admit(
+        self,
+        task: asyncio.Task[Any],
+        owner: tuple[str, Any],
+        who: str,
+        cap: int,
+        key: str,
+    ) -> str:
+        """A slot for a client other than root, within its own cap and
+        outside root's reserve; "" or why not."""
         c = self.config
         if self.full():
             return f"max_connections={c.max_connections}"
-        if self._owners["cn", subject] >= c.max_connections_per_subject:
+        if self._owners[owner] >= cap:
             return (
-                f"subject {subject!r} holds "
-                f"{self._owners['cn', subject]}, "
-                f"max_connections_per_subject="
-                f"{c.max_connections_per_subject}"
+                f"{who} holds {self._owners[owner]}, "
+                f"max_connections_per_{key}={cap}"
             )
         if self._shared >= c.max_connections - self.reserved:
-            return self._kept()
-        self._hold(task, ("cn", subject))
+            return (
+                f"the last {self.reserved} of max_connections="
+                f"{c.max_connections} are kept for root "
+                "(reserved_connections)"
+            )
+        self._hold(task, owner)
         return ""
 
     def _hold(
