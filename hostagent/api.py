@@ -706,6 +706,7 @@ def _check_params(spec: schema.Method, params: dict[str, Any]) -> None:
     for p in spec.params:
         if p.name in params:
             schema.validate(p.schema, params[p.name], p.name)
+            schema.check_text(params[p.name], p.name)
 
 
 def _failure(name: str, fields: dict[str, Any], e: Exception) -> AgentError:

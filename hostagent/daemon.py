@@ -19,6 +19,7 @@ from hostagent.api import Api
 from hostagent.brick import Brick
 from hostagent.config import Config, ConfigError
 from hostagent.db import Database, DatabaseError, DatabaseNeedsOperator
+from hostagent.logtext import EscapeFilter
 from hostagent.redact import ScrubFilter
 from hostagent.transport import (
     ListenError,
@@ -66,7 +67,7 @@ def use_journal(cfg: Config) -> bool:
 
 
 def setup_logging(cfg: Config, stream: TextIO | None = None) -> str:
-    """Log to journald or to stderr, secrets scrubbed on both paths.
+    """Log to journald or to stderr, scrubbed and escaped on both paths.
 
     Returns ``"journal"`` or ``"stderr"``.
     """
@@ -81,6 +82,8 @@ def setup_logging(cfg: Config, stream: TextIO | None = None) -> str:
         where = "stderr"
     handler.addFilter(RequestIdFilter())
     handler.addFilter(ScrubFilter())
+    # Last: secrets are found in the raw text, then it is made one line.
+    handler.addFilter(EscapeFilter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

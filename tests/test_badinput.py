@@ -93,6 +93,8 @@ def uuids(n: int) -> list[str]:
 
 DEEP = 100_000
 OTHER_DEV = "/dev/null"  # only used where validation must stop first
+NEW = "0d6c4c53-51b7-4f0e-9d8e-6b1f0f7e3a21"  # a volume never attached
+FORGED = "2026-12-07 13:00:00,000 CRITICAL hostagent: FORGED root pwned"
 
 # (name, payload, expected): expected is a list of (code, fragment) for
 # each answer, [] when no answer may come at all.
@@ -304,6 +306,113 @@ CASES: list[tuple[str, bytes, list[tuple[int, str]]]] = [
         "vol_id with a newline escape",
         line(msg(DETACH, [SEEDED + "\n"])),
         [(-32602, "vol_id")],
+    ),
+    # -- control characters in any string param (issue 17) -----------
+    (
+        "NUL in device_path",
+        line(msg(ATTACH, [NEW, local_info("/dev/loop0\x00/etc/passwd")])),
+        [
+            (
+                -32602,
+                "connection_info.data.device_path holds control "
+                "character U+0000 at offset 10",
+            )
+        ],
+    ),
+    (
+        "newline in device_path",
+        line(msg(ATTACH, [NEW, local_info(f"/dev/x\n{FORGED}")])),
+        [(-32602, "device_path holds control character U+000A")],
+    ),
+    (
+        "C1 control character deep in connection info",
+        line(
+            msg(
+                ATTACH,
+                [NEW, local_info(OTHER_DEV, extra={"list": ["ok", "a\x85b"]})],
+            )
+        ),
+        [
+            (
+                -32602,
+                "connection_info.data.extra.list[1] holds control "
+                "character U+0085",
+            )
+        ],
+    ),
+    (
+        "DEL in the driver name",
+        line(
+            msg(
+                ATTACH,
+                [NEW, {"driver_volume_type": "local\x7f", "data": {}}],
+            )
+        ),
+        [(-32602, "connection_info.driver_volume_type holds control")],
+    ),
+    (
+        "control character in a key",
+        line(msg(ATTACH, [NEW, local_info(OTHER_DEV, **{"a\tb": 1})])),
+        [(-32602, "a key in connection_info.data holds a control")],
+    ),
+    (
+        "tab in a detach's vol_id",
+        line(msg(DETACH, {"vol_id": SEEDED + "\t"})),
+        [(-32602, "vol_id")],
+    ),
+    # -- one key twice in an object (issue 17) -------------------------
+    (
+        "duplicate method: the later one must not run",
+        b'{"jsonrpc":"2.0","id":1,"method":"Host.ping","method":"'
+        + DETACH.encode()
+        + b'","params":["'
+        + SEEDED.encode()
+        + b'"]}\n',
+        [(-32600, "key 'method' appears twice in one JSON object")],
+    ),
+    (
+        "duplicate method: the earlier one must not run",
+        b'{"jsonrpc":"2.0","id":1,"method":"'
+        + DETACH.encode()
+        + b'", "method" : "Host.ping","params":["'
+        + SEEDED.encode()
+        + b'"]}\n',
+        [(-32600, "key 'method' appears twice")],
+    ),
+    (
+        "duplicate key spelled with an escape",
+        b'{"jsonrpc":"2.0","id":1,"method":"Host.ping",'
+        b'"\\u006dethod":"No.such"}\n',
+        [(-32600, "key 'method' appears twice")],
+    ),
+    (
+        "duplicate params",
+        b'{"jsonrpc":"2.0","id":1,"method":"'
+        + DETACH.encode()
+        + b'","params":["'
+        + SEEDED.encode()
+        + b'"],"params":[]}\n',
+        [(-32600, "key 'params' appears twice")],
+    ),
+    (
+        "duplicate key deep in connection info",
+        envelope(
+            b'["' + NEW.encode() + b'",{"driver_volume_type":"local",'
+            b'"data":{"device_path":"/dev/null","x":{"a":[{"k":1,"k":2}]}}}]',
+            ATTACH,
+        ),
+        [(-32600, "key 'k' appears twice")],
+    ),
+    (
+        "duplicate id in a batch member",
+        b'[{"jsonrpc":"2.0","id":1,"id":2,"method":"Host.ping"}]\n',
+        [(-32600, "key 'id' appears twice")],
+    ),
+    (
+        "duplicate keys in a notification",
+        b'{"jsonrpc":"2.0","method":"' + DETACH.encode() + b'",'
+        b'"params":{"vol_id":"' + SEEDED.encode() + b'","vol_id":"x"}}\n',
+        [(-32600, "key 'vol_id' appears twice")],
     ),
     # -- the seeded volume itself -------------------------------------
     (
