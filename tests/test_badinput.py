@@ -548,3 +548,35 @@ def test_refused_mutating_calls_are_logged_with_their_peer(
     assert audit[-1].endswith("vol_id=(invalid)\n")
     assert marker not in log
     assert password not in log
+
+
+def test_a_request_cannot_forge_a_log_line(seeded: Seeded) -> None:
+    """Request values reach the log escaped: one request, its own lines.
+
+    A newline or NUL in a param is refused before anything logs it; a
+    Unicode line separator (not a control character, so a valid path)
+    reaches the log, escaped; no line of the log starts with the forged
+    text, whatever a reader counts as a line break.
+    """
+    agent = seeded.agent
+    forged_paths = [
+        f"/dev/x\n{FORGED}",
+        f"/dev/x\r{FORGED}",
+        f"/dev/x\x00\n{FORGED}",
+        f"/dev/x\x85{FORGED}",
+    ]
+    for path in forged_paths:
+        err = agent.error(ATTACH, [NEW, local_info(path)])
+        assert err.code == -32602, err
+    # Accepted as a path (no such device): logged, escaped.
+    vid = str(uuid.uuid4())
+    err = agent.error(ATTACH, [vid, local_info(f"/dev/x\u2028{FORGED}")])
+    assert err.code not in (-32602, 100), err
+    line_of_it = agent.wait_log(f"vol_id={vid}")  # the audit line
+    assert "FORGED" not in line_of_it
+    log = agent.log()
+    assert "\\u2028" + FORGED in log  # the failing attach said where
+    assert "\x00" not in log
+    for text in log.splitlines():
+        assert not text.startswith(FORGED[:30]), text
+    assert agent.call(INFO, [[vid]]) == []
