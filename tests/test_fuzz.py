@@ -141,6 +141,7 @@ def test_make_fuzz_runs_a_short_campaign() -> None:
     assert fields["crashes"] == "0"
     assert fields["problems"] == "0"
     assert fields["tracebacks in the daemon log"] == "0"
+    assert fields["secrets or NULs in the daemon log"] == "0"
     assert fields["DB at the end"] == "integrity ok"
     codes = _codes(fields)
     assert codes.pop("result") > 0
