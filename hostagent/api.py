@@ -12,7 +12,7 @@ and validator in place of its own: :meth:`Api.decode` parses the line
 its params against the method's signature, and turns every request it
 refuses into a call of an internal method that answers with the error,
 so the error's words and numbers are ours and batches keep each
-member's own answer.  jsonrpcserver's default validator (jsonschema)
+member's own answer (the shapes are in :mod:`hostagent.rpcshape`).  jsonrpcserver's default validator (jsonschema)
 costs more than a whole ping.  A single request to a method that never
 waits (``Host.ping``) is answered without it: its pipeline costs some
 14 us a call, more than everything else in a ping (see bench/ping.py).
@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jsonrpcserver import (
-    Error,
     Result,
     Success,
     async_dispatch_to_serializable,
@@ -44,10 +43,26 @@ from hostagent.errors import (
     InvalidParams,
     InvalidRequest,
     MethodNotFound,
-    ShuttingDown,
 )
 from hostagent.jsoncodec import MAX_DEPTH, dumps, loads
 from hostagent.redact import SCRUBBER
+from hostagent.rpcshape import (
+    REJECT,
+    RID,
+    Decoded,
+    Refusal,
+    Request,
+    as_result,
+    awaitable,
+    check_request,
+    dispatchable,
+    error_response,
+    id_text,
+    rejection,
+    request_id,
+    response_line,
+    shutting_down,
+)
 from hostagent.volumes import VolumeService
 
 __all__ = [
@@ -78,7 +93,7 @@ MUTATING = frozenset(
 # line written while handling it (here, in the service, in os-brick's
 # wrappers on the loop) can carry REQUEST_ID= in the journal.
 _REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "hostagent_request_id", default=None
+    "hostagentrequest_id", default=None
 )
 
 
@@ -108,80 +123,6 @@ class Peer:
         return f"{self.transport} {self.address} cn={self.subject!r}"
 
 
-# -- request shapes ---------------------------------------------------------
-
-_ALLOWED = frozenset({"jsonrpc", "method", "params", "id"})
-
-
-def _valid_id(value: Any) -> bool:
-    return value is None or (
-        isinstance(value, (str, int)) and not isinstance(value, bool)
-    )
-
-
-def check_request(request: Any) -> Any:
-    """Check one request object's JSON-RPC 2.0 shape (not its params)."""
-    if not isinstance(request, dict):
-        raise InvalidRequest("invalid request: expected a JSON object")
-    if request.get("jsonrpc") != "2.0":
-        raise InvalidRequest('invalid request: "jsonrpc" must be "2.0"')
-    if not isinstance(request.get("method"), str):
-        raise InvalidRequest('invalid request: "method" must be a string')
-    if "params" in request and not isinstance(request["params"], (list, dict)):
-        raise InvalidRequest(
-            'invalid request: "params" must be an array or an object'
-        )
-    if "id" in request and not _valid_id(request["id"]):
-        raise InvalidRequest(
-            'invalid request: "id" must be a string, an integer or null'
-        )
-    extra = request.keys() - _ALLOWED
-    if extra:
-        raise InvalidRequest(
-            "invalid request: unexpected member "
-            + ", ".join(sorted(repr(k[:40]) for k in extra))
-        )
-    return request
-
-
-def error_response(err: AgentError, req_id: Any = None) -> dict[str, Any]:
-    """A JSON-RPC error response object for ``err``."""
-    error: dict[str, Any] = {"code": err.code, "message": err.message}
-    if err.data is not None:
-        error["data"] = err.data
-    return {"jsonrpc": "2.0", "error": error, "id": req_id}
-
-
-def shutting_down(line: bytes) -> bytes | None:
-    """The answer to ``line`` while the agent stops: nothing is run.
-
-    Each request with an id (and anything malformed, which would get an
-    error anyway) gets a :class:`ShuttingDown` error; notifications get
-    nothing, as always; a line that is not JSON keeps its parse error.
-    """
-    try:
-        message = loads(line)
-    except AgentError as e:
-        return dumps(error_response(e))
-    err = ShuttingDown()
-    if isinstance(message, list) and message:
-        out = [
-            error_response(err, _request_id(m))
-            for m in message
-            if not (isinstance(m, dict) and "id" not in m)
-        ]
-        return dumps(out) if out else None
-    if isinstance(message, dict) and "id" not in message:
-        return None
-    return dumps(error_response(err, _request_id(message)))
-
-
-def _request_id(message: Any) -> Any:
-    """The id to answer ``message`` with: its own if valid, else null."""
-    rid = message.get("id") if isinstance(message, dict) else None
-    return rid if _valid_id(rid) else None
-
-
 # -- the methods ------------------------------------------------------------
 
 Handler = Callable[..., Any]
@@ -189,31 +130,6 @@ Handler = Callable[..., Any]
 # What :meth:`Api.answer` gives the transport: a response line, nothing
 # (a notification), or an awaitable of either for a request that waits.
 Answer = bytes | Awaitable[bytes | None] | None
-
-# A checked request as jsonrpcserver gets it from Api.decode, or a
-# batch of them.
-Request = dict[str, Any]
-Decoded = Request | list[Request]
-
-# The keyword that carries a request's id to its method, for the
-# journal's REQUEST_ID=: jsonrpcserver passes a method its params only.
-# A client cannot send it: its params are bound to the method's own
-# signature first, which does not have it.
-RID = "rpc_request_id"
-
-# The internal method every refused request is turned into (its params
-# carry the error); no client can name it: a method name from a client
-# must be in Api.methods, which does not hold it.
-REJECT = " reject"
-
-
-@dataclass(frozen=True)
-class Refusal:
-    """Why a request is refused, and what to log about it."""
-
-    error: AgentError | None  # None: a notification that gets nothing
-    audit: str | None = None  # the mutating method that was refused
-    vol_id: Any = None
 
 
 class Api:
@@ -229,12 +145,13 @@ class Api:
         self.max_batch = max_batch
         # What clients can call: the name and the function behind it.
         self.methods: dict[str, Callable[..., Any]] = {}
+        self._published: dict[str, _Method] = {}
         # What jsonrpcserver dispatches to: the same, wrapped to return
         # its Result, plus REJECT; its async dispatcher awaits every
         # method, so it gets the plain ones wrapped in a coroutine.
         self.table: dict[str, Callable[..., Any]] = {REJECT: self._reject}
         self.async_table: dict[str, Callable[..., Any]] = {
-            REJECT: _awaitable(self._reject)
+            REJECT: awaitable(self._reject)
         }
         self.immediate: set[str] = {REJECT}
         self._signatures: dict[str, inspect.Signature] = {}
@@ -256,7 +173,7 @@ class Api:
 
     def _add(self, name: str, fn: Handler) -> None:
         """Publish ``fn`` as ``name``, wrapped with validation and errors."""
-        spec = schema.BY_NAME[name]
+        published = _Method(name, schema.BY_NAME[name], fn)
         sig = inspect.signature(fn)
         self._signatures[name] = sig
         if all(
@@ -264,6 +181,7 @@ class Api:
         ):
             self._no_required.add(name)
         self.methods[name] = fn
+        self._published[name] = published
         method: Callable[..., Any]
 
         if inspect.iscoroutinefunction(fn):
@@ -275,7 +193,7 @@ class Api:
                 try:
                     if name in MUTATING:
                         self._audit(name, ctx, params.get("vol_id"))
-                    return await _run_async(name, spec, fn, ctx, params)
+                    return await published.run_async(ctx, params)
                 finally:
                     _REQUEST_ID.reset(token)
 
@@ -286,7 +204,7 @@ class Api:
             ) -> Result:
                 token = _REQUEST_ID.set(rpc_request_id)
                 try:
-                    return _as_result(_run(name, spec, fn, ctx, params))
+                    return as_result(published.run(ctx, params))
                 finally:
                     _REQUEST_ID.reset(token)
 
@@ -305,7 +223,7 @@ class Api:
         )
         self.table[name] = method
         self.async_table[name] = (
-            method if name not in self.immediate else _awaitable(method)
+            method if name not in self.immediate else awaitable(method)
         )
 
     def ping(self, ctx: Peer) -> bool:
@@ -372,13 +290,13 @@ class Api:
             if decoded["method"] in self.immediate:
                 return self._answer_now(decoded, peer)
         elif all(r["method"] in self.immediate for r in decoded):
-            return _line(
+            return response_line(
                 dispatch_to_serializable(
                     line,
                     self.table,
                     context=peer,
                     deserializer=self.decode,
-                    validator=_dispatchable,
+                    validator=dispatchable,
                 )
             )
         return self._answer_later(line, peer)
@@ -391,13 +309,13 @@ class Api:
         return await answer
 
     async def _answer_later(self, line: bytes, peer: Peer) -> bytes | None:
-        return _line(
+        return response_line(
             await async_dispatch_to_serializable(
                 line,
                 self.async_table,
                 context=peer,
                 deserializer=self.decode,
-                validator=_dispatchable,
+                validator=dispatchable,
             )
         )
 
@@ -414,13 +332,7 @@ class Api:
             if name == REJECT:
                 outcome = self._refuse(params["refusal"], peer)
             else:
-                outcome = _run(
-                    name,
-                    schema.BY_NAME[name],
-                    self.methods[name],
-                    peer,
-                    params,
-                )
+                outcome = self._published[name].run(peer, params)
         finally:
             _REQUEST_ID.reset(token)
         if "id" not in request:
@@ -445,17 +357,17 @@ class Api:
         try:
             message = loads(line)
         except AgentError as e:
-            decoded = _rejection(Refusal(e), None)
+            decoded = rejection(Refusal(e), None)
         else:
             if not isinstance(message, list):
                 decoded = self._request(message)
             elif not message:
-                decoded = _rejection(
+                decoded = rejection(
                     Refusal(InvalidRequest("invalid request: empty batch")),
                     None,
                 )
             elif len(message) > self.max_batch:
-                decoded = _rejection(
+                decoded = rejection(
                     Refusal(
                         InvalidRequest(
                             f"invalid request: batch of {len(message)} "
@@ -476,14 +388,14 @@ class Api:
         try:
             check_request(message)
         except AgentError as e:
-            return _rejection(Refusal(e), _request_id(message))
+            return rejection(Refusal(e), request_id(message))
         name = message["method"]
         has_id = "id" in message
         rid = message.get("id")
         if name not in self.methods:
             if not has_id:
-                return _rejection(Refusal(None))
-            return _rejection(
+                return rejection(Refusal(None))
+            return rejection(
                 Refusal(
                     MethodNotFound(
                         f"no such method {name[:100]!r}; rpc.discover "
@@ -508,10 +420,10 @@ class Api:
                     name if name in MUTATING else None,
                     kwargs.get("vol_id") if kwargs else (args or [None])[0],
                 )
-                return _rejection(refusal, rid, has_id)
+                return rejection(refusal, rid, has_id)
             params = dict(bound.arguments)
             del params["ctx"]
-        params[RID] = _id_text(rid) if has_id else None
+        params[RID] = id_text(rid) if has_id else None
         request = {"jsonrpc": "2.0", "method": name, "params": params}
         if has_id:
             request["id"] = rid
@@ -526,7 +438,7 @@ class Api:
         """REJECT: answer a refused request with its error."""
         token = _REQUEST_ID.set(rpc_request_id)
         try:
-            return _as_result(self._refuse(refusal, ctx))
+            return as_result(self._refuse(refusal, ctx))
         finally:
             _REQUEST_ID.reset(token)
 
@@ -561,117 +473,52 @@ class Api:
         )
 
 
-def _rejection(
-    refusal: Refusal, rid: Any = None, has_id: bool = True
-) -> Request:
-    """A call of REJECT for ``refusal``, answered under ``rid``."""
-    request: Request = {
-        "jsonrpc": "2.0",
-        "method": REJECT,
-        "params": {
-            "refusal": refusal,
-            RID: _id_text(rid) if has_id else None,
-        },
-    }
-    if has_id and refusal.error is not None:
-        request["id"] = rid
-    return request
+@dataclass(frozen=True)
+class _Method:
+    """One published method: its name, its schema, its function."""
 
+    name: str
+    spec: schema.Method
+    fn: Handler
 
-def _awaitable(method: Callable[..., Result]) -> Callable[..., Any]:
-    """``method`` as a coroutine function, for the async dispatcher."""
+    def run(self, ctx: Peer, params: dict[str, Any]) -> Any:
+        """Call plain ``fn``: its value, or the AgentError to answer."""
+        started = time.monotonic()
+        try:
+            _check_params(self.spec, params)
+            value = self.fn(ctx, **params)
+        except Exception as e:
+            return _failure(self.name, _log_fields(self.name, ctx, params), e)
+        # The fields are only built for a line that is written.
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "%s done in %.6f s",
+                self.name,
+                time.monotonic() - started,
+                extra=_log_fields(self.name, ctx, params),
+            )
+        return value
 
-    async def awaitable(*args: Any, **kwargs: Any) -> Result:
-        return method(*args, **kwargs)
-
-    # jsonrpcserver checks params against the signature it finds.
-    awaitable.__signature__ = inspect.signature(  # type: ignore[attr-defined]
-        method
-    )
-    return awaitable
-
-
-def _dispatchable(decoded: Decoded) -> Decoded:
-    """jsonrpcserver's validator: decode() has checked every request.
-
-    What it gives is always well formed; this guards that promise (an
-    exception here is jsonrpcserver's own "Invalid request").
-    """
-    for request in decoded if isinstance(decoded, list) else [decoded]:
-        if not isinstance(request.get("params"), dict):
-            raise ValueError("decode() gave a request without params")
-    return decoded
-
-
-def _line(response: Any) -> bytes | None:
-    return None if response is None else dumps(response)
-
-
-def _as_result(outcome: Any) -> Result:
-    """jsonrpcserver's Result for what _run() or _refuse() gave."""
-    if not isinstance(outcome, AgentError):
-        return Success(outcome)
-    if outcome.data is None:
-        return Error(outcome.code, outcome.message)
-    return Error(outcome.code, outcome.message, outcome.data)
-
-
-def _run(
-    name: str,
-    spec: schema.Method,
-    fn: Handler,
-    ctx: Peer,
-    params: dict[str, Any],
-) -> Any:
-    """Call plain method ``fn``: its value, or the AgentError to answer."""
-    started = time.monotonic()
-    try:
-        _check_params(spec, params)
-        value = fn(ctx, **params)
-    except Exception as e:
-        return _failure(name, _log_fields(name, ctx, params), e)
-    # The fields are only built for a line that is written.
-    if log.isEnabledFor(logging.DEBUG):
+    async def run_async(self, ctx: Peer, params: dict[str, Any]) -> Result:
+        """Call coroutine ``fn``; its Result."""
+        started = time.monotonic()
+        fields = _log_fields(self.name, ctx, params)
+        # An attach's secrets are erased from every line logged while it
+        # runs: os-brick logs a failing attach's too, and so does
+        # _failure(), after the service returned.
+        with SCRUBBER.holding(params.get("connection_info")):
+            try:
+                _check_params(self.spec, params)
+                value = await self.fn(ctx, **params)
+            except Exception as e:
+                return as_result(_failure(self.name, fields, e))
         log.debug(
             "%s done in %.6f s",
-            name,
+            self.name,
             time.monotonic() - started,
-            extra=_log_fields(name, ctx, params),
+            extra=fields,
         )
-    return value
-
-
-async def _run_async(
-    name: str,
-    spec: schema.Method,
-    fn: Handler,
-    ctx: Peer,
-    params: dict[str, Any],
-) -> Result:
-    """Call coroutine method ``fn``; its Result."""
-    started = time.monotonic()
-    fields = _log_fields(name, ctx, params)
-    # An attach's secrets are erased from every line logged while it
-    # runs: os-brick logs a failing attach's too, and so does _failure(),
-    # after the service returned.
-    with SCRUBBER.holding(params.get("connection_info")):
-        try:
-            _check_params(spec, params)
-            value = await fn(ctx, **params)
-        except Exception as e:
-            return _as_result(_failure(name, fields, e))
-    log.debug(
-        "%s done in %.6f s",
-        name,
-        time.monotonic() - started,
-        extra=fields,
-    )
-    return Success(value)
-
-
-def _id_text(rid: Any) -> str | None:
-    """A request id as the journal's REQUEST_ID= shows it."""
-    return None if rid is None else str(rid)[:100]
+        return Success(value)
 
 
 def _log_fields(
