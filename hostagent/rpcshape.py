@@ -9,12 +9,8 @@ answers it with our error in its place in a batch.
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-
-from jsonrpcserver import Error, Result, Success
 
 from hostagent.errors import AgentError, InvalidRequest, ShuttingDown
 from hostagent.jsoncodec import dumps, loads
@@ -25,6 +21,7 @@ _ALLOWED = frozenset({"jsonrpc", "method", "params", "id"})
 
 
 def valid_id(value: Any) -> bool:
+    """Whether ``value`` may be a request id (a string, integer, null)."""
     return value is None or (
         isinstance(value, (str, int)) and not isinstance(value, bool)
     )
@@ -136,19 +133,6 @@ def rejection(
     return request
 
 
-def awaitable(method: Callable[..., Result]) -> Callable[..., Any]:
-    """``method`` as a coroutine function, for the async dispatcher."""
-
-    async def awaitable(*args: Any, **kwargs: Any) -> Result:
-        return method(*args, **kwargs)
-
-    # jsonrpcserver checks params against the signature it finds.
-    awaitable.__signature__ = inspect.signature(  # type: ignore[attr-defined]
-        method
-    )
-    return awaitable
-
-
 def dispatchable(decoded: Decoded) -> Decoded:
     """jsonrpcserver's validator: decode() has checked every request.
 
@@ -164,15 +148,6 @@ def dispatchable(decoded: Decoded) -> Decoded:
 def response_line(response: Any) -> bytes | None:
     """The line to send for a serialized response (None: nothing)."""
     return None if response is None else dumps(response)
-
-
-def as_result(outcome: Any) -> Result:
-    """jsonrpcserver's Result for what _Method.run() or _refuse() gave."""
-    if not isinstance(outcome, AgentError):
-        return Success(outcome)
-    if outcome.data is None:
-        return Error(outcome.code, outcome.message)
-    return Error(outcome.code, outcome.message, outcome.data)
 
 
 def id_text(rid: Any) -> str | None:

@@ -58,3 +58,23 @@ def test_every_public_function_has_a_docstring() -> None:
             ):
                 missing.append(f"{p.name}:{node.lineno} {node.name}")
     assert not missing, missing
+
+
+def test_jsonrpcserver_is_used_through_its_public_api_only() -> None:
+    """Its submodules are private: the next release may move them."""
+    private = []
+    for p in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(p.read_text())):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            private += [
+                f"{p.name}: {n}"
+                for n in names
+                if n.startswith("jsonrpcserver.")
+            ]
+    assert private == []
