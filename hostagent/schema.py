@@ -16,6 +16,7 @@ from typing import Any
 
 from hostagent import __version__
 from hostagent.errors import InvalidParams
+from hostagent.redact import is_secret_key
 
 UUID_PATTERN = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 
@@ -321,6 +322,9 @@ def validate(schema: dict[str, Any], value: Any, where: str) -> None:
 # refuses it only deep inside os.stat, as a ValueError) or to move a
 # terminal's cursor.
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+# Under a secret key (a Ceph keyring is lines of text) tab and newline
+# are allowed: such values are masked in results and erased from logs.
+_CONTROL_IN_SECRET = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 def check_text(value: Any, where: str) -> None:
@@ -329,11 +333,11 @@ def check_text(value: Any, where: str) -> None:
     :class:`InvalidParams` names the path and the character, never the
     value.
     """
-    stack: list[tuple[Any, str]] = [(value, where)]
+    stack: list[tuple[Any, str, bool]] = [(value, where, False)]
     while stack:
-        item, path = stack.pop()
+        item, path, secret = stack.pop()
         if isinstance(item, str):
-            found = _CONTROL.search(item)
+            found = (_CONTROL_IN_SECRET if secret else _CONTROL).search(item)
             if found is not None:
                 raise InvalidParams(
                     f"{path} holds control character "
@@ -351,9 +355,13 @@ def check_text(value: Any, where: str) -> None:
                         "characters",
                         {"param": path},
                     )
-                stack.append((sub, f"{path}.{key[:64]}"))
+                stack.append(
+                    (sub, f"{path}.{key[:64]}", secret or is_secret_key(key))
+                )
         elif isinstance(item, list):
-            stack.extend((sub, f"{path}[{i}]") for i, sub in enumerate(item))
+            stack.extend(
+                (sub, f"{path}[{i}]", secret) for i, sub in enumerate(item)
+            )
 
 
 def _check_string(schema: dict[str, Any], value: str, where: str) -> None:

@@ -39,6 +39,7 @@ from hypothesis import strategies as st
 from support import exchange
 
 from hostagent import schema
+from hostagent.redact import is_secret_key
 
 MAX_BATCH = 5  # the fuzzed daemon's server.max_batch: cheap to exceed
 MAX_DEPTH = 64  # hostagent.api.MAX_DEPTH, restated: it is the contract
@@ -388,17 +389,21 @@ def parse(line: bytes) -> tuple[bool | None, Any]:
 
 def has_control(value: Any) -> bool:
     """Whether a string anywhere in ``value`` (keys too) holds a C0/C1."""
-    stack = [value]
+    stack = [(value, False)]
     while stack:
-        item = stack.pop()
+        item, secret = stack.pop()
         if isinstance(item, str):
-            if not CONTROL_CHARS.isdisjoint(item):
+            # A secret's value may hold tab and newline (keyrings).
+            bad = CONTROL_CHARS - set("\t\n\r") if secret else CONTROL_CHARS
+            if not bad.isdisjoint(item):
                 return True
         elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
+            stack.extend((k, False) for k in item)
+            stack.extend(
+                (v, secret or is_secret_key(k)) for k, v in item.items()
+            )
         elif isinstance(item, list):
-            stack.extend(item)
+            stack.extend((v, secret) for v in item)
     return False
 
 
