@@ -193,12 +193,16 @@ class Agent:
             self.call(method, params)
         return e.value
 
-    def exchange(self, data: bytes, timeout: float = 30) -> list[Any]:
-        """Send raw ``data`` on a new connection, half-close; the answers.
+    def exchange(
+        self, data: bytes, timeout: float = 30, expect: int | None = None
+    ) -> list[Any]:
+        """Send raw ``data`` on a new connection; the answers.
 
         Every answer line is parsed as JSON (see :func:`support.exchange`).
         """
-        return [json.loads(x) for x in exchange(self.socket, data, timeout)]
+        return [
+            json.loads(x) for x in exchange(self.socket, data, timeout, expect)
+        ]
 
     def cli(
         self, *args: str, stdin: str | None = None

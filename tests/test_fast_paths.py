@@ -1,6 +1,7 @@
 """The code paths that exist for speed give the same answers as the slow
 ones: orjson with its fallbacks, the client's buffer, answers of one read
-sent together, the database Lane, reads on the event loop, the cached
+sent together, requests answered inline (no task) like every other,
+the database Lane, reads on the event loop, the cached
 table of volumes_info, and owner checks folded into database writes."""
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import pytest
 from conftest import Agent, Loops, local_info, new_vol_id
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support import exchange
 
 from hostagent import api
 from hostagent.client import Client, decode
@@ -169,11 +169,6 @@ def test_recv_splits_lines_whatever_the_chunks(
 # -- answers of one read, one write -----------------------------------------
 
 
-def answers(agent: Agent, data: bytes) -> list[Any]:
-    """Send ``data`` at once, half-close; every answer, parsed."""
-    return [json.loads(line) for line in exchange(agent.socket, data)]
-
-
 def ping(i: int) -> bytes:
     return b'{"jsonrpc":"2.0","id":%d,"method":"Host.ping"}\n' % i
 
@@ -183,7 +178,7 @@ def test_inline_answers_around_a_waiting_request(agent: Agent) -> None:
         b'{"jsonrpc":"2.0","id":"i","method":"ManagedVolume.volumes_info"}\n'
     )
     data = ping(1) + ping(2) + info + ping(3) + b"\n" + ping(4)
-    got = {a["id"]: a.get("result") for a in answers(agent, data)}
+    got = {a["id"]: a.get("result") for a in agent.exchange(data)}
     assert got == {1: True, 2: True, 3: True, 4: True, "i": []}
 
 
@@ -192,15 +187,63 @@ def test_answers_held_for_one_write_go_before_a_too_large_error(
 ) -> None:
     huge = b'{"jsonrpc":"2.0","id":9,"method":"Host.ping","params":["'
     huge += b"x" * (1024 * 1024 + 10) + b'"]}\n'
-    got = answers(agent, ping(1) + ping(2) + huge)
+    got = agent.exchange(ping(1) + ping(2) + huge)
     assert [a.get("id") for a in got[:2]] == [1, 2]
     assert got[2]["error"]["code"] == -32600
     assert len(got) == 3
 
 
 def test_inline_answers_of_a_last_read_without_newline(agent: Agent) -> None:
-    got = answers(agent, ping(1) + ping(2) + ping(3).rstrip(b"\n"))
+    got = agent.exchange(ping(1) + ping(2) + ping(3).rstrip(b"\n"))
     assert [a["id"] for a in got] == [1, 2, 3]
+
+
+# -- requests answered inline (no task) --------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "fragment"),
+    [
+        ("Host.ping", {"x": 1}, "unexpected keyword argument 'x'"),
+        ("Host.ping", [1, 2], "too many positional arguments"),
+        ("rpc.discover", {"all": True}, "unexpected keyword argument"),
+    ],
+)
+def test_bad_params_of_an_immediate_method(
+    agent: Agent, method: str, params: Any, fragment: str
+) -> None:
+    err = agent.error(method, params)
+    assert err.code == -32602
+    assert err.message.startswith(f"bad params for {method}: ")
+    assert fragment in err.message
+
+
+def test_ping_params_may_be_empty_either_way(agent: Agent) -> None:
+    assert agent.call("Host.ping", []) is True
+    assert agent.call("Host.ping", {}) is True
+
+
+def test_many_pipelined_pings_in_one_write(agent: Agent) -> None:
+    n = 500
+    data = b"".join(ping(i) for i in range(n))
+    responses = agent.exchange(data, expect=n)
+    assert [r["id"] for r in responses] == list(range(n))
+    assert all(r["result"] is True for r in responses)
+
+
+def test_ping_does_not_wait_for_an_in_flight_slot(
+    agent_factory: Any,
+) -> None:
+    """With one slot taken by a slow request, a ping still gets through."""
+    agent = agent_factory()
+    agent.configure(server={"max_in_flight": 1})
+    agent.start()
+    responses = agent.exchange(
+        b'{"jsonrpc":"2.0","id":"caps","method":"Host.getCapabilities"}\n'
+        b'{"jsonrpc":"2.0","id":"ping","method":"Host.ping"}\n',
+        expect=2,
+    )
+    assert [r["id"] for r in responses] == ["ping", "caps"]
 
 
 # -- the Lane ----------------------------------------------------------------
