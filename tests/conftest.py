@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import config_text, create_loop, detach_loop, exchange
+from support import DETACH, config_text, create_loop, detach_loop, exchange
 
 from hostagent import config
 from hostagent.client import Client, RpcError
@@ -362,7 +362,7 @@ def release(agent: Agent, loops: Loops, vol_ids: Iterable[str]) -> None:
     try:
         if agent.alive():
             for vid in vol_ids:
-                agent.call("ManagedVolume.detach_volume", [vid])
+                agent.call(DETACH, [vid])
             agent.stop()
     finally:
         loops.cleanup()

@@ -85,6 +85,14 @@ def req(method: str, rid: Any = 1, params: Any = None) -> dict[str, Any]:
     return message
 
 
+def notification(method: str, params: Any = None) -> dict[str, Any]:
+    """A JSON-RPC 2.0 notification (no id, no answer)."""
+    message: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
+    if params is not None:
+        message["params"] = params
+    return message
+
+
 def line(*messages: Any) -> bytes:
     """``messages`` as NDJSON: one JSON text and a newline each."""
     return b"".join(json.dumps(m).encode() + b"\n" for m in messages)

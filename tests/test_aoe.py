@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from conftest import Agent, Loops, need, new_vol_id
+from support import ATTACH, INFO
 from test_fc import FakeHostAgent
 
 from hostagent.brick import Brick, os_brick_parts
@@ -261,18 +262,18 @@ def test_daemon_attach_with_real_aoetools_and_no_driver(
     a.configure(brick={"drivers": ["local", "aoe"]})
     a.start()
     err = a.error(
-        "ManagedVolume.attach_volume",
+        ATTACH,
         [new_vol_id(), {"driver_volume_type": "aoe", "data": props()}],
     )
     assert err.code == 926
     assert err.data["error_class"] == "ProcessExecutionError"
     assert "/dev/etherd/discover does not exist" in err.data["error"]
-    assert a.call("ManagedVolume.volumes_info") == []
+    assert a.call(INFO) == []
 
 
 def test_daemon_refuses_aoe_unless_enabled(agent: Agent) -> None:
     err = agent.error(
-        "ManagedVolume.attach_volume",
+        ATTACH,
         [new_vol_id(), {"driver_volume_type": "aoe", "data": props()}],
     )
     assert err.code == 2009

@@ -17,12 +17,10 @@ from conftest import (
     need,
     new_vol_id,
 )
+from support import ATTACH, DETACH, INFO
 
 from hostagent import config
 
-ATTACH = "ManagedVolume.attach_volume"
-DETACH = "ManagedVolume.detach_volume"
-INFO = "ManagedVolume.volumes_info"
 ISCSI_INFO = {
     "driver_volume_type": "iscsi",
     "data": {

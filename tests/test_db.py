@@ -12,6 +12,7 @@ from typing import Any, cast
 
 import pytest
 from conftest import HOSTAGENTD, Agent
+from support import INFO
 
 from hostagent import db
 from hostagent.db import Database, DatabaseError, DatabaseNeedsOperator
@@ -251,7 +252,7 @@ def test_daemon_serves_a_frozen_schema_1_database(
     frozen(a.db_path, 1)
     os.chmod(a.db_path, 0o644)
     a.start()
-    info = {v["vol_id"]: v for v in a.call("ManagedVolume.volumes_info")}
+    info = {v["vol_id"]: v for v in a.call(INFO)}
     assert sorted(info) == ["vol-a", "vol-b"]
     vol_a = info["vol-a"]
     assert vol_a["path"] == f"/dev/mapper/{ISCSI_MPATH}"
@@ -466,7 +467,7 @@ def test_daemon_keeps_refusing_until_the_operator_decides(
     for p in a.state_dir.glob("hostagent.db.corrupt-*"):
         p.rename(a.tmp / p.name)
     a.start()
-    assert a.call("ManagedVolume.volumes_info") == []
+    assert a.call(INFO) == []
     assert mode(a.db_path) == 0o600
 
 

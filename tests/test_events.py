@@ -14,13 +14,10 @@ from typing import Any
 
 import pytest
 from conftest import Agent, Loops, local_info, new_vol_id
+from support import ATTACH, DETACH, EXTEND, INFO
 
 from hostagent.client import Client
 
-ATTACH = "ManagedVolume.attach_volume"
-DETACH = "ManagedVolume.detach_volume"
-EXTEND = "ManagedVolume.extend_volume"
-INFO = "ManagedVolume.volumes_info"
 MiB = 1024 * 1024
 
 

@@ -20,6 +20,7 @@ import pytest
 from conftest import Agent, Loops, local_info, new_vol_id
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import ATTACH, DETACH, INFO
 
 from hostagent import api
 from hostagent.client import Client, decode
@@ -174,9 +175,7 @@ def ping(i: int) -> bytes:
 
 
 def test_inline_answers_around_a_waiting_request(agent: Agent) -> None:
-    info = (
-        b'{"jsonrpc":"2.0","id":"i","method":"ManagedVolume.volumes_info"}\n'
-    )
+    info = b'{"jsonrpc":"2.0","id":"i","method":INFO}\n'
     data = ping(1) + ping(2) + info + ping(3) + b"\n" + ping(4)
     got = {a["id"]: a.get("result") for a in agent.exchange(data)}
     assert got == {1: True, 2: True, 3: True, 4: True, "i": []}
@@ -419,7 +418,7 @@ def test_detach_keeps_a_device_another_row_uses(
     disconnect the device of the other."""
     dev = loops.create()
     first, second = sorted([new_vol_id(), new_vol_id()])
-    agent.call("ManagedVolume.attach_volume", [first, local_info(dev)])
+    agent.call(ATTACH, [first, local_info(dev)])
     agent.stop()
     with sqlite3.connect(agent.db_path) as con:
         con.execute(
@@ -430,10 +429,10 @@ def test_detach_keeps_a_device_another_row_uses(
             (second, first),
         )
     agent.start()
-    assert agent.call("ManagedVolume.detach_volume", [first]) is None
+    assert agent.call(DETACH, [first]) is None
     agent.wait_log(
         f"device {dev} is also volume {second}'s; not disconnecting"
     )
-    info = agent.call("ManagedVolume.volumes_info")
+    info = agent.call(INFO)
     assert [(v["vol_id"], v["exists"]) for v in info] == [(second, True)]
     assert agent.links() == [second]

@@ -5,10 +5,9 @@ from __future__ import annotations
 import os
 
 from conftest import Agent, Loops, local_info, new_vol_id
+from support import ATTACH, INFO
 
 from hostagent.udev import devices_with_media
-
-INFO = "ManagedVolume.volumes_info"
 
 
 def test_devices_with_media_follows_the_loop_device(loops: Loops) -> None:
@@ -24,7 +23,7 @@ def test_exists_of_several_volumes(agent: Agent, loops: Loops) -> None:
     vids = [new_vol_id() for _ in devs]
     for vid, dev in zip(vids, devs, strict=True):
         agent.call(
-            "ManagedVolume.attach_volume",
+            ATTACH,
             {"vol_id": vid, "connection_info": local_info(dev)},
         )
     loops.detach(devs[1])
@@ -41,7 +40,7 @@ def test_another_volumes_secret_changes_no_entry(
     volumes_info keeps between calls."""
     first, second = new_vol_id(), new_vol_id()
     agent.call(
-        "ManagedVolume.attach_volume",
+        ATTACH,
         {
             "vol_id": first,
             "connection_info": local_info(loops.create(), note="s3cret-xyz"),
@@ -50,7 +49,7 @@ def test_another_volumes_secret_changes_no_entry(
     (info,) = agent.call(INFO)
     assert info["connection_info"]["data"]["note"] == "s3cret-xyz"
     agent.call(
-        "ManagedVolume.attach_volume",
+        ATTACH,
         {
             "vol_id": second,
             "connection_info": local_info(

@@ -25,14 +25,11 @@ from typing import Any
 import fakehost
 import pytest
 from conftest import Loops, new_vol_id
+from support import ATTACH, DETACH, INFO
 from test_fc import FakeHostAgent
 
 from hostagent import brick
 from hostagent.drivers import rbd
-
-ATTACH = "ManagedVolume.attach_volume"
-DETACH = "ManagedVolume.detach_volume"
-INFO = "ManagedVolume.volumes_info"
 
 KEY = "AQBx3+9lAAAAABAAq2Vd4xjz0kTyYV0XuSkXQQ=="
 KEYRING = f"[client.cinder]\n\tkey = {KEY}\n"

@@ -31,12 +31,12 @@ from typing import Any
 
 import pytest
 from conftest import Agent, local_info, new_vol_id, short_dir
+from support import ATTACH, DETACH, INFO
 
 from hostagent import config
 from hostagent.client import Client
 from hostagent.daemon import Daemon
 
-ATTACH = "ManagedVolume.attach_volume"
 PING = b'{"jsonrpc":"2.0","id":"early","method":"Host.ping"}\n'
 _UCRED = struct.Struct("3i")
 
@@ -347,9 +347,9 @@ def test_sigterm_lets_the_attach_in_flight_finish(
 
     # The finished attach was recorded before the database closed.
     a.start()
-    [row] = a.call("ManagedVolume.volumes_info", {"vol_ids": [vid]})
+    [row] = a.call(INFO, {"vol_ids": [vid]})
     assert row["state"] == "attached" and row["exists"] is True
-    a.call("ManagedVolume.detach_volume", {"vol_id": vid})
+    a.call(DETACH, {"vol_id": vid})
 
 
 def test_sighup_reloads_the_log_level(

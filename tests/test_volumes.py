@@ -21,6 +21,7 @@ from conftest import (
     new_vol_id,
     private_config,
 )
+from support import ATTACH, DETACH, INFO
 
 from hostagent import db
 from hostagent.brick import Brick
@@ -29,10 +30,6 @@ from hostagent.db import Database
 from hostagent.errors import AgentError
 from hostagent.service import VolumeService
 from hostagent.udev import Udev
-
-ATTACH = "ManagedVolume.attach_volume"
-DETACH = "ManagedVolume.detach_volume"
-INFO = "ManagedVolume.volumes_info"
 
 
 def attach(agent: Agent, vol_id: str, info: dict[str, Any]) -> Any:
