@@ -151,7 +151,7 @@ def test_connect_discovers_and_returns_etherd_path(
     assert info == {"type": "block", "device": "e3.7", "path": path}
     assert os.path.realpath(path) == dev
     assert fake.calls() == ["aoe-discover "]
-    conn = brick._connector("aoe")
+    conn = brick.connector("aoe")
     assert conn.get_volume_paths(props(3, 7)) == [path]
     assert conn.get_search_path() == str(fake.etherd)
     # Connecting again revalidates the known device instead.
@@ -226,7 +226,7 @@ def test_flush_failure_is_reported_unless_forced(
     with pytest.raises(ConnectorFailed) as e:
         brick.disconnect("aoe", props(), info)
     assert "flush does not exist" in e.value.data["error"]
-    conn = brick._connector("aoe")
+    conn = brick.connector("aoe")
     with caplog.at_level(logging.WARNING, logger="hostagent.brick"):
         conn.disconnect_volume(props(), info, force=True, ignore_errors=True)
     assert "aoe-flush e1.1 failed; ignored (forced)" in caplog.text
@@ -240,7 +240,7 @@ def test_extend_revalidates_and_returns_new_size(
     fake.export("e2.0", dev)
     brick.connect("aoe", props(2, 0))
     os.truncate(loops.backing(dev), 48 * 1024 * 1024)
-    conn = brick._connector("aoe")
+    conn = brick.connector("aoe")
     assert conn.extend_volume(props(2, 0)) == 48 * 1024 * 1024
     assert fake.calls()[-1] == "aoe-revalidate e2.0"
 

@@ -283,8 +283,8 @@ def test_watchdog_pings_come_from_the_event_loop(
     assert len(gaps) >= 6, gaps
     assert max(gaps) >= 0.75, gaps  # nothing was sent while stuck
     assert statistics.median(gaps) < 0.3, gaps
-    daemon.service._workers.shutdown()
-    daemon.service._db_thread.shutdown()
+    daemon.service.host.workers.shutdown()
+    daemon.service.host.db_thread.shutdown()
 
 
 # -- signals ----------------------------------------------------------------

@@ -380,7 +380,7 @@ def wait_for_device_error(
         with pytest.raises(AgentError) as e:
             asyncio.run(wait())
     finally:
-        service._workers.shutdown()
+        service.host.workers.shutdown()
     return e.value
 
 
