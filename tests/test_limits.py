@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from conftest import Agent, Loops, load_config, local_info, need, new_vol_id
 from pki import Pki, start_tls_agent
-from support import ATTACH, DETACH, INFO, line, req
+from support import ATTACH, DETACH, INFO, line, notification, req
 
 from hostagent import config
 from hostagent.client import Client
@@ -396,14 +396,14 @@ def test_requests_arriving_during_shutdown_get_an_answer(
         assert _shutting_down(idle.recv(), "p1")
         batch = [
             req("Host.ping", "b1"),
-            {"jsonrpc": "2.0", "method": "Host.ping"},  # notification
+            notification("Host.ping"),
             req(DETACH, "b2", [vid]),
         ]
         idle.send_raw(line(batch))
         b1, b2 = idle.recv()
         assert _shutting_down(b1, "b1") and _shutting_down(b2, "b2")
         # A notification gets nothing: the next answer is the ping's.
-        idle.send_raw(line({"jsonrpc": "2.0", "method": "Host.ping"}))
+        idle.send_raw(line(notification("Host.ping")))
         idle.send_raw(line(req("Host.ping", "p2")))
         assert _shutting_down(idle.recv(), "p2")
         idle.send_raw(b"{not json\n")

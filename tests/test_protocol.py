@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from conftest import Agent, need, new_vol_id
-from support import ATTACH, DETACH, INFO, line, req
+from support import ATTACH, DETACH, INFO, line, notification, req
 
 from hostagent import schema
 
@@ -74,7 +74,7 @@ def test_slow_request_does_not_hold_up_a_later_one(agent: Agent) -> None:
 def test_batch(agent: Agent) -> None:
     batch = [
         req("Host.ping", 1),
-        {"jsonrpc": "2.0", "method": "Host.ping"},  # notification
+        notification("Host.ping"),
         5,
         req("No.such", "x"),
     ]
@@ -87,7 +87,7 @@ def test_batch(agent: Agent) -> None:
 
 
 def test_batch_of_notifications_gets_no_answer(agent: Agent) -> None:
-    batch = [{"jsonrpc": "2.0", "method": "Host.ping"}] * 3
+    batch = [notification("Host.ping")] * 3
     assert agent.exchange(line(batch, req("Host.ping", 9))) == [
         {"jsonrpc": "2.0", "result": True, "id": 9}
     ]
@@ -96,8 +96,8 @@ def test_batch_of_notifications_gets_no_answer(agent: Agent) -> None:
 def test_notification_gets_no_answer(agent: Agent) -> None:
     out = agent.exchange(
         line(
-            {"jsonrpc": "2.0", "method": "Host.ping"},
-            {"jsonrpc": "2.0", "method": "No.such"},
+            notification("Host.ping"),
+            notification("No.such"),
             req("Host.ping", 2),
         ),
     )
