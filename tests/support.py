@@ -11,9 +11,19 @@ from __future__ import annotations
 import json
 import os
 import socket
+import struct
 import subprocess
 from pathlib import Path
 from typing import Any
+
+# The repository's top directory.
+ROOT = Path(__file__).resolve().parent.parent
+# The environment variable of hostagent.failpoints.
+FAILPOINTS = "HOSTAGENT_FAILPOINTS"
+# One ping, as a client writes it.
+PING = b'{"jsonrpc":"2.0","id":1,"method":"Host.ping"}\n'
+# struct ucred (pid, uid, gid): the payload of SCM_CREDENTIALS.
+UCRED = struct.Struct("3i")
 
 
 def create_loop(backing: Path, size_mb: int = 16) -> str:

@@ -17,11 +17,9 @@ import time
 from typing import Any
 
 from conftest import Agent, Loops, brick_calls, local_info, new_vol_id
-from support import ATTACH, DETACH, INFO, line, req
+from support import ATTACH, DETACH, FAILPOINTS, INFO, line, req
 
 from hostagent.client import RpcError
-
-FAILPOINTS = "HOSTAGENT_FAILPOINTS"
 
 
 def db_rows(agent: Agent) -> list[tuple[str, str]]:

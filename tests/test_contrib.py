@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 from conftest import BIN, Agent, Loops, local_info, new_vol_id, run_client
 from pki import ENGINE, Creds, Pki, start_tls_agent
-from support import ATTACH, DETACH, INFO
+from support import ATTACH, DETACH, INFO, ROOT
 
 from hostagent import cmdline, config, schema
 
-CONTRIB = Path(__file__).resolve().parent.parent / "contrib"
+CONTRIB = ROOT / "contrib"
 
 
 # -- contrib/hostagent.toml ---------------------------------------------------

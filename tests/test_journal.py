@@ -25,9 +25,8 @@ from typing import Any
 
 import pytest
 from conftest import Agent, local_info, new_vol_id, short_dir
-from support import ATTACH, DETACH, line, req
+from support import ATTACH, DETACH, UCRED, line, req
 
-_UCRED = struct.Struct("3i")
 Entry = dict[str, str]
 
 
@@ -78,7 +77,7 @@ class FakeJournald:
             try:
                 data, anc, _, _ = self.sock.recvmsg(
                     1 << 20,
-                    socket.CMSG_SPACE(_UCRED.size)
+                    socket.CMSG_SPACE(UCRED.size)
                     + socket.CMSG_SPACE(4 * fd_size),
                 )
             except TimeoutError:
@@ -88,7 +87,7 @@ class FakeJournald:
             pid = -1
             for _, kind, payload in anc:
                 if kind == socket.SCM_CREDENTIALS:
-                    pid = _UCRED.unpack(payload[: _UCRED.size])[0]
+                    pid = UCRED.unpack(payload[: UCRED.size])[0]
                 elif kind == socket.SCM_RIGHTS:
                     # A large entry comes as a sealed memfd.
                     [fd] = array.array("i", payload[:fd_size])

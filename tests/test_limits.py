@@ -21,12 +21,10 @@ from typing import Any
 import pytest
 from conftest import Agent, Loops, load_config, local_info, need, new_vol_id
 from pki import Pki, start_tls_agent
-from support import ATTACH, DETACH, INFO, line, notification, req
+from support import ATTACH, DETACH, INFO, PING, line, notification, req
 
 from hostagent import config
 from hostagent.client import Client
-
-PING = b'{"jsonrpc":"2.0","id":1,"method":"Host.ping"}\n'
 
 
 def test_max_connections_is_enforced_and_slots_come_back(
