@@ -41,6 +41,13 @@ def local_info(device: str, **extra: Any) -> dict[str, Any]:
     }
 
 
+def local_info_file(directory: Path, device: str) -> Path:
+    """``directory/conn.json`` holding :func:`local_info` of ``device``."""
+    path = directory / "conn.json"
+    path.write_text(json.dumps(local_info(device)))
+    return path
+
+
 def short_dir() -> Path:
     """A short private directory: Unix socket paths must fit 108 bytes."""
     return Path(tempfile.mkdtemp(prefix="ha-", dir="/tmp"))

@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BIN, Agent, Loops, local_info, new_vol_id, run_client
+from conftest import (
+    BIN,
+    Agent,
+    Loops,
+    local_info,
+    local_info_file,
+    new_vol_id,
+    run_client,
+)
 from pki import ENGINE, Creds, Pki, start_tls_agent
 from support import ATTACH, DETACH, INFO, ROOT
 
@@ -264,8 +272,7 @@ def test_engine_example_over_the_unix_socket(
 ) -> None:
     dev = loops.create()
     vid = new_vol_id()
-    conn = tmp_path / "conn.json"
-    conn.write_text(json.dumps(local_info(dev)))
+    conn = local_info_file(tmp_path, dev)
     # The connection info from a file, as the usage text shows it.
     argv = engine_argv(["--socket", agent.socket], vid, conn=str(conn))
     out = subprocess.run(argv, capture_output=True, text=True, timeout=120)
