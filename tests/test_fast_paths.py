@@ -178,7 +178,9 @@ def ping(i: int) -> bytes:
 
 
 def test_inline_answers_around_a_waiting_request(agent: Agent) -> None:
-    info = b'{"jsonrpc":"2.0","id":"i","method":INFO}\n'
+    info = (
+        b'{"jsonrpc":"2.0","id":"i","method":"ManagedVolume.volumes_info"}\n'
+    )
     data = ping(1) + ping(2) + info + ping(3) + b"\n" + ping(4)
     got = {a["id"]: a.get("result") for a in agent.exchange(data)}
     assert got == {1: True, 2: True, 3: True, 4: True, "i": []}
