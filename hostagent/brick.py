@@ -296,14 +296,9 @@ class Brick:
     def connector(
         self, driver: str, backend: BackendConfig | None = None
     ) -> Any:
-        """The os-brick connector for ``driver`` (and ``backend``).
-
-        Made on first use with the backend's (or ``[brick]``'s) options,
-        then kept: every call for one backend gets the same object.
-        """
+        """The os-brick connector of ``backend``, else of ``driver`` with
+        the [brick] defaults; made once ("@" starts no backend name)."""
         self.load()
-        # One connector per backend (its options differ), one per driver
-        # type for the [brick] defaults; "@" cannot start a backend name.
         key = backend.name if backend else f"@{driver}"
         conn = self._connectors.get(key)
         if conn is not None:
