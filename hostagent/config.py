@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hostagent import drivers
+from hostagent import drivers, ownership
 
 DEFAULT_PATH = "/etc/hostagent/hostagent.toml"
 
@@ -66,6 +66,13 @@ class StorageConfig:
     state_dir: str = "/var/lib/hostagent"
     run_dir: str = "/run/hostagent"
     lock_timeout: float = 30.0
+    # What an attached device node gets for qemu (vdsm: vdsm:qemu 0660),
+    # kept by a udev rule in udev_rules_dir; empty owner and group: the
+    # node is left as udev made it.  A name or a number each.
+    device_owner: str = ""
+    device_group: str = ""
+    device_mode: str = "0660"
+    udev_rules_dir: str = "/run/udev/rules.d"
 
 
 @dataclass(frozen=True)
@@ -136,6 +143,16 @@ class Config:
         """Where the managed ``<vol_id>`` symlinks live."""
         return Path(self.storage.run_dir) / "volumes"
 
+    @property
+    def managed_dir(self) -> Path:
+        """Where the ``<sd_id>_<vol_id>`` symlinks live (vdsm's naming)."""
+        return Path(self.storage.run_dir) / "managedvolumes"
+
+    @property
+    def owns_devices(self) -> bool:
+        """Whether attached device nodes get an owner or group."""
+        return bool(self.storage.device_owner or self.storage.device_group)
+
 
 def default_path() -> str:
     """The config path used when ``--config`` is not given."""
@@ -173,6 +190,8 @@ def from_dict(raw: dict[str, Any]) -> Config:
             raise ConfigError(f"[{name}] must be a table")
         if name == "backend":
             continue  # needs [brick] for its defaults; built below
+        if name == "storage":
+            value = _numbers_as_text(value)
         sections[name] = _build_section(name, hints[name], value)
     brick = sections.get("brick", BrickConfig())
     sections["backend"] = {
@@ -237,6 +256,24 @@ def _build_section(name: str, cls: type[Any], raw: dict[str, Any]) -> Any:
     return cls(**values)
 
 
+# Keys that take a name or a number (a uid, a gid, an octal mode).
+_NAME_OR_NUMBER = ("device_owner", "device_group", "device_mode")
+
+
+def _numbers_as_text(raw: dict[str, Any]) -> dict[str, Any]:
+    """``device_group = 107`` as ``"107"``: the key's type is text."""
+    return {
+        k: (
+            str(v)
+            if k in _NAME_OR_NUMBER
+            and isinstance(v, int)
+            and not isinstance(v, bool)
+            else v
+        )
+        for k, v in raw.items()
+    }
+
+
 def _coerce(key: str, hint: Any, value: Any) -> Any:
     if typing.get_origin(hint) is list:
         (item,) = typing.get_args(hint)
@@ -293,6 +330,7 @@ def _check(c: Config) -> None:
             raise ConfigError(f"storage.{key} must be an absolute path")
     if c.storage.lock_timeout < 0:
         raise ConfigError("storage.lock_timeout must be >= 0")
+    _check_ownership(c.storage)
     for i, d in enumerate(c.brick.drivers):
         if d not in KNOWN_DRIVERS:
             raise ConfigError(
@@ -314,6 +352,20 @@ def _check(c: Config) -> None:
         raise ConfigError(
             "log.journal must be one of " + ", ".join(JOURNAL_MODES)
         )
+
+
+def _check_ownership(s: StorageConfig) -> None:
+    """The owner, group and mode must mean something on this host."""
+    try:
+        if s.device_owner:
+            ownership.parse_owner(s.device_owner)
+        if s.device_group:
+            ownership.parse_group(s.device_group)
+        ownership.parse_mode(s.device_mode)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if not os.path.isabs(s.udev_rules_dir):
+        raise ConfigError("storage.udev_rules_dir must be an absolute path")
 
 
 def check_dirs(c: Config) -> None:

@@ -169,7 +169,7 @@ def test_attach_with_backend_is_recorded_and_detached(
     assert "'fast'" in err.message
     # Detach after a restart: the backend comes from the database.
     bagent.restart()
-    assert bagent.call(DETACH, [vid]) is None
+    assert bagent.call(DETACH, [vid]) is True
     assert bagent.call(INFO) == []
 
 

@@ -197,7 +197,7 @@ def test_structured_fields_and_no_secrets(
 
     vid = new_vol_id()
     out = request(a, "req-42", "ManagedVolume.detach_volume", {"vol_id": vid})
-    assert out == {"jsonrpc": "2.0", "result": None, "id": "req-42"}
+    assert out == {"jsonrpc": "2.0", "result": True, "id": "req-42"}
     e = journald.wait(
         METHOD="ManagedVolume.detach_volume", REQUEST_ID="req-42"
     )

@@ -247,7 +247,7 @@ def test_attach_detach_through_the_api(
     assert sp.volumes[SP_NAME]["attached"] == {OURID: "rw"}
     (info,) = a.call(INFO)
     assert info["exists"] is True
-    assert a.call(DETACH, [vid]) is None
+    assert a.call(DETACH, [vid]) is True
     assert sp.calls[2:] == [
         (
             "POST",
