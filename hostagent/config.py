@@ -261,17 +261,14 @@ _NAME_OR_NUMBER = ("device_owner", "device_group", "device_mode")
 
 
 def _numbers_as_text(raw: dict[str, Any]) -> dict[str, Any]:
-    """``device_group = 107`` as ``"107"``: the key's type is text."""
-    return {
-        k: (
-            str(v)
-            if k in _NAME_OR_NUMBER
-            and isinstance(v, int)
-            and not isinstance(v, bool)
-            else v
-        )
-        for k, v in raw.items()
-    }
+    """``device_group = 107`` as ``"107"``, ``device_mode = 0o640`` as
+    ``"0640"``: the keys' type is text."""
+    out = dict(raw)
+    for k in _NAME_OR_NUMBER:
+        v = raw.get(k)
+        if isinstance(v, int) and not isinstance(v, bool):
+            out[k] = f"{v:04o}" if k == "device_mode" else str(v)
+    return out
 
 
 def _coerce(key: str, hint: Any, value: Any) -> Any:
