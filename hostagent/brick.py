@@ -339,6 +339,9 @@ class Brick:
                     enforce_multipath=self.enforces_multipath(driver, backend),
                     **kwargs,
                 )
+            configure = drivers.get(driver).configure
+            if configure is not None:
+                configure(conn, self.config)
         except Exception as e:
             raise _failed("create connector", driver, e) from e
         with self._lock:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from hostagent import drivers, ownership
+from hostagent.drivers import lightos
 
 DEFAULT_PATH = "/etc/hostagent/hostagent.toml"
 
@@ -85,6 +86,13 @@ class BrickConfig:
     my_ip: str = ""
     device_scan_attempts: int = 3
     workers: int = 16
+    # lightos: where Lightbits' discovery-client watches and answers,
+    # and how long its connector waits for the device (os-brick's
+    # [os_brick] lightos_discovery_client_* options).
+    lightos_discovery_dir: str = lightos.DEFAULT_DISCOVERY_DIR
+    lightos_discovery_address: str = lightos.DEFAULT_DISCOVERY_ADDRESS
+    lightos_discovery_port: int = lightos.DEFAULT_DISCOVERY_PORT
+    lightos_device_wait: float = lightos.DEFAULT_DEVICE_WAIT
 
 
 @dataclass(frozen=True)
@@ -341,6 +349,7 @@ def _check(c: Config) -> None:
             raise ConfigError(
                 "brick.my_ip must be an IP address or empty"
             ) from None
+    _check_lightos(c.brick)
     _positive("brick.device_scan_attempts", c.brick.device_scan_attempts)
     _positive("brick.workers", c.brick.workers)
     if c.log.level not in LOG_LEVELS:
@@ -349,6 +358,23 @@ def _check(c: Config) -> None:
         raise ConfigError(
             "log.journal must be one of " + ", ".join(JOURNAL_MODES)
         )
+
+
+def _check_lightos(b: BrickConfig) -> None:
+    if not os.path.isabs(b.lightos_discovery_dir):
+        raise ConfigError(
+            "brick.lightos_discovery_dir must be an absolute path"
+        )
+    if not b.lightos_discovery_address.strip() or any(
+        c.isspace() for c in b.lightos_discovery_address
+    ):
+        raise ConfigError(
+            "brick.lightos_discovery_address must be a host name or address"
+        )
+    if not 1 <= b.lightos_discovery_port <= 65535:
+        raise ConfigError("brick.lightos_discovery_port must be 1..65535")
+    if b.lightos_device_wait <= 0:
+        raise ConfigError("brick.lightos_device_wait must be > 0")
 
 
 def _check_ownership(s: StorageConfig) -> None:

@@ -42,6 +42,7 @@ from hostagent.redact import redact
 from hostagent.service import lvm, secrecy, steps
 from hostagent.service.backends import (
     check_backend,
+    check_data,
     check_driver,
     record_backend,
 )
@@ -186,6 +187,7 @@ class VolumeService:
         """
         h = self.host
         driver = check_driver(self.config, connection_info)
+        check_data(driver, connection_info["data"])
         options = check_backend(self.config, driver, backend)
         await h.brick_ready()
         async with h.locks.hold(vol_id):
