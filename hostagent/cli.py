@@ -40,6 +40,7 @@ _EXAMPLES = {
         'connection_info=\'{"driver_volume_type": "iscsi", "data": {...}}\''
     ),
     "backend": "backend=NAME",
+    "sd_id": "sd_id=UUID",
 }
 
 
