@@ -305,11 +305,7 @@ class Brick:
             return conn
         from os_brick.initiator import connector
 
-        attempts = (
-            backend.device_scan_attempts
-            if backend
-            else self.config.device_scan_attempts
-        )
+        attempts = (backend or self.config).device_scan_attempts
         kwargs: dict[str, Any] = {}
         if driver == "nfs":
             self.mount_dir.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+from concurrent.futures import Future
 from typing import Any
 
 from hostagent import lvmcheck
@@ -55,6 +56,18 @@ async def status(h: Host) -> dict[str, Any]:
     rows = await h.in_db(h.db.stored)
     ids = [r[_MULTIPATH_ID] for r in rows if r[_MULTIPATH_ID]]
     return await h.in_worker(lvmcheck.status, system_dir(), ids)
+
+
+def warn_later(h: Host) -> None:
+    """:func:`warn_at_start` on a worker: start-up does not wait for it."""
+    future = h.workers.submit(warn_at_start)
+    future.add_done_callback(_log_failure)
+
+
+def _log_failure(future: Future[Any]) -> None:
+    """A failed start-up LVM check is logged; start-up goes on."""
+    if not future.cancelled() and future.exception() is not None:
+        log.warning("LVM check failed: %s", future.exception())
 
 
 def warn_at_start() -> dict[str, Any]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from hostagent import __version__, db, hosttools
@@ -31,7 +31,6 @@ from hostagent.config import BackendConfig, Config, backend_options
 from hostagent.db import Database, StoredVolume, VolumeRecord
 from hostagent.errors import (
     AgentError,
-    ConnectionInfoMismatch,
     ConnectorFailed,
     InvalidParams,
     VolumeBusy,
@@ -39,7 +38,7 @@ from hostagent.errors import (
 from hostagent.events import Events
 from hostagent.failpoints import FailPoints
 from hostagent.redact import redact
-from hostagent.service import lvm, secrecy, steps
+from hostagent.service import lvm, matching, secrecy, steps
 from hostagent.service.backends import (
     check_backend,
     check_data,
@@ -114,8 +113,7 @@ class VolumeService:
 
     def check_lvm(self) -> None:
         """Warn (in the background) when the host's LVM may scan volumes."""
-        future = self.host.workers.submit(lvm.warn_at_start)
-        future.add_done_callback(_log_lvm_failure)
+        lvm.warn_later(self.host)
 
     async def reconcile(self) -> dict[str, int]:
         """Finish or roll back what a crash left; run before serving.
@@ -229,35 +227,7 @@ class VolumeService:
         sd_id: str | None = None,
         backend: str | None = None,
     ) -> dict[str, Any]:
-        if rec.state != db.ATTACHED:
-            raise VolumeBusy(
-                f"volume {rec.vol_id} is {rec.state}"
-                + (
-                    f" (last error: {rec.last_error})"
-                    if rec.last_error
-                    else ""
-                )
-                + "; detach it first",
-                {"vol_id": rec.vol_id, "state": rec.state},
-            )
-        if rec.connection_info != connection_info:
-            raise ConnectionInfoMismatch(
-                f"volume {rec.vol_id} is already attached with different "
-                "connection info; detach it first",
-                {"vol_id": rec.vol_id},
-            )
-        if rec.backend != backend:
-            raise ConnectionInfoMismatch(
-                f"volume {rec.vol_id} is already attached with backend "
-                f"{rec.backend!r}, not {backend!r}; detach it first",
-                {"vol_id": rec.vol_id, "backend": rec.backend},
-            )
-        if rec.sd_id != sd_id:
-            raise ConnectionInfoMismatch(
-                f"volume {rec.vol_id} is already attached with sd_id "
-                f"{rec.sd_id!r}, not {sd_id!r}; detach it first",
-                {"vol_id": rec.vol_id, "sd_id": rec.sd_id},
-            )
+        matching.check_reattach(rec, connection_info, sd_id, backend)
         assert rec.path is not None
         # The symlink lives on tmpfs; a reboot without a detach loses it.
         self.host.links.make(rec.vol_id, rec.path, rec.sd_id)
@@ -303,12 +273,7 @@ class VolumeService:
             if rec is None:
                 log.info("detach of unknown volume %s: nothing to do", vol_id)
                 return
-            if sd_id is not None and sd_id != rec.sd_id:
-                raise InvalidParams(
-                    f"volume {vol_id} was attached with sd_id "
-                    f"{rec.sd_id!r}, not {sd_id!r}",
-                    {"param": "sd_id", "sd_id": rec.sd_id},
-                )
+            matching.check_detach(rec, sd_id)
             await h.brick_ready()
             started = time.monotonic()
             await steps.teardown(h, rec, "detach", rec.last_error)
@@ -393,12 +358,6 @@ class VolumeService:
         # Only this answer's entries are kept: the memo stays its size.
         self._shown = shown
         return list(shown.values())
-
-
-def _log_lvm_failure(future: Future[Any]) -> None:
-    """A failed start-up LVM check is logged; start-up goes on."""
-    if not future.cancelled() and future.exception() is not None:
-        log.warning("LVM check failed: %s", future.exception())
 
 
 def _entry(row: StoredVolume, exists: bool) -> dict[str, Any]:
