@@ -116,6 +116,16 @@ async def _release(
 ) -> None:
     rules = h.config.storage.udev_rules_dir
     try:
+        rule = os.path.join(rules, ownership.rule_name(vol_id, sd_id))
+    except ValueError:
+        # Not UUIDs (a row imported from elsewhere): no rule was ever
+        # written for it, since grant() names its rule the same way.
+        return
+    if previous is None and not os.path.lexists(rule):
+        # Nothing was changed (no owner configured at the attach): a
+        # stat on /run, no trip to a worker thread.
+        return
+    try:
         restored = await h.in_worker(
             ownership.release, vol_id, previous, sd_id, rules
         )
