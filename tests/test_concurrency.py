@@ -84,7 +84,7 @@ def test_many_clients_attach_and_detach_one_volume(
             assert result["path"] == dev
             assert result["vol_id"] == vid
         elif op == "detach":
-            assert result is None
+            assert result is True
         else:
             assert all(
                 v["state"] in ("attaching", "attached", "detaching")
