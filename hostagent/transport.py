@@ -59,6 +59,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from hostagent import stomp
 from hostagent.api import Answer, Peer, dumps, error_response, shutting_down
 from hostagent.config import ConfigError, ServerConfig, parse_hostport
 from hostagent.errors import InvalidRequest
@@ -84,12 +85,15 @@ class Server:
         config: ServerConfig,
         handler: Handler,
         listening: Callable[[Peer], bool] | None = None,
+        events: stomp.Hub | None = None,
     ) -> None:
         """``listening(peer)``: the client waits for notifications, so its
-        connection is never idle (``idle_timeout`` does not apply)."""
+        connection is never idle (``idle_timeout`` does not apply).
+        ``events``: where STOMP subscriptions to ``jms.queue.events`` go."""
         self.config = config
         self.handler = handler
         self.listening = listening or (lambda peer: False)
+        self.events = events
         self._servers: list[asyncio.AbstractServer] = []
         # Every connection task (for close), and those counted against
         # max_connections: Unix clients and TLS clients past their
@@ -329,7 +333,29 @@ class Server:
             )
             return
         log.debug("TLS connection from %s cn=%r", address, cn)
-        await self._serve(reader, writer, peer)
+        # STOMP (vdsm's clients) and NDJSON share the port; the first
+        # bytes tell them apart.
+        detected = await stomp.detect(reader, self.config)
+        if detected is None:
+            log.debug("closing idle connection %s", peer.describe())
+            writer.close()
+            return
+        is_stomp, first = detected
+        if not is_stomp:
+            await self._serve(reader, writer, peer, first)
+            return
+        peer.transport = "stomp"
+        await stomp.serve(
+            reader,
+            writer,
+            peer,
+            answer=self._answer,
+            config=self.config,
+            events=self.events,
+            track=self._track_request,
+            listening=self.listening,
+            initial=first,
+        )
 
     async def _refuse(self, writer: asyncio.StreamWriter) -> None:
         log.warning(
@@ -351,13 +377,16 @@ class Server:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         peer: Peer,
+        initial: bytes = b"",
     ) -> None:
         out = _Output(writer)
         peer.notify = lambda obj: out.write(dumps(obj))
         in_flight = asyncio.Semaphore(self.config.max_in_flight)
         pending: set[asyncio.Task[None]] = set()
         try:
-            await self._read_lines(reader, out, peer, in_flight, pending)
+            await self._read_lines(
+                reader, out, peer, in_flight, pending, initial
+            )
         except (ConnectionError, OSError):
             pass
         finally:
@@ -379,6 +408,7 @@ class Server:
         peer: Peer,
         in_flight: asyncio.Semaphore,
         pending: set[asyncio.Task[None]],
+        initial: bytes = b"",
     ) -> None:
         """Split the stream into lines and start a request task for each.
 
@@ -388,7 +418,7 @@ class Server:
         """
         limit = self.limit
         idle = self.config.idle_timeout or None
-        buf = bytearray()
+        buf = bytearray(initial)
         start = 0  # where the next line begins in buf
         scan = 0  # where to look for its newline
         # Answers given at once to the lines of one read wait until that
@@ -463,8 +493,12 @@ class Server:
     ) -> None:
         task = asyncio.create_task(self._respond(answer, peer, out, in_flight))
         pending.add(task)
-        self._requests.add(task)
         task.add_done_callback(pending.discard)
+        self._track_request(task)
+
+    def _track_request(self, task: asyncio.Task[None]) -> None:
+        """Count a request task until it ends (shutdown waits for it)."""
+        self._requests.add(task)
         task.add_done_callback(self._requests.discard)
 
     async def _too_large(self, out: _Output) -> None:
