@@ -530,6 +530,7 @@ async def serve(
     so it is never idle; ``initial`` is what was read to tell the
     protocol.
     """
+    log.debug("%s speaks STOMP", peer.describe())
     conn = _Connection(reader, writer, peer, answer, config, events, track)
     conn.listening = listening
     await conn.run(initial)
