@@ -141,18 +141,20 @@ class FrameTooLarge(FrameError):
     """A frame over ``max_message_bytes``."""
 
 
-_ESCAPES = {b"\\r": b"\r", b"\\n": b"\n", b"\\c": b":", b"\\\\": b"\\"}
-_ESCAPE_RE = re.compile(rb"\\(.?)", re.DOTALL)
+_ESCAPES = {"\\r": "\r", "\\n": "\n", "\\c": ":", "\\\\": "\\"}
+_ESCAPE_RE = re.compile(r"\\(.?)", re.DOTALL)
 _TO_ESCAPE = {":": "\\c", "\\": "\\\\", "\r": "\\r", "\n": "\\n"}
 _TO_ESCAPE_RE = re.compile(r"[\r\n:\\]")
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
 
 
-def unescape(raw: bytes) -> str:
+def unescape(text: str) -> str:
     """A header name or value as the spec's escapes say (``\\r \\n \\c
     \\\\``); any other escape is a fatal error."""
+    if "\\" not in text:
+        return text
 
-    def one(m: re.Match[bytes]) -> bytes:
+    def one(m: re.Match[str]) -> str:
         try:
             return _ESCAPES[m.group(0)]
         except KeyError:
@@ -160,19 +162,14 @@ def unescape(raw: bytes) -> str:
                 f"invalid escape sequence {m.group(0)!r} in a header"
             ) from None
 
-    return _text(_ESCAPE_RE.sub(one, raw) if b"\\" in raw else raw)
+    return _ESCAPE_RE.sub(one, text)
 
 
 def escape(text: str) -> str:
     """The reverse of :func:`unescape`."""
-    return _TO_ESCAPE_RE.sub(lambda m: _TO_ESCAPE[m.group(0)], text)
-
-
-def _text(raw: bytes) -> str:
-    try:
-        return raw.decode()
-    except UnicodeDecodeError:
-        raise FrameError("a header is not UTF-8") from None
+    if ":" in text or "\\" in text or "\n" in text or "\r" in text:
+        return _TO_ESCAPE_RE.sub(lambda m: _TO_ESCAPE[m.group(0)], text)
+    return text
 
 
 def encode(frame: Frame) -> bytes:
@@ -180,13 +177,17 @@ def encode(frame: Frame) -> bytes:
 
     CONNECTED is not escaped, as the spec says (for 1.0 clients).
     """
-    esc = (lambda s: s) if frame.command == "CONNECTED" else escape
-    lines = [frame.command]
-    lines += [f"{esc(k)}:{esc(v)}" for k, v in frame.headers.items()]
-    if frame.body or frame.command in ("MESSAGE", "ERROR"):
-        lines.append(f"content-length:{len(frame.body)}")
-    head = "\n".join(lines).encode()
-    return b"".join((head, b"\n\n", frame.body, b"\0"))
+    raw = frame.command == "CONNECTED"
+    parts = [frame.command, "\n"]
+    for k, v in frame.headers.items():
+        parts += (
+            (k, ":", v, "\n") if raw else (escape(k), ":", escape(v), "\n")
+        )
+    body = frame.body
+    if body or frame.command in ("MESSAGE", "ERROR"):
+        parts.append(f"content-length:{len(body)}\n")
+    parts.append("\n")
+    return b"".join(("".join(parts).encode(), body, b"\0"))
 
 
 class Parser:
@@ -282,29 +283,28 @@ class Parser:
 
 def _head(raw: bytes) -> Frame:
     """The command and headers of a frame (no body yet)."""
-    lines = raw.split(b"\n")
-    command = lines[0].rstrip(b"\r")
     try:
-        name = command.decode("ascii")
+        text = raw.decode()
     except UnicodeDecodeError:
-        raise FrameError("the command is not ASCII") from None
+        raise FrameError("the command or a header is not UTF-8") from None
+    lines = text.split("\n")
+    name = lines[0].rstrip("\r")
     if not name:
         raise FrameError("a frame without a command")
     # CONNECT is never escaped (1.0 compatibility), so values may
     # carry backslashes and colons as they are.
     raw_values = name in ("CONNECT", "STOMP")
-    frame = Frame(name)
+    headers: dict[str, str] = {}
     for line in lines[1:]:
-        line = line.rstrip(b"\r")
-        key, sep, value = line.partition(b":")
+        key, sep, value = line.rstrip("\r").partition(":")
         if not sep or not key:
             raise FrameError(
                 f"header line {_shorten(line)!r} is not name:value"
             )
-        k = _text(key) if raw_values else unescape(key)
-        v = _text(value) if raw_values else unescape(value)
-        frame.headers.setdefault(k, v)
-    return frame
+        if not raw_values:
+            key, value = unescape(key), unescape(value)
+        headers.setdefault(key, value)
+    return Frame(name, headers)
 
 
 def _content_length(frame: Frame) -> int | None:
@@ -313,15 +313,13 @@ def _content_length(frame: Frame) -> int | None:
         return None
     if not text.isascii() or not text.isdigit():
         raise FrameError(
-            f"content-length {_shorten(text.encode())!r} is not a "
-            "non-negative integer"
+            f"content-length {_shorten(text)!r} is not a non-negative integer"
         )
     return int(text)
 
 
-def _shorten(raw: bytes) -> str:
-    text = raw[:40].decode("utf-8", "replace")
-    return text + "..." if len(raw) > 40 else text
+def _shorten(text: str) -> str:
+    return text[:40] + "..." if len(text) > 40 else text
 
 
 # -- the protocol -----------------------------------------------------------

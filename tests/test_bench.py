@@ -45,6 +45,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
         "attaches from": "all succeed",
         "daemon start": "1.0 s",
         "daemon RSS": "70 MB",
+        "STOMP ping p50": "2.0x NDJSON",
     }
     targeted = [f for f in figures if f["target"]]
     assert len(targeted) == len(targets), names
