@@ -560,6 +560,7 @@ class _Connection:
         self.loop = asyncio.get_running_loop()
         self.last_sent = self.last_received = self.loop.time()
         self.subscribed = False
+        self.failed = False
 
     async def run(self, initial: bytes) -> None:
         self.peer.notify = self._notify
@@ -585,7 +586,10 @@ class _Connection:
                 self.events.unsubscribe(self.peer)
             # Requests already started run to completion even when the
             # client is gone: an attach stopped halfway would need
-            # undoing.  Their answers go nowhere once the socket closes.
+            # undoing.  A client that just stopped sending still gets
+            # their answers; after an ERROR frame they go nowhere.
+            if self.pending and not self.failed:
+                await asyncio.gather(*self.pending, return_exceptions=True)
             self.writer.close()
             if self.pending:
                 await asyncio.gather(*self.pending, return_exceptions=True)
@@ -740,6 +744,7 @@ class _Connection:
         return True
 
     async def _fail(self, err: FrameError, receipt: str | None = None) -> None:
+        self.failed = True
         log.warning(
             "closing %s: bad STOMP frame: %s", self.peer.describe(), err
         )
