@@ -563,6 +563,7 @@ class _Connection:
         self.failed = False
 
     async def run(self, initial: bytes) -> None:
+        """Serve until the client leaves, errs or goes silent."""
         self.peer.notify = self._notify
         beats: asyncio.Task[None] | None = None
         try:

@@ -16,6 +16,7 @@ import ssl
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -36,12 +37,23 @@ def tls(agent_factory: Any, pki: Any) -> TlsAgent:
     return start_tls_agent(agent_factory, pki)
 
 
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    """Every stomp.py client a test made is closed after it."""
+    yield
+    while _CLIENTS:
+        _CLIENTS.pop().close()
+
+
 def request(method: str, params: Any = None, rid: Any = 1) -> dict[str, Any]:
     """One JSON-RPC request object."""
     req: dict[str, Any] = {"jsonrpc": "2.0", "id": rid, "method": method}
     if params is not None:
         req["params"] = params
     return req
+
+
+_CLIENTS: list[Vdsm] = []
 
 
 class Vdsm(stomp.ConnectionListener):  # type: ignore[misc]
@@ -67,6 +79,7 @@ class Vdsm(stomp.ConnectionListener):  # type: ignore[misc]
             ca_certs=creds.ca,
         )
         self.conn.set_listener("test", self)
+        _CLIENTS.append(self)
         self.reply_to = reply_to or f"/queue/replies.{uuid.uuid4()}"
         self.sub_id = str(uuid.uuid4())
         self.messages: queue.Queue[Any] = queue.Queue()
@@ -126,9 +139,13 @@ class Vdsm(stomp.ConnectionListener):  # type: ignore[misc]
         return response["result"]
 
     def close(self) -> None:
-        """DISCONNECT, if still connected."""
+        """DISCONNECT, if still connected; end stomp.py's thread."""
         if self.conn.is_connected():
             self.conn.disconnect()
+        # stomp.py 9.0.0 reads again and again from a TLS socket the
+        # agent closed (recv gives b"" and it takes that for "no data
+        # yet"): stop its loop by hand.
+        self.conn.transport.running = False
 
     def __enter__(self) -> Vdsm:
         return self
@@ -271,10 +288,10 @@ def test_connect_and_a_batch_of_one(tls: TlsAgent) -> None:
 
 
 def test_stomp_command_and_disconnect_receipt(tls: TlsAgent) -> None:
-    c = Vdsm(tls).connect(with_connect_command=False)
-    assert c.call("Host.ping") is True
-    c.conn.disconnect(receipt="bye-1")
-    assert c.receipts.get(timeout=10).headers["receipt-id"] == "bye-1"
+    with Vdsm(tls).connect(with_connect_command=False) as c:
+        assert c.call("Host.ping") is True
+        c.conn.disconnect(receipt="bye-1")
+        assert c.receipts.get(timeout=10).headers["receipt-id"] == "bye-1"
     raw = Raw(tls)
     raw.connect()
     raw.send(b"DISCONNECT\nreceipt:r\\c7\n\n\0")
