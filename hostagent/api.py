@@ -684,7 +684,9 @@ def _explain_bind_error(name: str, error: dict[str, Any]) -> None:
 # -- the transport's own errors ---------------------------------------------
 
 
-def connection_error(message: str, data: dict[str, Any]) -> bytes:
+def connection_error(
+    message: str, data: dict[str, Any] | None = None
+) -> bytes:
     """The -32600 line (id null) the transport sends before it closes a
     connection: a message too large or incomplete, too many connections,
     a certificate subject not allowed."""
