@@ -72,3 +72,8 @@ def test_unmodified_vdsm_client(agent_factory: Any, pki: Any) -> None:
     ):
         assert any(line.startswith(f"ok   {name}:") for line in lines), name
     assert lines[-1] == "all steps passed"
+    # Every frame the client sent was taken as it is.
+    log = tls.agent.log()
+    assert "speaks STOMP" in log
+    assert "bad STOMP frame" not in log
+    assert "no subscription there" not in log
