@@ -27,10 +27,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from typing import Any
 
-from hostagent.api import Answer, dumps
+from hostagent.api import dumps
 from hostagent.transport.framing import Session
 from hostagent.transport.output import Output
 from hostagent.transport.sniff import register
@@ -216,9 +216,10 @@ class _Connection:
         self.endpoint.track_request(task)
         return True
 
-    async def _later(self, answer: Answer, reply_to: str) -> None:
+    async def _later(
+        self, answer: Awaitable[bytes | None], reply_to: str
+    ) -> None:
         try:
-            assert answer is not None and not isinstance(answer, bytes)
             if self._reply(await answer, reply_to):
                 await self.out.drained()
         except (ConnectionError, OSError):
