@@ -651,3 +651,21 @@ def test_client_vanishing_mid_request(tls: TlsAgent, loops: Loops) -> None:
         (record,) = c.call(INFO, [[vid]])
         assert (record["state"], record["path"]) == ("attached", dev)
         assert c.call(DETACH, [vid]) is None
+
+
+def test_stomp_connections_count_against_the_subject_cap(
+    agent_factory: Any, pki: Any
+) -> None:
+    """STOMP and NDJSON share one subject's slots (same fairness)."""
+    tls = start_tls_agent(agent_factory, pki, max_connections_per_subject=2)
+    with Vdsm(tls).connect() as a, Vdsm(tls).connect() as b:
+        assert a.call("Host.ping") is True
+        assert b.call("Host.ping", rid=2) is True
+        with tls.client() as third:
+            refusal = third.recv()
+            assert refusal["error"]["code"] == -32600
+            assert (
+                "max_connections_per_subject=2" in refusal["error"]["message"]
+            )
+        with tls.client("intruder") as other:  # another CN
+            assert other.call("Host.ping") is True
