@@ -441,7 +441,7 @@ class Api:
         except AgentError as e:
             return dumps(error_response(e))
         if isinstance(message, list):
-            return self._batch(message, peer)
+            return _dumped(self._batch(message, peer))
         response = self.call_now(message, peer)
         if response is None or isinstance(response, dict):
             return None if response is None else dumps(response)
@@ -454,48 +454,23 @@ class Api:
             return answer
         return await answer
 
-    def _batch(self, batch: list[Any], peer: Peer) -> Answer:
-        """A batch, in order: answered at once while its requests are
-        (a batch of one ping, as vdsm's client sends), the rest later."""
+    async def _batch(
+        self, batch: list[Any], peer: Peer
+    ) -> list[dict[str, Any]] | dict[str, Any] | None:
         if not batch:
-            return dumps(
-                error_response(InvalidRequest("invalid request: empty batch"))
+            return error_response(
+                InvalidRequest("invalid request: empty batch")
             )
         if len(batch) > self.max_batch:
-            return dumps(
-                error_response(
-                    InvalidRequest(
-                        f"invalid request: batch of {len(batch)} requests; "
-                        f"at most {self.max_batch} are allowed",
-                        {"max_batch": self.max_batch},
-                    )
+            return error_response(
+                InvalidRequest(
+                    f"invalid request: batch of {len(batch)} requests; "
+                    f"at most {self.max_batch} are allowed",
+                    {"max_batch": self.max_batch},
                 )
             )
-        out: list[dict[str, Any]] = []
-        for i, request in enumerate(batch):
-            response = self.call_now(request, peer)
-            if response is None or isinstance(response, dict):
-                if response is not None:
-                    out.append(response)
-                continue
-            # The rest starts only once this one is done: a batch runs
-            # its requests one after another.
-            return _dumped(
-                self._batch_rest(out, response, batch[i + 1 :], peer)
-            )
-        return dumps(out) if out else None
-
-    async def _batch_rest(
-        self,
-        out: list[dict[str, Any]],
-        waiting: Awaitable[dict[str, Any] | None],
-        rest: list[Any],
-        peer: Peer,
-    ) -> list[dict[str, Any]] | None:
-        response = await waiting
-        if response is not None:
-            out.append(response)
-        for request in rest:
+        out = []
+        for request in batch:
             response = await self.call(request, peer)
             if response is not None:
                 out.append(response)
@@ -709,9 +684,7 @@ def _explain_bind_error(name: str, error: dict[str, Any]) -> None:
 # -- the transport's own errors ---------------------------------------------
 
 
-def connection_error(
-    message: str, data: dict[str, Any] | None = None
-) -> bytes:
+def connection_error(message: str, data: dict[str, Any]) -> bytes:
     """The -32600 line (id null) the transport sends before it closes a
     connection: a message too large or incomplete, too many connections,
     a certificate subject not allowed."""

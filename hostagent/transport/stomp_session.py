@@ -205,6 +205,6 @@ def error_frame(err: FrameError, receipt: str | None = None) -> Frame:
         headers["receipt-id"] = receipt
     body = connection_error(
         f"invalid STOMP frame: {err.message}; closing the connection",
-        err.data,
+        err.data or {},
     )
     return Frame("ERROR", headers, body.rstrip(b"\n"))
