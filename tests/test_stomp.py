@@ -23,12 +23,10 @@ import pytest
 import stomp
 from conftest import Loops, local_info, new_vol_id
 from pki import ENGINE, TlsAgent, start_tls_agent
+from support import ATTACH, DETACH, INFO
 
 REQUESTS = "jms.topic.vdsm_requests"
 EVENTS = "jms.queue.events"
-ATTACH = "ManagedVolume.attach_volume"
-DETACH = "ManagedVolume.detach_volume"
-INFO = "ManagedVolume.volumes_info"
 
 
 @pytest.fixture
@@ -623,7 +621,7 @@ def test_events_on_jms_queue_events(tls: TlsAgent, loops: Loops) -> None:
         time.sleep(0.3)  # any notification would be out by now
         assert sub.messages.empty()
         assert other.messages.empty()
-        assert other.call(DETACH, [vid], rid=5) is None
+        assert other.call(DETACH, [vid], rid=5) is True
 
 
 def test_client_vanishing_mid_request(tls: TlsAgent, loops: Loops) -> None:
@@ -650,7 +648,7 @@ def test_client_vanishing_mid_request(tls: TlsAgent, loops: Loops) -> None:
             time.sleep(0.05)
         (record,) = c.call(INFO, [[vid]])
         assert (record["state"], record["path"]) == ("attached", dev)
-        assert c.call(DETACH, [vid]) is None
+        assert c.call(DETACH, [vid]) is True
 
 
 def test_stomp_connections_count_against_the_subject_cap(
