@@ -410,10 +410,12 @@ class Api:
         """``ManagedVolume.extend_volume``."""
         return await self.service.extend(vol_id)
 
-    async def detach_volume(self, ctx: Peer, vol_id: str) -> None:
+    async def detach_volume(
+        self, ctx: Peer, vol_id: str, force: bool = False
+    ) -> None:
         """``ManagedVolume.detach_volume``."""
         try:
-            await self.service.detach(vol_id)
+            await self.service.detach(vol_id, force=force)
         finally:
             self.service.keep_secrets(vol_id)
 

@@ -183,6 +183,11 @@ class Brick:
     ) -> None:
         """Run the connector's ``disconnect_volume``.
 
+        ``force``: os-brick's ``force=True, ignore_errors=True``: a flush
+        that fails does not stop the teardown, and what cannot be
+        removed is logged rather than raised (unflushed writes may be
+        lost: the caller decided so).
+
         A disconnect that finds nothing of the volume can be attached
         here returns as done (logged): StorPool's API says the volume
         does not exist, or the ``rbd`` tool is missing and the kernel
@@ -198,7 +203,9 @@ class Brick:
             if driver == "storpool":
                 info = _storpool_device_info(conn, data, info)
             try:
-                conn.disconnect_volume(data, info, force=force)
+                conn.disconnect_volume(
+                    data, info, force=force, ignore_errors=force
+                )
             except Exception as e:
                 why = _nothing_attached(driver, conn, data, e)
                 if why is None:

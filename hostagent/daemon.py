@@ -14,7 +14,14 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from hostagent import __version__, api, config, systemd
+from hostagent import (
+    __version__,
+    api,
+    config,
+    hostcheck,
+    mpathconf,
+    systemd,
+)
 from hostagent.api import Api
 from hostagent.brick import Brick
 from hostagent.config import Config, ConfigError
@@ -137,6 +144,7 @@ class Daemon:
         self._opened = False
         self._bound_socket: str | None = None
         self._status_sent: str | None = None
+        self._host_check: asyncio.Task[object] | None = None
 
     # -- systemd -----------------------------------------------------------
 
@@ -247,6 +255,9 @@ class Daemon:
         raise_nofile_limit(self.cfg.server.max_connections)
         self.status("listening")
         await self._listen()
+        self._host_check = asyncio.create_task(
+            hostcheck.warn_multipath(self.cfg)
+        )
 
     async def shutdown(self) -> None:
         """Stop accepting, let requests in flight finish, close the DB."""
@@ -370,6 +381,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"hostagentd: bad configuration: {e}", file=sys.stderr)
             return EXIT_CONFIG
         print(f"hostagentd: {path or 'built-in defaults'}: OK")
+        if hostcheck.multipath_used(cfg):
+            # The host's settings, not the agent's file: reported, never
+            # a failed check (the agent serves without multipath).
+            for line in hostcheck.multipath_lines(mpathconf.read_settings()):
+                print(f"hostagentd: {line}")
         return 0
     where = setup_logging(cfg)
     log.debug("logging to %s", where)

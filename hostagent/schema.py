@@ -74,6 +74,10 @@ VOLUME_INFO: dict[str, Any] = {
         "state": {"enum": ["attaching", "attached", "detaching"]},
         "last_error": {"type": ["string", "null"]},
         "backend": {"type": ["string", "null"]},
+        "attempts": {
+            "type": "integer",
+            "description": "failed detach attempts of a detaching row",
+        },
     },
 }
 
@@ -81,12 +85,15 @@ CHANGED: dict[str, Any] = {
     "type": "object",
     "description": (
         "Params of the ManagedVolume.changed notification sent to "
-        "subscribed connections when a volume's device goes or comes back."
+        "subscribed connections when a volume's device goes or comes "
+        "back, and when a detach retried in the background finished "
+        "(then with detached: true)."
     ),
     "properties": {
         "vol_id": VOL_ID,
         "exists": {"type": "boolean"},
         "path": {"type": ["string", "null"]},
+        "detached": {"type": "boolean"},
     },
 }
 
@@ -185,9 +192,21 @@ METHODS: tuple[Method, ...] = (
     Method(
         "ManagedVolume.detach_volume",
         "Detach a volume; detaching an unknown volume succeeds.",
-        params=(Param("vol_id", VOL_ID),),
+        params=(
+            Param("vol_id", VOL_ID),
+            Param(
+                "force",
+                {"type": "boolean"},
+                required=False,
+                description=(
+                    "detach even when a process, mount or map holds the "
+                    "device (otherwise 932); writes not yet flushed may "
+                    "be lost"
+                ),
+            ),
+        ),
         result={"type": "null"},
-        errors=(925, 926, 927),
+        errors=(925, 926, 927, 932),
     ),
     Method(
         "ManagedVolume.extend_volume",
