@@ -68,6 +68,7 @@ def test_attach_info_detach(agent: Agent, loops: Loops) -> None:
         "state": "attached",
         "last_error": None,
         "backend": None,
+        "attempts": 0,
     }
     assert rows(agent) == [(vid, "attached", dev)]
     assert agent.call(DETACH, {"vol_id": vid}) is None
