@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import Agent, Loops, local_info, new_vol_id
+from conftest import HOSTAGENTD, Agent, Loops, local_info, new_vol_id
 
 from hostagent.client import Client
 
@@ -147,7 +147,7 @@ def test_failed_detach_is_retried_in_the_background(
         [info] = agent.call(INFO, [[vid]])
         assert info["state"] == "detaching"
         assert info["attempts"] == 1
-        assert "fail point" in info["last_error"]
+        assert "ProcessExecutionError" in info["last_error"]
         event = next_notification(sub)
     assert event["method"] == "ManagedVolume.changed"
     assert event["params"] == {
@@ -221,3 +221,38 @@ def test_retry_waits_for_a_holder_to_go(
     while agent.call(INFO, [[vid]]) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert agent.call(INFO, [[vid]]) == []
+
+
+def test_multipath_settings_reported(agent: Agent) -> None:
+    """getCapabilities and --check-config report the host's multipath
+    settings; what is wrong with them is also a start-up warning."""
+    caps = agent.call("Host.getCapabilities")
+    settings = caps["multipath_settings"]
+    assert set(settings) == {
+        "source",
+        "user_friendly_names",
+        "no_path_retry",
+        "flush_on_last_del",
+        "problems",
+    }
+    check = subprocess.run(
+        [HOSTAGENTD, "--config", str(agent.config), "--check-config"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert check.returncode == 0, check.stderr
+    assert f"multipath settings ({settings['source']})" in check.stdout
+    for problem in settings["problems"]:
+        assert f"multipath WARNING: {problem}" in check.stdout
+        assert problem in agent.wait_log(problem)
+    if not settings["problems"]:
+        agent.wait_log("multipath settings OK")
+
+
+def test_no_multipath_no_settings(agent_factory: Any) -> None:
+    """A host whose volumes never use multipath is not asked about it."""
+    agent: Agent = agent_factory()
+    agent.configure(brick={"multipath": False})
+    agent.start()
+    assert "multipath_settings" not in agent.call("Host.getCapabilities")
