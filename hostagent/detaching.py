@@ -94,10 +94,10 @@ class DetachGuard:
         if survey is not None and survey.busy:
             # Forced: a user that still holds a map keeps it until it
             # closes it; the kernel removes it then.
-            maps = [*survey.own_maps]
+            names = [m.dm_name for m in survey.own_maps if m.dm_name]
             if mpath:
-                maps.append(mpath)
-            await self.s.in_worker(release.remove_deferred, maps)
+                names.append(mpath)
+            await self.s.in_worker(release.remove_deferred, names)
             return
         if survey is not None and survey.own_maps:
             await self.s.in_worker(release.remove_maps, survey.own_maps)

@@ -153,6 +153,15 @@ METHODS: tuple[Method, ...] = (
                     "type": "object",
                     "description": "backend name -> its options and status",
                 },
+                "multipath_settings": {
+                    "type": "object",
+                    "description": (
+                        "the host's user_friendly_names, no_path_retry "
+                        "and flush_on_last_del, where they were read "
+                        "(source) and what is wrong with them (problems); "
+                        "absent when no volume uses multipath"
+                    ),
+                },
             },
         },
     ),

@@ -55,7 +55,7 @@ def test_failed_detach_is_retried(run: GuestRun) -> None:
     info = only(data["info_failed"])
     assert info["state"] == "detaching"
     assert info["attempts"] == 1
-    assert "fail point" in info["last_error"]
+    assert "ProcessExecutionError" in info["last_error"]
     event = data["event"]
     assert event is not None, "no ManagedVolume.changed (detached) came"
     assert event["params"]["detached"] is True
