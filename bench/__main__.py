@@ -10,7 +10,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench import attach, info, ping, procs, start
+from bench import attach, devchecks, info, ping, procs, start
 from bench.stats import Row, table, write_json
 from hostagent import __version__
 
@@ -29,6 +29,8 @@ class Sizes:
     attaches: int
     concurrent: int
     starts: int
+    scans: int
+    holder_procs: int
 
 
 FULL = Sizes(
@@ -40,6 +42,8 @@ FULL = Sizes(
     attaches=300,
     concurrent=100,
     starts=5,
+    scans=50,
+    holder_procs=300,
 )
 SMOKE = Sizes(
     pings=20,
@@ -50,10 +54,12 @@ SMOKE = Sizes(
     attaches=2,
     concurrent=3,
     starts=1,
+    scans=2,
+    holder_procs=2,
 )
 
 
-GROUPS = ("ping", "info", "attach", "concurrent", "start")
+GROUPS = ("ping", "info", "attach", "concurrent", "start", "devices")
 
 
 def run(sizes: Sizes, only: frozenset[str] = frozenset(GROUPS)) -> list[Row]:
@@ -73,6 +79,10 @@ def run(sizes: Sizes, only: frozenset[str] = frozenset(GROUPS)) -> list[Row]:
             rows += attach.run_concurrent(work, devices, sizes.concurrent)
         if "start" in only:
             rows += start.run(work, sizes.starts)
+        if "devices" in only:
+            rows += devchecks.run(
+                work.loop_device(), sizes.scans, sizes.holder_procs, 100
+            )
     return rows
 
 
