@@ -164,12 +164,7 @@ class Brick:
         force: bool = False,
         backend: BackendConfig | None = None,
     ) -> None:
-        """Run the connector's ``disconnect_volume``.
-
-        ``force``: os-brick's ``force=True, ignore_errors=True``: a flush
-        that fails does not stop the teardown, and what cannot be
-        removed is logged rather than raised (unflushed writes may be
-        lost: the caller decided so).
+        """``disconnect_volume``, with ``ignore_errors`` when ``force``.
 
         A disconnect that finds nothing of the volume can be attached
         here returns as done (logged): StorPool's API says the volume
@@ -186,9 +181,7 @@ class Brick:
             if driver == "storpool":
                 info = _storpool_device_info(conn, data, info)
             try:
-                conn.disconnect_volume(
-                    data, info, force=force, ignore_errors=force
-                )
+                conn.disconnect_volume(data, info, force, force)
             except Exception as e:
                 why = _nothing_attached(driver, conn, data, e)
                 if why is None:

@@ -69,6 +69,9 @@ class VolumeRecord:
     # The [backend.NAME] the volume was attached with (None: the driver
     # type's [brick] defaults); detach must use the same options.
     backend: str | None = None
+    # Failed detach attempts of a ``detaching`` row (client calls,
+    # start-up and background retries).
+    attempts: int = 0
 
 
 class StoredVolume(NamedTuple):
@@ -82,6 +85,7 @@ class StoredVolume(NamedTuple):
     state: str
     last_error: str | None
     backend: str | None
+    attempts: int
 
 
 _proxy = pw.DatabaseProxy()
@@ -110,6 +114,7 @@ class _Volume(_Base):
     created = pw.FloatField()
     updated = pw.FloatField()
     backend = pw.TextField(null=True)
+    attempts = pw.IntegerField(default=0)
 
     class Meta:
         table_name = "volume"
@@ -139,7 +144,9 @@ _STORED = [_Volume._meta.fields[name] for name in StoredVolume._fields]
 # Ordered migrations: MIGRATIONS[i] brings a database from version i to
 # i + 1.  Version 1 is the table vdsm's managed-volume DB had; version 2
 # adds the flow state, so an interrupted attach or detach is visible;
-# version 3 records the backend a volume was attached with.  Their DDL
+# version 3 records the backend a volume was attached with; version 4
+# counts failed detach attempts (shown by volumes_info; the detach is
+# retried in the background with backoff).  Their DDL
 # is SQL: each writes the table as it was at its version, which the
 # model (today's table) cannot describe.
 def _v1(db: pw.SqliteDatabase) -> None:
@@ -171,10 +178,18 @@ def _v3(db: pw.SqliteDatabase) -> None:
     _sql(db, "ALTER TABLE volume ADD COLUMN backend TEXT")
 
 
+def _v4(db: pw.SqliteDatabase) -> None:
+    _sql(
+        db,
+        "ALTER TABLE volume ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0",
+    )
+
+
 MIGRATIONS: tuple[Callable[[pw.SqliteDatabase], None], ...] = (
     _v1,
     _v2,
     _v3,
+    _v4,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -437,6 +452,17 @@ class Database:
             raise ValueError(f"unknown state {state!r}")
         self._update(vol_id, state=state, last_error=last_error)
 
+    def note_failure(self, vol_id: str, last_error: str) -> int:
+        """A detach failed: ``detaching``, the error, one attempt more.
+
+        Returns the attempts so far.
+        """
+        attempts = _Volume.attempts + 1
+        self._update(
+            vol_id, state=DETACHING, last_error=last_error, attempts=attempts
+        )
+        return int(_Volume.get_by_id(vol_id).attempts)
+
     def delete(self, vol_id: str) -> None:
         """Forget ``vol_id`` (a no-op when it is unknown)."""
         _Volume.delete().where(_Volume.vol_id == vol_id).execute()
@@ -455,6 +481,7 @@ class Database:
                 "created": r.created,
                 "updated": r.updated,
                 "backend": r.backend,
+                "attempts": r.attempts,
             }
             for r in records
         ]
@@ -540,4 +567,5 @@ def _decode(row: Any) -> VolumeRecord:
         created=float(row.created if row.created is not None else 0.0),
         updated=float(row.updated),
         backend=row.backend,
+        attempts=int(row.attempts or 0),
     )

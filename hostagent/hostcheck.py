@@ -27,6 +27,14 @@ def multipath_used(cfg: Config) -> bool:
     )
 
 
+def capabilities(cfg: Config) -> dict[str, object]:
+    """``getCapabilities``' ``multipath_settings`` (none without
+    multipath); runs ``multipathd show config``: call it on a worker."""
+    if not multipath_used(cfg):
+        return {}
+    return {"multipath_settings": mpathconf.read_settings().as_data()}
+
+
 def multipath_lines(settings: MultipathSettings) -> list[str]:
     """``--check-config``'s lines about the multipath settings."""
     lines = [

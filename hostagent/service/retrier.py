@@ -26,6 +26,8 @@ from tenacity import (
     wait_exponential,
 )
 
+from hostagent.config import StorageConfig
+
 log = logging.getLogger(__name__)
 
 # Attempt(vol_id) -> True when there is nothing left to retry (done, or
@@ -40,12 +42,11 @@ class _Again(Exception):
 class DetachRetrier:
     """One retry task per volume left ``detaching``."""
 
-    def __init__(
-        self, attempt: Attempt, initial: float, maximum: float
-    ) -> None:
+    def __init__(self, attempt: Attempt, storage: StorageConfig) -> None:
         self._attempt = attempt
-        self.initial = initial
-        self.maximum = maximum
+        # The first wait, doubling up to the longest.
+        self.initial = storage.detach_retry_initial
+        self.maximum = storage.detach_retry_max
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._closed = False
 
