@@ -32,6 +32,8 @@ from hostagent.devices import Mount, ProcessHolder, Stacked
 log = logging.getLogger(__name__)
 
 DMSETUP_TIMEOUT = 20.0
+# Processes that hold a multipath map's paths open by design.
+PATH_KEEPERS = frozenset({"multipathd"})
 _PATH_STATE = re.compile(r"(\d+:\d+) ([AF]) ")
 
 
@@ -124,9 +126,15 @@ def survey(
         # A process may hold one of the multipath map's paths directly.
         lower = _path_devnos(dm, sysfs)
         if lower:
-            processes += devices.open_by(
-                lower, ignore_pids={os.getpid()}, proc=proc
-            )
+            processes += [
+                p
+                for p in devices.open_by(
+                    lower, ignore_pids={os.getpid()}, proc=proc
+                )
+                # Its path checkers keep every path open; it lets go of
+                # a path when the path is removed.
+                if p.comm not in PATH_KEEPERS
+            ]
     return Survey(
         path,
         tuple(processes),
