@@ -94,6 +94,14 @@ def attach(c: Any, t: g.LioIscsiTarget, vol_id: str) -> dict[str, Any]:
     return result
 
 
+def no_dm_device() -> bool:
+    """No dm device left (one being removed reads EINVAL: not yet)."""
+    try:
+        return not g.dm_devices()
+    except OSError:
+        return False
+
+
 def holder(path: str) -> subprocess.Popen[bytes]:
     """A process that opens ``path`` and keeps it open (a running VM)."""
     proc = subprocess.Popen(
@@ -220,9 +228,7 @@ def case_held(agent: g.Agent) -> None:
             proc.wait()
         # The map the holder kept open goes when it lets go of it.
         with case.step("map_gone"), contextlib.suppress(TimeoutError):
-            g.wait_for(
-                lambda: not g.dm_devices(), timeout=20, what="no dm map"
-            )
+            g.wait_for(no_dm_device, timeout=20, what="no dm map")
         case.data["after"] = g.iscsi_leftovers()
         case.data["links_after"] = links(agent)
 
@@ -327,7 +333,7 @@ def case_lost(agent: g.Agent) -> None:
         case.data["writer_status"] = writer.returncode
         case.data["info_after"] = info_of(c, vol_id)
         with case.step("map_gone"), contextlib.suppress(TimeoutError):
-            g.wait_for(lambda: not g.dm_devices(), timeout=20)
+            g.wait_for(no_dm_device, timeout=20, what="no dm map")
         case.data["after"] = g.iscsi_leftovers()
         case.data["links_after"] = links(agent)
         case.data["bound"] = LOST_BOUND
