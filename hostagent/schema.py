@@ -256,6 +256,8 @@ ERRORS: dict[int, str] = {
     927: "volume is attached elsewhere or an operation is in progress",
     928: "multipath was required but no multipath device appeared",
     929: "volume is attached with different connection info",
+    932: "the device is in use on this host (data.holders); nothing was "
+    "detached (force detaches anyway)",
     2009: "driver_volume_type not supported or not allowed by config",
 }
 

@@ -139,7 +139,10 @@ def test_completion_without_agent_uses_built_in_schema(
 ) -> None:
     s = f"hostagent-client --socket {tmp_path / 'none.sock'}"
     assert complete(f"{s} ManagedVolume de") == ["detach_volume"]
-    assert complete(f"{s} ManagedVolume detach_volume ") == ["vol_id="]
+    assert complete(f"{s} ManagedVolume detach_volume ") == [
+        "vol_id=",
+        "force:=",
+    ]
 
 
 def test_completion_of_options_and_files(tmp_path: Path) -> None:
@@ -166,7 +169,10 @@ def test_completion_after_short_options(agent: Agent) -> None:
     """-a/-p take a value (not a namespace); NS.METHOD gets its params."""
     s = f"hostagent-client --socket {agent.socket}"
     assert complete(f"{s} -p 54322 ") == ["Host", "ManagedVolume", "rpc"]
-    assert complete(f"{s} ManagedVolume.detach_volume ") == ["vol_id="]
+    assert complete(f"{s} ManagedVolume.detach_volume ") == [
+        "vol_id=",
+        "force:=",
+    ]
     env = dict(os.environ, HOSTAGENT_SOCKET=agent.socket)
     assert complete("hostagent-client ManagedVolume ", env=env) == [
         "attach_volume",
