@@ -7,13 +7,14 @@ Cases, in this order (the fail point hits the first disconnect only):
 
 - detach_start: iscsid, multipathd with the drop-in, the agent, and
   ``hostagentd --check-config`` / getCapabilities on those settings;
-- detach_retry: the first disconnect fails (fail point): 926, the row
-  stays ``detaching`` with attempts and last_error, the background
-  retry clears it and a ``ManagedVolume.changed`` (detached) arrives;
+- detach_partitions: a partition table written on the LUN gives the
+  host partition maps (udev's kpartx rule); the detach removes them,
+  then its disconnect fails (fail point): 926, the row stays
+  ``detaching`` with attempts and last_error; the background retry
+  removes the map, the paths and the sessions, and a
+  ``ManagedVolume.changed`` (detached) arrives;
 - detach_held: a process holds the map: 932 naming its pid, nothing
   torn down; ``force`` detaches; the map goes once the holder exits;
-- detach_partitions: a partition table written on the LUN gives the
-  host partition maps (udev's kpartx rule); detach removes them all;
 - detach_lost: both portals gone with a writer's I/O in flight: 932
   (the writer), then force finishes within the bound while the agent
   keeps answering pings.
@@ -40,9 +41,10 @@ REPO = Path(__file__).resolve().parents[3]
 DROP_IN = REPO / "contrib" / "multipath-hostagent.conf"
 # The bound the issue sets for a detach with the target gone.
 LOST_BOUND = 60.0
-# The first disconnect of the job fails once (detach_retry's).
+# The first disconnect of the job fails once (detach_partitions').
 FAILPOINTS = "HOSTAGENT_FAILPOINTS"
 ONCE = "brick.before_disconnect_volume=1*raise"
+# One LIO LUN per case: cases cannot leave each other anything.
 
 
 def vol() -> str:
@@ -161,27 +163,6 @@ def agent_check_config(agent: g.Agent) -> dict[str, Any]:
     }
 
 
-def case_retry(agent: g.Agent) -> None:
-    """A failed disconnect is retried in the background and cleared."""
-    with g.Case("detach_retry") as case:
-        t = target("retry")
-        vol_id = vol()
-        with agent.client() as c, agent.client() as watcher:
-            watcher.call("Host.subscribe")
-            with case.step("attach"):
-                attach(c, t, vol_id)
-            with case.step("detach_fails"):
-                case.data["error"] = rpc_error(
-                    lambda: c.call("ManagedVolume.detach_volume", [vol_id])
-                )
-            case.data["info_failed"] = info_of(c, vol_id)
-            with case.step("retried"):
-                case.data["event"] = wait_detached(watcher, vol_id, 60)
-            case.data["info_after"] = info_of(c, vol_id)
-        case.data["after"] = g.iscsi_leftovers()
-        case.data["links_after"] = links(agent)
-
-
 def wait_detached(watcher: Any, vol_id: str, timeout: float) -> Any:
     """The ``ManagedVolume.changed`` notification that says detached."""
     deadline = time.monotonic() + timeout
@@ -234,31 +215,38 @@ def case_held(agent: g.Agent) -> None:
 
 
 def case_partitions(agent: g.Agent) -> None:
-    """Host partition maps on the LUN's map go with the detach."""
-    with g.Case("detach_partitions") as case, agent.client() as c:
+    """Host partition maps on the LUN's map go first; the disconnect
+    fails once (fail point) and the background retry finishes."""
+    with g.Case("detach_partitions") as case:
         t = target("parts")
         vol_id = vol()
-        with case.step("attach"):
-            result = attach(c, t, vol_id)
-        with case.step("partition"):
-            g.sh(
-                "sfdisk",
-                result["path"],
-                input="label: dos\n,16M\n,16M\n",
-            )
-            g.sh("udevadm", "settle", "--timeout=30", check=False)
-            dm = g.dm_by_uuid(f"mpath-{result['attachment']['multipath_id']}")
-            g.wait_for(
-                lambda: len(os.listdir(f"/sys/block/{dm}/holders")) >= 2,
-                timeout=20,
-                what="kpartx's partition maps",
-            )
-        case.data["dm_with_parts"] = g.dm_devices()
-        with case.step("detach"):
-            case.data["error"] = rpc_error(
-                lambda: c.call("ManagedVolume.detach_volume", [vol_id])
-            )
-        case.data["info_after"] = info_of(c, vol_id)
+        with agent.client() as c, agent.client() as watcher:
+            watcher.call("Host.subscribe")
+            with case.step("attach"):
+                result = attach(c, t, vol_id)
+            with case.step("partition"):
+                g.sh(
+                    "sfdisk",
+                    result["path"],
+                    input="label: dos\n,16M\n,16M\n",
+                )
+                g.sh("udevadm", "settle", "--timeout=30", check=False)
+                wwid = result["attachment"]["multipath_id"]
+                dm = g.dm_by_uuid(f"mpath-{wwid}")
+                g.wait_for(
+                    lambda: len(os.listdir(f"/sys/block/{dm}/holders")) >= 2,
+                    timeout=20,
+                    what="kpartx's partition maps",
+                )
+            case.data["dm_with_parts"] = g.dm_devices()
+            with case.step("detach_fails"):
+                case.data["error"] = rpc_error(
+                    lambda: c.call("ManagedVolume.detach_volume", [vol_id])
+                )
+            case.data["info_failed"] = info_of(c, vol_id)
+            with case.step("retried"):
+                case.data["event"] = wait_detached(watcher, vol_id, 90)
+            case.data["info_after"] = info_of(c, vol_id)
         case.data["after"] = g.iscsi_leftovers()
         case.data["links_after"] = links(agent)
 
@@ -345,9 +333,8 @@ def main() -> None:
         extra_storage="detach_retry_initial = 2.0\ndetach_retry_max = 10.0\n"
     )
     case_start(agent)
-    case_retry(agent)
-    case_held(agent)
     case_partitions(agent)
+    case_held(agent)
     case_lost(agent)
     with g.Case("detach_stop") as case:
         case.data["exit_status"] = agent.stop()
