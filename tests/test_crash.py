@@ -429,6 +429,11 @@ def test_failing_disconnect_at_start_up_keeps_the_row(
     a, dev, vid = crash(agent_factory, loops, "attach.after_connected")
     # Make completion impossible: the device goes while the agent is down.
     loops.detach(dev)
+    # No background retry (tests/test_detach.py has those) may rewrite
+    # last_error before this test reads reconciliation's.
+    a.configure(
+        storage={"detach_retry_initial": 600.0, "detach_retry_max": 600.0}
+    )
 
     restart(a, "brick.before_disconnect_volume=raise")
     assert "failed 1" in reconcile_lines(a)[-1]
