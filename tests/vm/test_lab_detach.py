@@ -110,8 +110,10 @@ def test_lost_target_detach_is_bounded(run: GuestRun) -> None:
     )
     assert data["force_error"] is None
     assert data["force_seconds"] < data["bound"]
-    assert data["pings"] >= 2
-    assert data["ping_max"] < 5, data["ping_max"]
+    assert data["pings"] >= 3
+    # Round trips seen by a guest thread under TCG: seconds at most,
+    # never the detach's whole length.
+    assert data["ping_max"] < min(10, data["force_seconds"]), data
     assert data["writer_status"] not in (None, 0)
     assert data["info_after"] == []
     assert data["after"] == NOTHING

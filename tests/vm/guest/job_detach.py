@@ -289,8 +289,9 @@ def case_lost(agent: g.Agent) -> None:
                 while not stop.is_set():
                     start = time.monotonic()
                     p.call("Host.ping")
-                    p.call("ManagedVolume.volumes_info")
                     pings.append(time.monotonic() - start)
+                    # Another volume's view goes on too (the db thread).
+                    p.call("ManagedVolume.volumes_info")
                     time.sleep(0.5)
 
         pinger = threading.Thread(target=ping, daemon=True)
