@@ -192,13 +192,16 @@ def stop_queueing(map_name: str, *, force: bool) -> str | None:
     """
     if not os.path.exists(f"/dev/mapper/{map_name}"):
         return None
-    states = path_states(map_name)
-    active = sum(1 for _, up in states if up)
-    if active and not force:
+    try:
+        states = path_states(map_name)
+        active = sum(1 for _, up in states if up)
+        if (active and not force) or not queueing(map_name):
+            return None
+        _dmsetup("message", map_name, "0", "fail_if_no_path")
+    except ReleaseError as e:
+        # The flush that follows decides; this only makes it finish.
+        log.warning("multipath map %s: queueing left as is: %s", map_name, e)
         return None
-    if not queueing(map_name):
-        return None
-    _dmsetup("message", map_name, "0", "fail_if_no_path")
     why = "forced detach" if active else f"no usable path of {len(states)}"
     log.warning(
         "multipath map %s: %s; queueing turned off so the detach can "
