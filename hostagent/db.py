@@ -24,7 +24,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, cast
 
@@ -75,6 +75,9 @@ class VolumeRecord:
     # Owner, group and mode the device node had before the agent gave it
     # the configured ones (ownership.NodeState.to_dict()); None: untouched.
     owner_prev: dict[str, Any] | None = None
+    # Failed detach attempts of a ``detaching`` row (client calls,
+    # start-up and background retries).
+    attempts: int = 0
 
 
 class StoredVolume(NamedTuple):
@@ -89,6 +92,7 @@ class StoredVolume(NamedTuple):
     last_error: str | None
     backend: str | None
     sd_id: str | None
+    attempts: int
 
 
 _proxy = pw.DatabaseProxy()
@@ -119,6 +123,7 @@ class _Volume(_Base):
     backend = pw.TextField(null=True)
     sd_id = pw.TextField(null=True)
     owner_prev = pw.TextField(null=True)
+    attempts = pw.IntegerField(default=0)
 
     class Meta:
         table_name = "volume"
@@ -149,7 +154,9 @@ _STORED = [_Volume._meta.fields[name] for name in StoredVolume._fields]
 # i + 1.  Version 1 is the table vdsm's managed-volume DB had; version 2
 # adds the flow state, so an interrupted attach or detach is visible;
 # version 3 records the backend a volume was attached with; version 4
-# its storage domain (sd_id) and the device node's previous ownership.
+# its storage domain (sd_id) and the device node's previous ownership;
+# version 5 counts failed detach attempts (shown by volumes_info; the
+# detach is retried in the background with backoff).
 # Their DDL is SQL: each writes the table as it was at its version, which the
 # model (today's table) cannot describe.
 def _v1(db: pw.SqliteDatabase) -> None:
@@ -187,11 +194,20 @@ def _v4(db: pw.SqliteDatabase) -> None:
     _sql(db, "ALTER TABLE volume ADD COLUMN owner_prev TEXT")
 
 
+def _v5(db: pw.SqliteDatabase) -> None:
+    # Failed detach attempts, for the background retries' backoff.
+    _sql(
+        db,
+        "ALTER TABLE volume ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0",
+    )
+
+
 MIGRATIONS: tuple[Callable[[pw.SqliteDatabase], None], ...] = (
     _v1,
     _v2,
     _v3,
     _v4,
+    _v5,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -462,29 +478,24 @@ class Database:
             raise ValueError(f"unknown state {state!r}")
         self._update(vol_id, state=state, last_error=last_error)
 
+    def note_failure(self, vol_id: str, last_error: str) -> int:
+        """A detach failed: ``detaching``, the error, one attempt more.
+
+        Returns the attempts so far.
+        """
+        attempts = _Volume.attempts + 1
+        self._update(
+            vol_id, state=DETACHING, last_error=last_error, attempts=attempts
+        )
+        return int(_Volume.get_by_id(vol_id).attempts)
+
     def delete(self, vol_id: str) -> None:
         """Forget ``vol_id`` (a no-op when it is unknown)."""
         _Volume.delete().where(_Volume.vol_id == vol_id).execute()
 
     def insert_many(self, records: Iterable[VolumeRecord]) -> None:
         """Write whole records in one transaction (benchmarks, imports)."""
-        rows = [
-            {
-                "vol_id": r.vol_id,
-                "connection_info": _dump(r.connection_info),
-                "path": r.path,
-                "attachment": _dump(r.attachment),
-                "multipath_id": r.multipath_id,
-                "state": r.state,
-                "last_error": r.last_error,
-                "created": r.created,
-                "updated": r.updated,
-                "backend": r.backend,
-                "sd_id": r.sd_id,
-                "owner_prev": _dump(r.owner_prev),
-            }
-            for r in records
-        ]
+        rows = [_row(r) for r in records]
         with self._db.atomic():
             for i in range(0, len(rows), 100):
                 _Volume.insert_many(rows[i : i + 100]).execute()
@@ -552,6 +563,14 @@ def _dump(value: Any) -> str | None:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
+def _row(record: VolumeRecord) -> dict[str, Any]:
+    """``record`` as the columns store it (JSON columns encoded)."""
+    row = asdict(record)
+    for name in ("connection_info", "attachment", "owner_prev"):
+        row[name] = _dump(row[name])
+    return row
+
+
 def _decode(row: Any) -> VolumeRecord:
     """A row (a model instance or a named tuple of its columns), decoded."""
     return VolumeRecord(
@@ -571,4 +590,5 @@ def _decode(row: Any) -> VolumeRecord:
         owner_prev=(
             None if row.owner_prev is None else json.loads(row.owner_prev)
         ),
+        attempts=int(row.attempts or 0),
     )

@@ -91,6 +91,10 @@ VOLUME_INFO: dict[str, Any] = {
         "last_error": {"type": ["string", "null"]},
         "backend": {"type": ["string", "null"]},
         "sd_id": {"type": ["string", "null"]},
+        "attempts": {
+            "type": "integer",
+            "description": "failed detach attempts of a detaching row",
+        },
     },
 }
 
@@ -98,12 +102,15 @@ CHANGED: dict[str, Any] = {
     "type": "object",
     "description": (
         "Params of the ManagedVolume.changed notification sent to "
-        "subscribed connections when a volume's device goes or comes back."
+        "subscribed connections when a volume's device goes or comes "
+        "back, and when a detach retried in the background finished "
+        "(then with detached: true)."
     ),
     "properties": {
         "vol_id": VOL_ID,
         "exists": {"type": "boolean"},
         "path": {"type": ["string", "null"]},
+        "detached": {"type": "boolean"},
     },
 }
 
@@ -163,6 +170,15 @@ METHODS: tuple[Method, ...] = (
                     "type": "object",
                     "description": "backend name -> its options and status",
                 },
+                "multipath_settings": {
+                    "type": "object",
+                    "description": (
+                        "the host's user_friendly_names, no_path_retry "
+                        "and flush_on_last_del, where they were read "
+                        "(source) and what is wrong with them (problems); "
+                        "absent when no volume uses multipath"
+                    ),
+                },
             },
         },
     ),
@@ -207,9 +223,19 @@ METHODS: tuple[Method, ...] = (
         params=(
             Param("vol_id", VOL_ID),
             Param("sd_id", SD_ID, required=False),
+            Param(
+                "force",
+                {"type": "boolean"},
+                required=False,
+                description=(
+                    "detach even when a process, mount or map holds the "
+                    "device (otherwise 932); writes not yet flushed may "
+                    "be lost"
+                ),
+            ),
         ),
         result={"type": "boolean"},
-        errors=(925, 926, 927),
+        errors=(925, 926, 927, 932),
     ),
     Method(
         "ManagedVolume.extend_volume",
@@ -250,6 +276,8 @@ ERRORS: dict[int, str] = {
     927: "volume is attached elsewhere or an operation is in progress",
     928: "multipath was required but no multipath device appeared",
     929: "volume is attached with different connection info",
+    932: "the device is in use on this host (data.holders); nothing was "
+    "detached (force detaches anyway)",
     2009: "driver_volume_type not supported or not allowed by config",
 }
 

@@ -66,6 +66,7 @@ def test_attach_info_detach(agent: Agent, loops: Loops) -> None:
         "last_error": None,
         "backend": None,
         "sd_id": None,
+        "attempts": 0,
     }
     assert rows(agent) == [(vid, "attached", dev)]
     assert agent.call(DETACH, {"vol_id": vid}) is True

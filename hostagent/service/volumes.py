@@ -19,13 +19,14 @@ Rules (the project's DESIGN, "Flows"):
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from hostagent import __version__, db, hosttools
+from hostagent import __version__, db, hostcheck, hosttools
 from hostagent.brick import Brick
 from hostagent.config import BackendConfig, Config, backend_options
 from hostagent.db import Database, StoredVolume, VolumeRecord
@@ -38,7 +39,14 @@ from hostagent.errors import (
 from hostagent.events import Events
 from hostagent.failpoints import FailPoints
 from hostagent.redact import redact
-from hostagent.service import lvm, matching, secrecy, steps
+from hostagent.service import (
+    connection,
+    detaching,
+    lvm,
+    matching,
+    secrecy,
+    steps,
+)
 from hostagent.service.backends import (
     check_backend,
     check_data,
@@ -50,6 +58,8 @@ from hostagent.service.flow import Flow, FlowError
 from hostagent.service.host import Host
 from hostagent.service.lane import Lane
 from hostagent.service.reconcile import Reconciler
+from hostagent.service.retrier import DetachRetrier
+from hostagent.service.retry import retry_detach
 from hostagent.udev import Udev
 
 log = logging.getLogger(__name__)
@@ -78,6 +88,10 @@ class VolumeService:
         # volumes_info's last entries, by row and presence.
         self._shown: dict[tuple[tuple[Any, ...], bool], dict[str, Any]] = {}
         self.events = Events(lambda: self.info(None))
+        self.host.retrier = DetachRetrier(
+            functools.partial(retry_detach, self.host, self.events),
+            config.storage,
+        )
 
     @property
     def _workers(self) -> ThreadPoolExecutor:
@@ -163,6 +177,7 @@ class VolumeService:
         return {
             "driver_status": hosttools.drivers(self.config.brick, probe),
             "backends": backends,
+            **hostcheck.capabilities(self.config),
         }
 
     # -- attach ------------------------------------------------------------
@@ -261,11 +276,15 @@ class VolumeService:
 
     # -- detach ------------------------------------------------------------
 
-    async def detach(self, vol_id: str, sd_id: str | None = None) -> None:
+    async def detach(
+        self, vol_id: str, sd_id: str | None = None, force: bool = False
+    ) -> None:
         """Detach ``vol_id``; an unknown volume is already detached.
 
         ``sd_id``, when given, must be the one it was attached with: a
-        client naming another storage domain means another volume.
+        client naming another storage domain means another volume.  A
+        device in use is refused (932, nothing torn down) unless
+        ``force`` (see :mod:`.detaching`): unflushed writes may be lost.
         """
         h = self.host
         async with h.locks.hold(vol_id):
@@ -275,8 +294,11 @@ class VolumeService:
                 return
             matching.check_detach(rec, sd_id)
             await h.brick_ready()
+            # A shared device is not disconnected: its users stay.
+            if await h.in_db(connection.device_sharer, h.db, rec) is None:
+                await detaching.check(h, rec, force)
             started = time.monotonic()
-            await steps.teardown(h, rec, "detach", rec.last_error)
+            await steps.teardown(h, rec, "detach", rec.last_error, force=force)
             self.events.forget(vol_id)
             log.info(
                 "detached volume %s in %.3f s",
@@ -372,6 +394,7 @@ def _entry(row: StoredVolume, exists: bool) -> dict[str, Any]:
         "last_error": row.last_error,
         "backend": row.backend,
         "sd_id": row.sd_id,
+        "attempts": row.attempts,
     }
 
 
