@@ -17,12 +17,10 @@ from typing import Any
 
 import pytest
 from conftest import HOSTAGENTD, Agent, Loops, local_info, new_vol_id
+from support import ATTACH, DETACH, INFO
 
 from hostagent.client import Client
 
-ATTACH = "ManagedVolume.attach_volume"
-DETACH = "ManagedVolume.detach_volume"
-INFO = "ManagedVolume.volumes_info"
 FAIL_ONCE = "brick.before_disconnect_volume=1*raise"
 
 
@@ -97,7 +95,7 @@ def test_force_detaches_a_held_device(
     vid = new_vol_id()
     agent.call(ATTACH, [vid, local_info(dev)])
     proc = holder(dev)
-    assert agent.call(DETACH, {"vol_id": vid, "force": True}) is None
+    assert agent.call(DETACH, {"vol_id": vid, "force": True}) is True
     assert agent.call(INFO, [[vid]]) == []
     assert agent.links() == []
     line = agent.wait_log(f"forced detach of {dev}")
@@ -125,7 +123,7 @@ def test_holder_gone_then_detach_works(
     assert agent.error(DETACH, [vid]).code == 932
     proc.kill()
     proc.wait()
-    assert agent.call(DETACH, [vid]) is None
+    assert agent.call(DETACH, [vid]) is True
     assert agent.call(INFO, [[vid]]) == []
 
 

@@ -24,6 +24,7 @@ from hostagent import release as device_release
 from hostagent.db import VolumeRecord
 from hostagent.errors import VolumeInUse
 from hostagent.release import Survey
+from hostagent.service import connection
 from hostagent.service.connection import recorded_device
 from hostagent.service.host import Host
 
@@ -43,6 +44,9 @@ async def survey(h: Host, rec: VolumeRecord) -> Survey | None:
 
 async def check(h: Host, rec: VolumeRecord, force: bool) -> None:
     """Refuse (932) when the device is in use, unless ``force``."""
+    # A shared device is not disconnected: its users stay.
+    if await h.in_db(connection.device_sharer, h.db, rec) is not None:
+        return
     found = await survey(h, rec)
     if found is None or not found.busy:
         return

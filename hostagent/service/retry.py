@@ -7,7 +7,7 @@ import logging
 from hostagent import db
 from hostagent.errors import VolumeInUse
 from hostagent.events import Events
-from hostagent.service import connection, detaching, secrecy, steps
+from hostagent.service import detaching, secrecy, steps
 from hostagent.service.host import Host
 
 log = logging.getLogger(__name__)
@@ -34,12 +34,11 @@ async def retry_detach(h: Host, events: Events, vol_id: str) -> bool:
             rec.attempts + 1,
             extra={"VOL_ID": vol_id},
         )
-        if await h.in_db(connection.device_sharer, h.db, rec) is None:
-            try:
-                await detaching.check(h, rec, force=False)
-            except VolumeInUse as e:
-                await h.note_failure(vol_id, e.message)
-                return False
+        try:
+            await detaching.check(h, rec, force=False)
+        except VolumeInUse as e:
+            await h.note_failure(vol_id, e.message)
+            return False
         await steps.teardown(h, rec, "detach", rec.last_error)
         # The row is gone: nobody calls keep_secrets for a retry.
         secrecy.forgotten(vol_id)

@@ -40,7 +40,6 @@ from hostagent.events import Events
 from hostagent.failpoints import FailPoints
 from hostagent.redact import redact
 from hostagent.service import (
-    connection,
     detaching,
     lvm,
     matching,
@@ -155,7 +154,9 @@ class VolumeService:
             "version": __version__,
             "drivers": list(self.config.brick.drivers),
         }
-        caps.update(await self.host.in_worker(self._tool_status))
+        caps.update(
+            await self.host.in_worker(_tool_status, self.config, self.brick)
+        )
         caps["lvm"] = await lvm.status(self.host)
         try:
             await self.host.brick_ready()
@@ -167,18 +168,6 @@ class VolumeService:
         else:
             caps["connector_info"] = props
         return caps
-
-    def _tool_status(self) -> dict[str, Any]:
-        # The attach's own multipathd test, so ready agrees with its 928.
-        probe = self.brick.multipath_ready
-        backends = {}
-        for name, b in sorted(self.config.backend.items()):
-            backends[name] = backend_options(b) | hosttools.backend(b, probe)
-        return {
-            "driver_status": hosttools.drivers(self.config.brick, probe),
-            "backends": backends,
-            **hostcheck.capabilities(self.config),
-        }
 
     # -- attach ------------------------------------------------------------
 
@@ -294,9 +283,7 @@ class VolumeService:
                 return
             matching.check_detach(rec, sd_id)
             await h.brick_ready()
-            # A shared device is not disconnected: its users stay.
-            if await h.in_db(connection.device_sharer, h.db, rec) is None:
-                await detaching.check(h, rec, force)
+            await detaching.check(h, rec, force)
             started = time.monotonic()
             await steps.teardown(h, rec, "detach", rec.last_error, force=force)
             self.events.forget(vol_id)
@@ -380,6 +367,20 @@ class VolumeService:
         # Only this answer's entries are kept: the memo stays its size.
         self._shown = shown
         return list(shown.values())
+
+
+def _tool_status(config: Config, brick: Brick) -> dict[str, Any]:
+    """What the host's tools offer: drivers, backends, multipath settings."""
+    # The attach's own multipathd test, so ready agrees with its 928.
+    probe = brick.multipath_ready
+    backends = {}
+    for name, b in sorted(config.backend.items()):
+        backends[name] = backend_options(b) | hosttools.backend(b, probe)
+    return {
+        "driver_status": hosttools.drivers(config.brick, probe),
+        "backends": backends,
+        **hostcheck.capabilities(config),
+    }
 
 
 def _entry(row: StoredVolume, exists: bool) -> dict[str, Any]:
