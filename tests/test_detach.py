@@ -102,6 +102,23 @@ def test_force_detaches_a_held_device(
     assert "WARNING" in line and f"pid {proc.pid}" in line
 
 
+def test_force_is_third_after_sd_id(
+    agent: Agent, loops: Loops, holder: Any
+) -> None:
+    """By position: vdsm's (vol_id, sd_id), then force."""
+    dev = loops.create()
+    vid, sd = new_vol_id(), new_vol_id()
+    agent.call(ATTACH, [vid, local_info(dev), sd])
+    holder(dev)
+    e = agent.error(DETACH, [vid, sd])
+    assert e.code == 932
+    link = agent.run_dir / "managedvolumes" / f"{sd}_{vid}"
+    assert link.is_symlink()
+    assert agent.call(DETACH, [vid, sd, True]) is True
+    assert agent.call(INFO, [[vid]]) == []
+    assert not link.is_symlink()
+
+
 def test_force_is_a_boolean(agent: Agent, loops: Loops) -> None:
     """A force that is not true/false is -32602, and nothing happens."""
     dev = loops.create()
