@@ -45,9 +45,9 @@ run: install
 	exec $(BIN)/hostagentd --config $(RUN_DIR)/hostagent.toml
 
 lint: install
-	$(BIN)/ruff check hostagent tests contrib bench
-	$(BIN)/ruff format --check hostagent tests contrib bench
-	$(BIN)/mypy hostagent bench
+	$(BIN)/ruff check hostagent tests contrib
+	$(BIN)/ruff format --check hostagent tests contrib
+	$(BIN)/mypy -p hostagent -p tests.bench
 
 test: install
 	$(BIN)/pytest -q tests --ignore=tests/vm
@@ -72,9 +72,9 @@ rpm: $(SYSDEPS)
 
 # Every figure of the benchmark table, each beside its reference, in one
 # run (needs root: loop devices).  Prints the table and writes
-# bench/results.json; exits 1 when a figure misses its target.
+# tests/bench/results.json; exits 1 when a figure misses its target.
 bench: install
-	$(BIN)/python -m bench
+	$(BIN)/python -m tests.bench
 
 clean:
 	rm -rf $(VENV) $(RUN_DIR) .cache .mypy_cache .ruff_cache .pytest_cache dist

@@ -25,7 +25,7 @@ ROW_KEYS = {
 def test_bench_smoke(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--smoke", "--json", str(out)],
+        [sys.executable, "-m", "tests.bench", "--smoke", "--json", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,

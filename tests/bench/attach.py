@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench import procs
-from bench.stats import Row, percentile
 from hostagent.client import Client
+from tests.bench import procs
+from tests.bench.stats import Row, percentile
 
 ATTACH = "ManagedVolume.attach_volume"
 DETACH = "ManagedVolume.detach_volume"

@@ -1,4 +1,4 @@
-"""``python -m bench [--smoke] [--json PATH]``: run every figure."""
+"""``python -m tests.bench [--smoke] [--json PATH]``: run every figure."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench import attach, info, ping, procs, start
-from bench.stats import Row, table, write_json
 from hostagent import __version__
+from tests.bench import attach, info, ping, procs, start
+from tests.bench.stats import Row, table, write_json
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results.json"
 
@@ -78,7 +78,7 @@ def run(sizes: Sizes, only: frozenset[str] = frozenset(GROUPS)) -> list[Row]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run, print the table, write the JSON; 1 if a target was missed."""
-    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser = argparse.ArgumentParser(prog="python -m tests.bench")
     parser.add_argument(
         "--smoke",
         action="store_true",

@@ -8,10 +8,10 @@ import sqlite3
 import time
 import uuid
 
-from bench import procs
-from bench.stats import Row, percentile
 from hostagent import db
 from hostagent.db import Database, VolumeRecord
+from tests.bench import procs
+from tests.bench.stats import Row, percentile
 
 IQN = "iqn.2010-10.org.openstack"
 

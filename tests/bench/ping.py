@@ -7,8 +7,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench import load, procs
-from bench.stats import Row, percentile
+from tests.bench import load, procs
+from tests.bench.stats import Row, percentile
 
 PING = "Host.ping"
 BLOCKS = 10
