@@ -26,6 +26,10 @@ class Sizes:
     per_connection: int
     volumes: int
     info_calls: int
+    volumes_large: int
+    info_calls_large: int
+    large_starts: int
+    anchor_rounds: int
     attaches: int
     concurrent: int
     starts: int
@@ -37,6 +41,10 @@ FULL = Sizes(
     per_connection=3000,
     volumes=1000,
     info_calls=50,
+    volumes_large=10000,
+    info_calls_large=20,
+    large_starts=3,
+    anchor_rounds=7,
     attaches=300,
     concurrent=100,
     starts=5,
@@ -47,13 +55,17 @@ SMOKE = Sizes(
     per_connection=10,
     volumes=5,
     info_calls=2,
+    volumes_large=20,
+    info_calls_large=2,
+    large_starts=1,
+    anchor_rounds=1,
     attaches=2,
     concurrent=3,
     starts=1,
 )
 
 
-GROUPS = ("ping", "info", "attach", "concurrent", "start")
+GROUPS = ("ping", "info", "attach", "anchor", "concurrent", "start")
 
 
 def run(sizes: Sizes, only: frozenset[str] = frozenset(GROUPS)) -> list[Row]:
@@ -66,9 +78,27 @@ def run(sizes: Sizes, only: frozenset[str] = frozenset(GROUPS)) -> list[Row]:
                 work.path, sizes.pings, sizes.connections, sizes.per_connection
             )
         if "info" in only:
-            rows += info.run(work, devices, sizes.volumes, sizes.info_calls)
+            rows += info.run(
+                work,
+                devices,
+                sizes.volumes,
+                sizes.info_calls,
+                "1k",
+                info.Targets(info_ms=10.0),
+            )
+            rows += info.run(
+                work,
+                devices,
+                sizes.volumes_large,
+                sizes.info_calls_large,
+                "10k",
+                info.Targets(info_ms=100.0, start_s=2.0, rss_mb=100.0),
+                starts=sizes.large_starts,
+            )
         if "attach" in only:
             rows += attach.run_pair(work, devices[0], sizes.attaches)
+        if "anchor" in only:
+            rows += attach.run_anchor(work, devices[1], sizes.anchor_rounds)
         if "concurrent" in only:
             rows += attach.run_concurrent(work, devices, sizes.concurrent)
         if "start" in only:
@@ -102,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     sizes = SMOKE if args.smoke else FULL
     started = time.time()
+    load_before = os.getloadavg()
     rows = run(sizes, frozenset(args.only or GROUPS))
+    load_after = os.getloadavg()
     meta = {
         "smoke": args.smoke,
         "version": __version__,
@@ -113,9 +145,18 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": round(time.time() - started, 1),
         "sizes": asdict(sizes),
         "only": sorted(args.only or GROUPS),
+        "loadavg_before": load_before,
+        "loadavg_after": load_after,
     }
     write_json(args.json, rows, meta)
     print(table(rows))
+    print(
+        "\nload average (1, 5, 15 min) before: "
+        + ", ".join(f"{x:.2f}" for x in load_before)
+        + "; after: "
+        + ", ".join(f"{x:.2f}" for x in load_after)
+        + f"; {os.cpu_count()} CPUs"
+    )
     print(f"\nwritten to {args.json}")
     if args.smoke:
         return 0
