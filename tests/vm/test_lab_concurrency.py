@@ -1,11 +1,12 @@
 """8 iSCSI LUNs of one target through the agent: concurrent vs serial.
 
-tests/vm/guest/job_concurrency.py attaches and detaches 8 LUNs one by
-one and from 8 clients at once, without and with multipath.  The
-assertions are about correctness (every attach works, every path is
-its own, nothing is left); the wall times and where they went (os-brick
-lock waits and holds, command times) are printed for the record, never
+tests/vm/guest/job_concurrency.py attaches 8 LUNs one by one and 8
+others from 8 clients at once, without and with multipath.  The
+assertions are about correctness (every attach works, every path is its
+own and exists); the wall times and where they went (os-brick lock
+waits and holds, command times) are printed for the record, never
 asserted: performance belongs to ``make bench`` and the README's table.
+Detaching is job_agent.py's subject, not timed here.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from lab import GuestRun
 
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(900)]
 
-NOTHING = {"sessions": [], "dm_devices": {}, "sd_devices": []}
 MODES = ("concurrency_single", "concurrency_multipath")
 LUNS = 8
 
@@ -42,41 +42,29 @@ def summary(data: dict[str, Any]) -> str:
 
 
 def test_setup(run: GuestRun) -> None:
-    """iscsid, multipathd, the 8-LUN target and the agent came up."""
+    """iscsid, multipathd, the 32-LUN target and the agent came up."""
     run.case_ok("concurrency_setup")
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_every_attach_works(run: GuestRun, mode: str) -> None:
-    """Serial and concurrent: 8 distinct devices that exist."""
+    """8 serial and 8 concurrent attaches: 16 distinct devices that exist."""
     data = run.case_ok(mode)
     print(f"\n{mode}\n{summary(data)}")
-    for rnd in ("serial", "concurrent"):
-        paths = data[f"{rnd}_paths"]
-        assert len(paths) == LUNS
-        assert len(set(paths)) == LUNS, paths
-        assert data[f"{rnd}_exists"] == [True] * LUNS
+    paths = data["serial_paths"] + data["concurrent_paths"]
+    assert len(set(paths)) == 2 * LUNS, paths
+    assert data["exists"] == [True] * (2 * LUNS)
     if mode == "concurrency_multipath":
-        assert all(
-            p.startswith("/dev/mapper/") for p in data["serial_paths"]
-        ), data["serial_paths"]
-
-
-@pytest.mark.parametrize("mode", MODES)
-def test_nothing_left(run: GuestRun, mode: str) -> None:
-    """After the last detach: no session, dm or sd device, no row."""
-    data = run.case_ok(mode)
-    assert data["after"] == NOTHING
-    assert data["info_after"] == []
+        assert all(p.startswith("/dev/mapper/") for p in paths), paths
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_breakdown_read(run: GuestRun, mode: str) -> None:
     """Every phase's log slice was read: the agent logged each volume.
 
-    os-brick's iSCSI connect and disconnect hold its host-wide
-    ``connect_volume`` lock: the breakdown must show it taken once per
-    volume in every phase, or the figures would say nothing.
+    os-brick's iSCSI connect holds its host-wide ``connect_volume``
+    lock: the breakdown must show it taken once per volume in every
+    phase, or the figures would say nothing.
     """
     data = run.case_ok(mode)
     for phase, where in data["where"].items():
