@@ -3,22 +3,37 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 RUN_DIR := $(CURDIR)/.run
+# Two levels: what running needs (make run) and, on top of it, what
+# testing and packaging need (make install, test, check, rpm).
+RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed
+SYSDEPS_RUN := .cache/sysdeps-run.stamp
 SYSDEPS := .cache/sysdeps.stamp
 
-.PHONY: all install run check lint test fuzz bench check-vm clean rpm
+.PHONY: all install install-run run check lint test fuzz bench check-vm \
+	clean rpm
 
 all: install
 
-$(SYSDEPS): contrib/install-deps.sh
-	contrib/install-deps.sh
+$(SYSDEPS_RUN): contrib/install-deps.sh
+	contrib/install-deps.sh run
 	@mkdir -p $(@D) && touch $@
 
-$(STAMP): pyproject.toml $(SYSDEPS)
+$(SYSDEPS): contrib/install-deps.sh $(SYSDEPS_RUN)
+	contrib/install-deps.sh test
+	@mkdir -p $(@D) && touch $@
+
+$(RUN_STAMP): pyproject.toml $(SYSDEPS_RUN)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(STAMP): $(RUN_STAMP) $(SYSDEPS)
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
+
+install-run: $(RUN_STAMP)
 
 install: $(STAMP)
 
@@ -37,11 +52,14 @@ level = "info"
 endef
 export RUN_CONFIG
 
-run: install
+run: install-run
 	@mkdir -p $(RUN_DIR)
 	@printf '%s\n' "$$RUN_CONFIG" > $(RUN_DIR)/hostagent.toml
-	@echo "hostagentd on $(RUN_DIR)/hostagent.sock; try:"
-	@echo "  $(BIN)/hostagent-client --socket $(RUN_DIR)/hostagent.sock Host ping"
+	@echo "hostagentd on $(RUN_DIR)/hostagent.sock; in another shell:"
+	@echo "  export HOSTAGENT_SOCKET=$(RUN_DIR)/hostagent.sock"
+	@echo "  $(CURDIR)/$(BIN)/hostagent-client Host ping"
+	@# The shell's pid is the daemon's: exec keeps it.
+	@echo "Stop it with Ctrl-C here, or: kill $$$$"; \
 	exec $(BIN)/hostagentd --config $(RUN_DIR)/hostagent.toml
 
 lint: install

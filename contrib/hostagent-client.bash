@@ -5,7 +5,8 @@
 # parameters come from the agent's rpc.discover (through
 # "hostagent-client --list-methods", which falls back to the client's
 # built-in schema when the agent cannot be reached), using the --socket or
-# --host/--port/--cert/--key/--ca already on the command line.
+# --host/--port/--cert/--key/--ca already on the command line (or
+# $HOSTAGENT_SOCKET, which the client reads itself).
 
 # Seconds a method list is reused before asking the agent again.
 _HOSTAGENT_CLIENT_CACHE_SECONDS=30
@@ -50,7 +51,7 @@ _hostagent_client()
         w=${words[i]}
         if [[ -n $want ]]; then
             case $want in
-            --socket | --host | --port | --cert | --key | --ca)
+            --socket | -a | --host | -p | --port | --cert | --key | --ca)
                 conn+=("$want" "$w")
                 ;;
             esac
@@ -58,7 +59,8 @@ _hostagent_client()
             continue
         fi
         case $w in
-        --socket | --host | --port | --cert | --key | --ca | --timeout | -f)
+        --socket | -a | --host | -p | --port | --cert | --key | --ca | \
+            --timeout | -f)
             want=$w
             ;;
         -*) ;;
@@ -82,16 +84,24 @@ _hostagent_client()
             mapfile -t cands < <(compgen -f -- "$cur")
             [[ -z $cur || $cur == - ]] && cands+=(-)
             ;;
-        --host)
+        -a | --host)
             mapfile -t cands < <(compgen -A hostname -- "$cur")
             ;;
         esac
     elif [[ $cur == -* ]]; then
-        mapfile -t cands < <(compgen -W '--help --socket --host --port
-            --cert --key --ca --timeout -f' -- "$cur")
+        # Every option of hostagent-client (tests/test_contrib.py checks
+        # the list against the client's parser).
+        mapfile -t cands < <(compgen -W '-h --help --socket -a --host
+            -p --port --cert --key --ca --timeout -f --json --text
+            --list-methods' -- "$cur")
     else
         local methods
         methods=$(_hostagent_client_methods "$cmd" "${conn[@]}")
+        # NAMESPACE.METHOD as one word: its params come next.
+        if [[ ${#pos[@]} -ge 1 && ${pos[0]} == ?*.?* && ${pos[0]} != *=* ]]
+        then
+            pos=("${pos[0]%%.*}" "${pos[0]#*.}" "${pos[@]:1}")
+        fi
         case ${#pos[@]} in
         0)
             mapfile -t cands < <(compgen -W \

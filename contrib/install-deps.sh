@@ -1,16 +1,42 @@
 #!/bin/sh
-# Install the Debian packages hostagent needs to build, run and test.
-# Usage: contrib/install-deps.sh [PACKAGE ...]   (default: the base set)
+# Install the Debian packages hostagent needs.
+# Usage: contrib/install-deps.sh [--list] [run|test|PACKAGE ...]
+#   run   what `make run` needs: the tools the daemon calls on a
+#         hypervisor, and what pip needs to build the venv
+#   test  run, plus the tools of `make test`/`make check` and `make rpm`
+#         (the default)
+#   --list  print the packages of the set, one a line, and install nothing
 # Only calls apt-get when something is missing, so it is cheap to re-run.
 set -eu
 
+# The daemon's own tools: iscsiadm, multipath, blockdev/lsblk (os-brick).
+# gcc, pkg-config, libsystemd-dev and python3-dev build systemd-python,
+# which PyPI has only as source; python3-venv makes the venv.
+RUN="open-iscsi multipath-tools util-linux \
+python3-venv python3-dev gcc pkg-config libsystemd-dev"
 # systemd: systemd-analyze, -tmpfiles, -sysusers, -socket-activate for the
-# unit tests (no systemd as PID 1 needed); rpm and cpio: make rpm; lvm2:
-# lvmconfig and lvmdevices for the LVM checks (tests/test_lvmcheck.py).
-BASE="libsystemd-dev pkg-config gcc open-iscsi util-linux socat \
-multipath-tools python3-venv openssl systemd rpm cpio aoetools lvm2"
+# unit tests (no systemd as PID 1 needed); rpm and cpio: make rpm and its
+# test; socat, openssl: the tests' clients and certificates; aoetools: the
+# AoE tests; groff-base: the man page check; lvm2: lvmconfig and
+# lvmdevices for the LVM checks (tests/test_lvmcheck.py); fdisk: sfdisk
+# writes partition tables in the device tests.
+TEST="$RUN socat openssl systemd rpm cpio aoetools groff-base lvm2 fdisk"
 
-pkgs=${*:-$BASE}
+list=""
+if [ "${1-}" = "--list" ]; then
+    list=1
+    shift
+fi
+case "${1-test}" in
+run) pkgs=$RUN ;;
+test) pkgs=$TEST ;;
+*) pkgs=$* ;;
+esac
+if [ -n "$list" ]; then
+    printf '%s\n' $pkgs
+    exit 0
+fi
+
 missing=""
 for p in $pkgs; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null \

@@ -2,64 +2,58 @@
 
     hostagent-client [options] NAMESPACE METHOD [name=value | name:=json ...]
 
-``name=value`` passes a string, ``name:=json`` a JSON value, ``-f FILE``
-(``-`` for stdin) a JSON object of params; arguments override the file.
-A file holding a bare connection info (it has ``driver_volume_type``) is
-taken as the ``connection_info`` param.
+``name=value`` passes a string, or JSON when the value is a JSON object
+or array (as vdsm-client reads it); ``name:=json`` any JSON value; ``-f
+FILE`` (``-`` for stdin) a JSON object of params; arguments override the
+file.  A file holding a bare connection info (it has
+``driver_volume_type``) is taken as the ``connection_info`` param.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
-from hostagent import schema
-from hostagent.client import DEFAULT_PORT, DEFAULT_SOCKET, Client, RpcError
+from hostagent import cmdline, schema
+from hostagent.client import (
+    DEFAULT_SOCKET,
+    Client,
+    RpcError,
+    TlsFileError,
+)
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 
+_parser = cmdline.client_parser
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="hostagent-client",
-        add_help=False,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Call a hostagentd over JSON-RPC.",
-    )
-    p.add_argument("-h", "--help", action="store_true")
-    p.add_argument("--socket", default=None, help="Unix socket path")
-    p.add_argument("--host", help="TLS: agent host name")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT)
-    p.add_argument("--cert", help="TLS: client certificate")
-    p.add_argument("--key", help="TLS: client key")
-    p.add_argument("--ca", help="TLS: CA that signed the agent")
-    p.add_argument("--timeout", type=float, default=300.0)
-    p.add_argument("-f", dest="file", help="JSON params from FILE or -")
-    shape = p.add_mutually_exclusive_group()
-    shape.add_argument(
-        "--json",
-        action="store_true",
-        help="print the result as JSON (the default when not on a terminal)",
-    )
-    shape.add_argument(
-        "--text",
-        action="store_true",
-        help="print a summary where there is one (default on a terminal)",
-    )
-    # For the bash completion (contrib/hostagent-client.bash): one line per
-    # method, "NAMESPACE VERB name= name:= ...".
-    p.add_argument("--list-methods", action="store_true")
-    p.add_argument("namespace", nargs="?")
-    p.add_argument("method", nargs="?")
-    p.add_argument("params", nargs="*")
-    return p
+# What the usage hint after a -32602 shows for a param, by name, when its
+# schema alone does not make a good example.
+_EXAMPLES = {
+    "vol_id": "vol_id=UUID",
+    "vol_ids": "vol_ids='[\"UUID\", ...]'",
+    "connection_info": (
+        'connection_info=\'{"driver_volume_type": "iscsi", "data": {...}}\''
+    ),
+    "backend": "backend=NAME",
+}
+
+
+def socket_path(args: argparse.Namespace) -> str:
+    """``--socket``, else ``$HOSTAGENT_SOCKET``, else the default."""
+    return args.socket or os.environ.get(cmdline.SOCKET_ENV) or DEFAULT_SOCKET
 
 
 def _connect(args: argparse.Namespace) -> Client:
-    return Client.from_args(args, DEFAULT_SOCKET)
+    return Client.from_args(args, socket_path(args))
+
+
+def _where(args: argparse.Namespace) -> str:
+    return f"{args.host}:{args.port}" if args.host else socket_path(args)
 
 
 def _discover(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
@@ -79,14 +73,24 @@ def help_text(
         parser.format_usage().rstrip(),
         "",
         "  NAMESPACE METHOD [name=value | name:=json ...] [-f FILE|-]",
+        "  (NAMESPACE.METHOD as one word works too: Host.ping)",
         "",
         "options:",
-        "  --socket PATH      Unix socket (default " + DEFAULT_SOCKET + ")",
-        "  --host H --port N --cert F --key F --ca F   TLS listener",
+        "  --socket PATH      Unix socket (default $"
+        + cmdline.SOCKET_ENV
+        + ", else "
+        + DEFAULT_SOCKET
+        + ")",
+        "  -a HOST -p PORT --cert F --key F --ca F   the TLS listener",
         "  --timeout S        seconds to wait for the answer",
         "  -f FILE|-          JSON object of params (- = stdin)",
         "  --json | --text    JSON, or a summary (Host getCapabilities);",
         "                     default: a summary on a terminal, else JSON",
+        "  --list-methods     one line per method, for scripts",
+        "",
+        "params: name=value (a {...} or [...] value is JSON, the rest a "
+        "string),",
+        '        name:=json (any JSON: 5, true, null, "text")',
         "",
         f"methods ({src}):",
     ]
@@ -103,11 +107,39 @@ def help_text(
         "examples:",
         "  hostagent-client Host getCapabilities",
         "  hostagent-client ManagedVolume volumes_info",
+        "  " + usage_example("ManagedVolume.attach_volume"),
         "  hostagent-client ManagedVolume attach_volume vol_id=UUID "
         "-f conn.json",
         "  hostagent-client ManagedVolume detach_volume vol_id=UUID",
     ]
     return "\n".join(lines) + "\n"
+
+
+def usage_example(method: str) -> str:
+    """A command line calling ``method`` right (from the built-in schema).
+
+    Optional params are in brackets; ``""`` for a method the client does
+    not know.
+    """
+    spec = schema.BY_NAME.get(method)
+    if spec is None:
+        return ""
+    words = ["hostagent-client", spec.namespace, spec.verb]
+    for p in spec.params:
+        kind = p.schema.get("type")
+        kinds = kind if isinstance(kind, list) else [kind]
+        if p.name in _EXAMPLES:
+            word = _EXAMPLES[p.name]
+        elif "object" in kinds:
+            word = f"{p.name}='{{...}}'"
+        elif "array" in kinds:
+            word = f"{p.name}='[...]'"
+        elif "string" in kinds:
+            word = f"{p.name}=VALUE"
+        else:
+            word = f"{p.name}:=JSON"
+        words.append(word if p.required else f"[{word}]")
+    return " ".join(words)
 
 
 def method_lines(doc: dict[str, Any], src: str) -> str:
@@ -139,6 +171,36 @@ def method_lines(doc: dict[str, Any], src: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _wants_json(method: str, name: str) -> bool:
+    """Whether the schema types param ``name`` as an object or array."""
+    spec = schema.BY_NAME.get(method)
+    for p in spec.params if spec else ():
+        if p.name == name:
+            kind = p.schema.get("type")
+            kinds = kind if isinstance(kind, list) else [kind]
+            return "object" in kinds or "array" in kinds
+    return False
+
+
+def _value(method: str, name: str, raw: str) -> Any:
+    """``name=raw``: JSON when ``raw`` is a JSON object or array.
+
+    vdsm-client users pass structures this way, and no string param of
+    ours starts with ``{`` or ``[``.  A value that looks like one but is
+    not valid JSON is an error for a param the schema wants structured,
+    and stays a string otherwise.
+    """
+    if raw.lstrip()[:1] not in ("{", "["):
+        return raw
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as e:
+        if _wants_json(method, name):
+            raise ValueError(f"{name}: not valid JSON: {e}") from None
+        return raw
+    return value if isinstance(value, (dict, list)) else raw
+
+
 def build_params(
     method: str, args: list[str], file_text: str | None
 ) -> dict[str, Any]:
@@ -162,16 +224,67 @@ def build_params(
             except json.JSONDecodeError as e:
                 raise ValueError(f"{name}: not valid JSON: {e}") from None
         elif eq > 0:
-            params[arg[:eq]] = arg[eq + 1 :]
+            params[arg[:eq]] = _value(method, arg[:eq], arg[eq + 1 :])
         else:
             raise ValueError(f"{arg!r}: expected name=value or name:=json")
     return params
 
 
+def _split_dotted(args: argparse.Namespace) -> None:
+    """``Host.ping`` as one word: NAMESPACE.METHOD, the rest are params."""
+    ns = args.namespace
+    if not ns or "." not in ns or "=" in ns:
+        return
+    args.namespace, _, verb = ns.partition(".")
+    if args.method is not None:
+        args.params.insert(0, args.method)
+    args.method = verb
+
+
+def _print_error(e: RpcError, method: str) -> None:
+    print(f"error {e.code}: {e.message}", file=sys.stderr)
+    data = e.data
+    # Data that only repeats the message (a -32602's reason, the param
+    # the message already names) is not printed a second time.
+    redundant = (isinstance(data, str) and data in e.message) or (
+        isinstance(data, dict)
+        and set(data) == {"param"}
+        and str(data["param"]) in e.message
+    )
+    if data is not None and not redundant:
+        print(json.dumps(data, indent=2), file=sys.stderr)
+    example = usage_example(method) if e.code == -32602 else ""
+    if example:
+        print(f"usage: {example}", file=sys.stderr)
+
+
+def _quiet_broken_pipe(run: Callable[[], int]) -> int:
+    """``run()``, ending quietly when the reader of stdout went away.
+
+    ``| head`` closes the pipe early; the rest of the output has nowhere
+    to go, which is no error worth a traceback.
+    """
+    try:
+        status = run()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python flushes stdout again at exit; point it at /dev/null so
+        # that flush does not fail (and print) a second time.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_ERROR
+    return status
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``hostagent-client``."""
+    return _quiet_broken_pipe(lambda: _main(argv))
+
+
+def _main(argv: list[str] | None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    _split_dotted(args)
     if args.list_methods:
         sys.stdout.write(method_lines(*_discover(args)))
         return 0
@@ -200,21 +313,41 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hostagent-client: {e}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        with _connect(args) as client:
-            result = client.call(method, params or None)
-    except RpcError as e:
-        print(f"error {e.code}: {e.message}", file=sys.stderr)
-        if e.data is not None:
-            print(json.dumps(e.data, indent=2), file=sys.stderr)
+        client = _connect(args)
+    except TlsFileError as e:
+        print(f"hostagent-client: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except TimeoutError:
+        print(
+            f"hostagent-client: no connection to {_where(args)} within "
+            f"{args.timeout:g} s",
+            file=sys.stderr,
+        )
         return EXIT_ERROR
     except (OSError, ValueError) as e:
-        where = (
-            f"{args.host}:{args.port}"
-            if args.host
-            else (args.socket or DEFAULT_SOCKET)
-        )
         print(
-            f"hostagent-client: cannot talk to {where}: {e}", file=sys.stderr
+            f"hostagent-client: cannot talk to {_where(args)}: {e}",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+    try:
+        with client:
+            result = client.call(method, params or None)
+    except RpcError as e:
+        _print_error(e, method)
+        return EXIT_ERROR
+    except TimeoutError:
+        print(
+            f"hostagent-client: no answer from {_where(args)} within "
+            f"{args.timeout:g} s (--timeout); the agent may still finish "
+            "the call: ManagedVolume volumes_info shows where it stands",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+    except (OSError, ValueError) as e:
+        print(
+            f"hostagent-client: cannot talk to {_where(args)}: {e}",
+            file=sys.stderr,
         )
         return EXIT_ERROR
     text = args.text or (not args.json and sys.stdout.isatty())

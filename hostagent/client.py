@@ -10,8 +10,9 @@ from typing import Any
 
 import orjson
 
-DEFAULT_SOCKET = "/run/hostagent/hostagent.sock"
-DEFAULT_PORT = 54322
+# Re-exported: callers have always imported them from here.
+from hostagent.cmdline import DEFAULT_PORT as DEFAULT_PORT
+from hostagent.cmdline import DEFAULT_SOCKET as DEFAULT_SOCKET
 
 # What one recv() may return: a volumes_info answer for 1,000 volumes is
 # some 680 kB, and each call costs a system call and a copy.
@@ -66,6 +67,47 @@ class RpcError(Exception):
         self.data = data
 
 
+class TlsFileError(OSError):
+    """A TLS file (certificate, key or CA) cannot be used.
+
+    The message names the file: the error from :mod:`ssl` alone
+    ("No such file or directory") does not say which of the three.
+    """
+
+
+def _tls_context(
+    cert: str | None, key: str | None, ca: str | None
+) -> ssl.SSLContext:
+    """A client context with this certificate, key and CA, or raise
+    :class:`TlsFileError` naming the file that is wrong."""
+    for what, path in (("CA", ca), ("certificate", cert), ("key", key)):
+        if path is None:
+            continue
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as e:
+            raise TlsFileError(
+                f"TLS {what} file {path}: {e.strerror}"
+            ) from None
+    try:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
+    except ssl.SSLError as e:
+        raise TlsFileError(
+            f"TLS CA file {ca}: not a usable CA certificate: {e}"
+        ) from None
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert:
+        try:
+            ctx.load_cert_chain(cert, key)
+        except ssl.SSLError as e:
+            raise TlsFileError(
+                f"TLS certificate {cert} and key {key or cert}: "
+                f"not a usable pair: {e}",
+            ) from None
+    return ctx
+
+
 class Client:
     """One persistent connection to a hostagentd.
 
@@ -100,12 +142,7 @@ class Client:
                 raise
             self.sock: socket.socket = sock
         else:
-            ctx = ssl.create_default_context(
-                ssl.Purpose.SERVER_AUTH, cafile=ca
-            )
-            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-            if cert:
-                ctx.load_cert_chain(cert, key)
+            ctx = _tls_context(cert, key, ca)
             raw = socket.create_connection((host, port), timeout=timeout)
             try:
                 self.sock = ctx.wrap_socket(raw, server_hostname=host)

@@ -20,30 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hostagent import drivers
+
 DEFAULT_PATH = "/etc/hostagent/hostagent.toml"
 
-KNOWN_DRIVERS = (
-    "iscsi",
-    "fibre_channel",
-    "nvmeof",
-    "rbd",
-    "nfs",
-    "local",
-    "aoe",
-    "storpool",
-)
-# AoE is opt-in: it is unauthenticated layer-2 traffic that any host on the
-# segment can answer, and few sites still run it.  StorPool needs its own
-# client software and /etc/storpool.conf, so it is opt-in too.
-DEFAULT_DRIVERS = tuple(
-    d for d in KNOWN_DRIVERS if d not in ("aoe", "storpool")
-)
-
+# What each driver is and allows: its module in hostagent/drivers/.
+KNOWN_DRIVERS = drivers.known()
+# Some drivers are opt-in (see their modules).
+DEFAULT_DRIVERS = drivers.defaults()
 # Backend options that only make sense for one driver.
-DRIVER_ONLY_OPTIONS = {
-    "storpool_conf": "storpool",
-    "ceph_conf": "rbd",
-}
+DRIVER_ONLY_OPTIONS = drivers.driver_options()
 BACKEND_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 JOURNAL_MODES = ("auto", "yes", "no")
@@ -108,10 +94,9 @@ class BackendConfig:
     multipath: bool = True
     enforce_multipath: bool = False
     device_scan_attempts: int = 3
-    # StorPool: the config file read instead of /etc/storpool.conf.
+    # Driver-only options (DRIVER_ONLY_OPTIONS; the driver's module says
+    # what each is for).
     storpool_conf: str = ""
-    # RBD: the ceph.conf the rbd tool uses (CEPH_CONF) instead of the
-    # default /etc/ceph/ceph.conf.
     ceph_conf: str = ""
     name: str = field(default="", compare=False)
 
@@ -329,6 +314,42 @@ def _check(c: Config) -> None:
         raise ConfigError(
             "log.journal must be one of " + ", ".join(JOURNAL_MODES)
         )
+
+
+def check_dirs(c: Config) -> None:
+    """Check that ``storage.state_dir`` and ``storage.run_dir`` are usable.
+
+    Each must be a writable directory, or be creatable: its nearest
+    existing ancestor is a writable directory.  Raises
+    :class:`ConfigError` naming the key: a read-only or misplaced
+    directory otherwise surfaces later as an ``[Errno 30]`` on some file
+    inside it, with nothing that points at the config.
+    """
+    for key in ("state_dir", "run_dir"):
+        path = Path(getattr(c.storage, key))
+        probe = path
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        where = f"storage.{key} {path}"
+        if probe != path:
+            where += f" (to be created in {probe})"
+        if not probe.is_dir():
+            raise ConfigError(f"{where}: {probe} is not a directory")
+        # access(2) reports EROFS for a read-only mount even to root.
+        if not os.access(probe, os.W_OK | os.X_OK):
+            why = (
+                "read-only file system"
+                if _read_only(probe)
+                else ("not writable")
+            )
+            raise ConfigError(f"{where}: {why}")
+
+
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def _positive(key: str, value: int, minimum: int = 1) -> None:

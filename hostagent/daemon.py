@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import fcntl
 import logging
@@ -14,12 +13,14 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from hostagent import __version__, api, config, systemd
+from hostagent import __version__, api, cmdline, config, systemd
 from hostagent.api import Api
 from hostagent.brick import Brick
 from hostagent.config import Config, ConfigError
 from hostagent.db import Database, DatabaseError, DatabaseNeedsOperator
+from hostagent.lognoise import LibraryNoiseFilter
 from hostagent.redact import ScrubFilter
+from hostagent.service import VolumeService
 from hostagent.transport import (
     ListenError,
     Server,
@@ -27,7 +28,6 @@ from hostagent.transport import (
     tls_context,
 )
 from hostagent.udev import Udev
-from hostagent.volumes import VolumeService
 
 log = logging.getLogger("hostagent")
 
@@ -79,6 +79,7 @@ def setup_logging(cfg: Config, stream: TextIO | None = None) -> str:
         handler = logging.StreamHandler(stream or sys.stderr)
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
         where = "stderr"
+    handler.addFilter(LibraryNoiseFilter())
     handler.addFilter(RequestIdFilter())
     handler.addFilter(ScrubFilter())
     root = logging.getLogger()
@@ -335,30 +336,14 @@ class Daemon:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``hostagentd``."""
-    parser = argparse.ArgumentParser(
-        prog="hostagentd",
-        description="Per-host storage attachment agent (JSON-RPC).",
-    )
-    parser.add_argument(
-        "--config",
-        metavar="PATH",
-        help="TOML config file (default: $HOSTAGENT_CONFIG or "
-        f"{config.DEFAULT_PATH}; a missing default file means defaults)",
-    )
-    parser.add_argument(
-        "--check-config",
-        action="store_true",
-        help="validate the config file and exit",
-    )
-    parser.add_argument(
-        "--version", action="version", version=f"hostagentd {__version__}"
-    )
+    parser = cmdline.daemon_parser()
     args = parser.parse_args(argv)
     path: str | None = args.config or config.default_path()
     if args.config is None and path and not os.path.exists(path):
         path = None
     try:
         cfg = config.load(path)
+        config.check_dirs(cfg)
     except ConfigError as e:
         print(f"hostagentd: bad configuration: {e}", file=sys.stderr)
         return EXIT_CONFIG

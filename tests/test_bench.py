@@ -49,6 +49,8 @@ def test_bench_smoke(tmp_path: Path) -> None:
         "attaches from": "all succeed",
         "daemon start": "1.0 s",
         "daemon RSS": "70 MB",
+        "check_local_device": "5 ms",
+        "holders() scan": "100 ms",
     }
     targeted = [f for f in figures if f["target"]]
     assert len(targeted) == len(targets), names

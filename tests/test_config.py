@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -161,3 +162,76 @@ def test_hardening_keys_load(tmp_path: Path) -> None:
     assert c.server.idle_timeout == 0.0
     assert c.server.read_timeout == 2.5
     assert c.server.tls_allowed_subjects == ["engine"]
+
+
+# -- storage.state_dir and storage.run_dir must be usable --------------------
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path) -> Iterator[Path]:
+    """A directory on a read-only tmpfs (root ignores file modes)."""
+    d = tmp_path / "ro"
+    d.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(d)],
+        check=True,
+        timeout=30,
+    )
+    yield d
+    subprocess.run(["umount", str(d)], check=True, timeout=30)
+
+
+def _dirs_config(tmp: Path, state: Path, run: Path) -> Path:
+    p = tmp / "dirs.toml"
+    p.write_text(
+        f'[server]\nunix_socket = "{tmp / "s.sock"}"\n'
+        f'[storage]\nstate_dir = "{state}"\nrun_dir = "{run}"\n'
+    )
+    return p
+
+
+@pytest.mark.parametrize("key", ["state_dir", "run_dir"])
+def test_read_only_dir_is_a_config_error(
+    tmp_path: Path, read_only_dir: Path, key: str
+) -> None:
+    """--check-config and start-up both refuse it, naming the key, exit 2.
+
+    Before, --check-config said OK and the daemon exited 1 with
+    ``[Errno 30]`` on a file inside the directory.
+    """
+    dirs = {"state_dir": tmp_path / "state", "run_dir": tmp_path / "run"}
+    dirs[key] = read_only_dir / "sub"
+    p = _dirs_config(tmp_path, dirs["state_dir"], dirs["run_dir"])
+    with pytest.raises(ConfigError, match=rf"storage\.{key} .*read-only"):
+        config.check_dirs(config.load(p))
+    for extra in (["--check-config"], []):
+        out = subprocess.run(
+            [HOSTAGENTD, "--config", str(p), *extra],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert out.returncode == 2, (extra, out.stderr)
+        assert f"storage.{key} {read_only_dir / 'sub'}" in out.stderr
+        assert "read-only file system" in out.stderr
+        assert "Errno" not in out.stderr
+    assert not (tmp_path / "s.sock").exists()
+
+
+def test_dir_under_a_file_is_a_config_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    p = _dirs_config(tmp_path, blocker / "state", tmp_path / "run")
+    with pytest.raises(
+        ConfigError, match=rf"storage\.state_dir .*{blocker} is not a dir"
+    ):
+        config.check_dirs(config.load(p))
+    p = _dirs_config(tmp_path, tmp_path / "state", blocker)
+    with pytest.raises(ConfigError, match=r"storage\.run_dir .*not a dir"):
+        config.check_dirs(config.load(p))
+
+
+def test_dirs_that_can_be_created_are_fine(tmp_path: Path) -> None:
+    p = _dirs_config(tmp_path, tmp_path / "a" / "b", tmp_path / "c")
+    config.check_dirs(config.load(p))
+    assert not (tmp_path / "a").exists()  # checking creates nothing

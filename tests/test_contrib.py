@@ -20,7 +20,7 @@ import pytest
 from conftest import BIN, Agent, Loops, local_info, new_vol_id, run_client
 from pki import ENGINE, Creds, Pki, start_tls_agent
 
-from hostagent import config, schema
+from hostagent import cmdline, config, schema
 
 CONTRIB = Path(__file__).resolve().parent.parent / "contrib"
 
@@ -53,7 +53,11 @@ def test_sample_config_has_every_key_with_its_default() -> None:
 # -- bash completion ---------------------------------------------------------
 
 
-def complete(line: str, env_path: str | None = None) -> list[str]:
+def complete(
+    line: str,
+    env_path: str | None = None,
+    env: dict[str, str] | None = None,
+) -> list[str]:
     """What the completion offers for ``line`` (cursor at the end).
 
     A real bash loads the script, which must register itself with
@@ -74,7 +78,7 @@ COMPREPLY=()
 "$fn" hostagent-client "${{COMP_WORDS[COMP_CWORD]-}}" ""
 printf '%s\\n' "${{COMPREPLY[@]}}"
 """
-    env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}")
+    env = dict(env or os.environ, PATH=f"{BIN}:{os.environ['PATH']}")
     if env_path:
         env["PATH"] = env_path
     out = subprocess.run(
@@ -147,6 +151,31 @@ def test_completion_of_options_and_files(tmp_path: Path) -> None:
     assert complete("hostagent-client -f ") != []
 
 
+def test_completion_offers_every_option() -> None:
+    """The script's option list is the client's: none missing, none extra."""
+    parser = cmdline.client_parser()
+    # argparse lists its options only in this attribute.
+    options = {o for a in parser._actions for o in a.option_strings}
+    assert "--list-methods" in options and "-a" in options
+    assert set(complete("hostagent-client -")) == options
+    assert complete("hostagent-client --j") == ["--json"]
+    assert complete("hostagent-client --li") == ["--list-methods"]
+
+
+def test_completion_after_short_options(agent: Agent) -> None:
+    """-a/-p take a value (not a namespace); NS.METHOD gets its params."""
+    s = f"hostagent-client --socket {agent.socket}"
+    assert complete(f"{s} -p 54322 ") == ["Host", "ManagedVolume", "rpc"]
+    assert complete(f"{s} ManagedVolume.detach_volume ") == ["vol_id="]
+    env = dict(os.environ, HOSTAGENT_SOCKET=agent.socket)
+    assert complete("hostagent-client ManagedVolume ", env=env) == [
+        "attach_volume",
+        "detach_volume",
+        "extend_volume",
+        "volumes_info",
+    ]
+
+
 def test_completion_without_the_client_offers_nothing(tmp_path: Path) -> None:
     """No hostagent-client on PATH: no error, no candidates."""
     for tool in ("awk", "sort", "grep"):
@@ -154,6 +183,31 @@ def test_completion_without_the_client_offers_nothing(tmp_path: Path) -> None:
         assert found
         (tmp_path / tool).symlink_to(found)
     assert complete("hostagent-client ", env_path=str(tmp_path)) == []
+
+
+# -- contrib/install-deps.sh ----------------------------------------------
+
+
+def deps(level: str) -> set[str]:
+    """The Debian packages of ``install-deps.sh``'s set ``level``."""
+    done = subprocess.run(
+        [CONTRIB / "install-deps.sh", "--list", level],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return set(done.stdout.split())
+
+
+def test_run_set_excludes_build_and_test_tools() -> None:
+    """What make run installs on a hypervisor: no packaging, no tests."""
+    run, test = deps("run"), deps("test")
+    assert {"open-iscsi", "multipath-tools", "python3-venv"} <= run
+    tools = {"rpm", "cpio", "aoetools", "socat", "openssl", "groff-base"}
+    assert not run & tools, run & tools
+    assert tools <= test
+    assert run < test
 
 
 # -- contrib/engine_client.py ------------------------------------------------

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import need, run_client, short_dir
+from conftest import CLIENT, need, run_client, short_dir
 
 from hostagent.client import Client
 
@@ -45,6 +45,17 @@ def _daemon_of(make: subprocess.Popen[str]) -> int:
             if b"hostagentd" in cmdline:
                 return pid
     raise AssertionError(f"no hostagentd under make (pid {make.pid})")
+
+
+def _read_until(make: subprocess.Popen[str], end: str) -> str:
+    """make's output up to and including ``end``."""
+    assert make.stdout is not None
+    got = ""
+    while not got.endswith(end):
+        ch = make.stdout.read(1)
+        assert ch, f"make's output ended before {end!r}:\n{got}"
+        got += ch
+    return got
 
 
 def _wait_for_ping(make: subprocess.Popen[str], sock: Path) -> None:
@@ -82,6 +93,23 @@ def test_make_run_serves_on_run_dir_and_stops_on_sigterm(
         out = run_client("--socket", str(sock), "Host", "ping")
         assert out.returncode == 0, out.stderr
         assert json.loads(out.stdout) is True
+        # The export line make printed is all the client needs.
+        export = f"  export HOSTAGENT_SOCKET={sock}\n"
+        banner = _read_until(make, export)
+        out = subprocess.run(
+            [CLIENT, "Host", "ping"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=dict(os.environ, HOSTAGENT_SOCKET=str(sock)),
+        )
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout) is True
+        # ... and how to stop it: the pid it names is the daemon's.
+        stop = _read_until(make, "Stop it with Ctrl-C here, or: kill ")
+        pid = _read_until(make, "\n")
+        assert int(pid) == _daemon_of(make), stop + pid
+        stop += pid
         socat = subprocess.run(
             ["socat", "-", f"UNIX-CONNECT:{sock}"],
             input=PING,
@@ -101,7 +129,8 @@ def test_make_run_serves_on_run_dir_and_stops_on_sigterm(
         assert (run_dir / "state" / "hostagent.db").is_file()
         assert (run_dir / "volumes").is_dir()
         os.kill(_daemon_of(make), signal.SIGTERM)
-        output, _ = make.communicate(timeout=60)
+        rest, _ = make.communicate(timeout=60)
+        output = banner + stop + rest
     finally:
         if make.poll() is None:
             os.killpg(make.pid, signal.SIGKILL)
@@ -111,3 +140,37 @@ def test_make_run_serves_on_run_dir_and_stops_on_sigterm(
     assert f"hostagentd on {sock}" in output
     assert "INFO hostagent: stopped" in output
     assert not sock.exists()  # the daemon removed its own socket
+
+
+def _recipes(target: str) -> str:
+    """What ``make TARGET`` would run with everything out of date."""
+    done = subprocess.run(
+        ["make", "-n", "-B", target],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return done.stdout
+
+
+def test_make_run_installs_only_the_run_set() -> None:
+    """``make run`` asks for the run set and the runtime Python packages;
+    test tools and the test extras come with make test/install."""
+    run = _recipes("run")
+    assert "contrib/install-deps.sh run" in run
+    assert "pip install -q -e .\n" in run
+    assert "install-deps.sh test" not in run
+    assert "[test]" not in run
+    for target in ("test", "install", "rpm"):
+        assert "contrib/install-deps.sh test" in _recipes(target), target
+    assert "pip install -q -e '.[test]'" in _recipes("test")
+
+
+def test_install_covers_run() -> None:
+    """After make install, make run has nothing to install."""
+    fresh = subprocess.run(["make", "-q", "install"], cwd=ROOT, check=False)
+    assert fresh.returncode == 0, "the install is not up to date"
+    done = subprocess.run(["make", "-q", "install-run"], cwd=ROOT, check=False)
+    assert done.returncode == 0

@@ -18,6 +18,8 @@ then checked *as installed* in that tree:
 
 from __future__ import annotations
 
+import argparse
+import gzip
 import os
 import re
 import shutil
@@ -25,13 +27,14 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+import tomllib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from conftest import need, short_dir, write_config
 
-from hostagent import __version__
+from hostagent import __version__, cmdline
 from hostagent.client import Client
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -138,9 +141,14 @@ def test_rpm_file_list(rpm_file: Path) -> None:
         "/var/lib/hostagent",
     }
     expected |= {
-        f"{site}/hostagent/{p.name}" for p in (ROOT / "hostagent").glob("*.py")
+        f"{site}/{p.relative_to(ROOT).as_posix()}"
+        for p in (ROOT / "hostagent").rglob("*.py")
     }
     assert expected <= files, expected - files
+    # The man pages, gzipped or not as the build host's brp-compress does.
+    for page in ("man8/hostagentd.8", "man1/hostagent-client.1"):
+        path = f"/usr/share/man/{page}"
+        assert path in files or f"{path}.gz" in files, page
     docs = set(rpm_query(rpm_file, "-d"))
     assert {
         f"/usr/share/doc/hostagent-{__version__}/{name}"
@@ -224,6 +232,46 @@ def test_packaged_programs_run(tree: Path) -> None:
         env=env,
     )
     assert "ManagedVolume attach_volume" in done.stdout, done.stderr
+
+
+def _man_page(tree: Path, page: str) -> Path:
+    [path] = (tree / "usr/share/man").glob(f"{page}*")
+    if path.suffix == ".gz":
+        plain = path.with_suffix("")
+        plain.write_bytes(gzip.decompress(path.read_bytes()))
+        return plain
+    return path
+
+
+@pytest.mark.parametrize(
+    "page, build",
+    [
+        ("man8/hostagentd.8", cmdline.daemon_parser),
+        ("man1/hostagent-client.1", cmdline.client_parser),
+    ],
+)
+def test_man_pages(
+    tree: Path, page: str, build: Callable[[], argparse.ArgumentParser]
+) -> None:
+    """The packaged pages render cleanly and document every option."""
+    need("groff")
+    path = _man_page(tree, page)
+    # -ww: every warning; -z: no output, only the diagnostics.
+    done = run("groff", "-man", "-ww", "-z", path)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    done = run("groff", "-man", "-Tutf8", "-P", "-cbou", path)
+    assert done.returncode == 0, done.stderr
+    text = done.stdout.replace("\u2010", "-")
+    # argparse lists its options only in this attribute.
+    for action in build()._actions:
+        for option in action.option_strings:
+            assert re.search(rf"(^|[ ,]){re.escape(option)}\b", text, re.M), (
+                option
+            )
+    name = path.name.rsplit(".", 1)[0]
+    assert text.startswith(name.upper()), text[:80]
+    for section in ("NAME", "SYNOPSIS", "DESCRIPTION", "OPTIONS"):
+        assert re.search(rf"^{section}$", text, re.M), section
 
 
 def test_packaged_daemon_serves(tree: Path, tmp_path: Path) -> None:
@@ -382,3 +430,17 @@ def test_socket_unit_matches_the_default_config() -> None:
     text = (ROOT / "systemd" / "hostagent.socket").read_text()
     assert f"ListenStream={ServerConfig().unix_socket}\n" in text
     assert "SocketMode=0660\n" in text
+
+
+def test_pyproject_license_is_an_spdx_string() -> None:
+    """The table form is deprecated (setuptools warned on every install);
+    the string form needs setuptools 77 or later to build."""
+    raw = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert raw["project"]["license"] == "Apache-2.0"
+    [req] = [
+        r for r in raw["build-system"]["requires"] if r.startswith("setup")
+    ]
+    m = re.fullmatch(r"setuptools>=(\d+)(\.\d+)*", req)
+    assert m and int(m.group(1)) >= 77, req
+    spec = (ROOT / "hostagent.spec").read_text()
+    assert re.search(r"^License:\s+Apache-2\.0$", spec, re.M)

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from hostagent import __version__
-from tests.bench import attach, info, ping, procs, start
+from tests.bench import attach, devchecks, info, ping, procs, start
 from tests.bench.stats import Row, table, write_json
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results.json"
@@ -33,6 +33,8 @@ class Sizes:
     attaches: int
     concurrent: int
     starts: int
+    scans: int
+    holder_procs: int
 
 
 FULL = Sizes(
@@ -48,6 +50,8 @@ FULL = Sizes(
     attaches=300,
     concurrent=100,
     starts=5,
+    scans=50,
+    holder_procs=300,
 )
 SMOKE = Sizes(
     pings=20,
@@ -62,10 +66,20 @@ SMOKE = Sizes(
     attaches=2,
     concurrent=3,
     starts=1,
+    scans=2,
+    holder_procs=2,
 )
 
 
-GROUPS = ("ping", "info", "attach", "anchor", "concurrent", "start")
+GROUPS = (
+    "ping",
+    "info",
+    "attach",
+    "anchor",
+    "concurrent",
+    "start",
+    "devices",
+)
 
 
 def run(sizes: Sizes, only: frozenset[str] = frozenset(GROUPS)) -> list[Row]:
@@ -103,6 +117,10 @@ def run(sizes: Sizes, only: frozenset[str] = frozenset(GROUPS)) -> list[Row]:
             rows += attach.run_concurrent(work, devices, sizes.concurrent)
         if "start" in only:
             rows += start.run(work, sizes.starts)
+        if "devices" in only:
+            rows += devchecks.run(
+                work.loop_device(), sizes.scans, sizes.holder_procs, 100
+            )
     return rows
 
 
