@@ -1,9 +1,16 @@
 """The volume database: the only module that talks to peewee.
 
 One SQLite file keyed by volume ID.  It is the agent's memory of what it
-attached, so durability beats speed: WAL journal with ``synchronous=FULL``
-(a committed attach survives power loss), an integrity check at every
-start, and a refusal to start on a damaged file rather than an empty one.
+attached, so its durability is planned: WAL journal; the intent of an
+operation (a row moving to ``attaching`` or ``detaching``) is committed
+with ``synchronous=FULL``, so it is on the disk before the host is
+touched; every other write is committed with ``synchronous=NORMAL``,
+which in WAL mode does not fsync (the next durable commit, or a
+checkpoint, carries it to the disk).  A power loss can undo only what
+came after the last intent, and start-up reconciliation re-derives that
+from the row's intent and the devices: one fsync per operation.  Also
+an integrity check at every start, and a refusal to start on a damaged
+file rather than an empty one.
 
 All calls are synchronous and meant to run on one dedicated thread (see
 :class:`hostagent.service.host.Host`); peewee keeps one connection per
@@ -180,7 +187,8 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 PRAGMAS = (
     ("journal_mode", "wal"),
-    ("synchronous", "full"),
+    # Commits without an fsync; intents switch to FULL (see _durably).
+    ("synchronous", "normal"),
     ("foreign_keys", 1),
     ("busy_timeout", 5000),
 )
@@ -373,16 +381,20 @@ class Database:
         connection_info: dict[str, Any],
         backend: str | None = None,
     ) -> None:
-        """Record the intent to attach ``vol_id`` (state ``attaching``)."""
+        """Record the intent to attach ``vol_id`` (state ``attaching``).
+
+        Durable (fsynced) before it returns: the connector runs next.
+        """
         now = time.time()
-        _Volume.insert(
+        query = _Volume.insert(
             vol_id=vol_id,
             connection_info=_dump(connection_info),
             state=ATTACHING,
             created=now,
             updated=now,
             backend=backend,
-        ).execute()
+        )
+        self._durably(query.execute)
 
     def set_attachment(self, vol_id: str, attachment: dict[str, Any]) -> None:
         """Keep os-brick's answer on a row that is still ``attaching``.
@@ -432,10 +444,23 @@ class Database:
     def set_state(
         self, vol_id: str, state: str, last_error: str | None = None
     ) -> None:
-        """Move ``vol_id`` to ``state``, recording (or clearing) an error."""
+        """Move ``vol_id`` to ``state``, recording (or clearing) an error.
+
+        A move to ``detaching`` is a detach's intent (or a failed clean-up
+        kept for a retry): durable before it returns.  A move back to
+        ``attaching`` (an attach's undo) is not: a power loss leaves the
+        row ``attaching`` either way, and reconciliation rolls it back.
+        """
         if state not in STATES:
             raise ValueError(f"unknown state {state!r}")
-        self._update(vol_id, state=state, last_error=last_error)
+        if state == DETACHING:
+            self._durably(
+                functools.partial(
+                    self._update, vol_id, state=state, last_error=last_error
+                )
+            )
+        else:
+            self._update(vol_id, state=state, last_error=last_error)
 
     def delete(self, vol_id: str) -> None:
         """Forget ``vol_id`` (a no-op when it is unknown)."""
@@ -458,14 +483,32 @@ class Database:
             }
             for r in records
         ]
-        with self._db.atomic():
-            for i in range(0, len(rows), 100):
-                _Volume.insert_many(rows[i : i + 100]).execute()
+
+        def write() -> None:
+            with self._db.atomic():
+                for i in range(0, len(rows), 100):
+                    _Volume.insert_many(rows[i : i + 100]).execute()
+
+        self._durably(write)
 
     def integrity_ok(self) -> bool:
         """Run ``PRAGMA integrity_check`` on the open database."""
         # The first line is "ok" only when it is the only one.
         return bool(self._db.pragma("integrity_check") == "ok")
+
+    def _durably(self, write: Callable[[], Any]) -> None:
+        """Run ``write`` (its own transaction) with an fsync at commit.
+
+        The connection commits with ``synchronous=NORMAL``; for this one
+        transaction it is FULL, which in WAL mode fsyncs the WAL at
+        commit, and with it every earlier commit not yet synced.  The
+        two pragmas cost microseconds and no I/O.
+        """
+        _sql(self._db, "PRAGMA synchronous = FULL")
+        try:
+            write()
+        finally:
+            _sql(self._db, "PRAGMA synchronous = NORMAL")
 
     def _update(self, vol_id: str, **fields: Any) -> None:
         fields["updated"] = time.time()
