@@ -38,7 +38,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
     names = [f["figure"] for f in figures]
     # Every figure of the table, each with its target.
     targets = {
-        "Host.ping round trip p50": "2.0x echo",
+        "Host.ping round trip p50": "1.5x echo",
         "Host.ping throughput": "0.5x echo",
         "[1k], 5 volumes, p50": "10 ms",
         "[10k], 20 volumes, p50": "100 ms",
