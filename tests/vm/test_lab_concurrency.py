@@ -26,8 +26,12 @@ LUNS = 8
 
 @pytest.fixture(scope="module")
 def run(lab_job: Callable[..., GuestRun]) -> GuestRun:
-    """One guest run of tests/vm/guest/job_concurrency.py."""
-    return lab_job("job_concurrency.py")
+    """One guest run of tests/vm/guest/job_concurrency.py.
+
+    32 iSCSI attaches under TCG: 2-10 s each depending on the load on
+    the machine, so more than the default 600 s must be allowed.
+    """
+    return lab_job("job_concurrency.py", timeout=1200)
 
 
 def summary(data: dict[str, Any]) -> str:
