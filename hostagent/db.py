@@ -381,10 +381,7 @@ class Database:
         connection_info: dict[str, Any],
         backend: str | None = None,
     ) -> None:
-        """Record the intent to attach ``vol_id`` (state ``attaching``).
-
-        Durable (fsynced) before it returns: the connector runs next.
-        """
+        """Record the intent to attach ``vol_id`` (``attaching``), durably."""
         now = time.time()
         query = _Volume.insert(
             vol_id=vol_id,
@@ -394,7 +391,7 @@ class Database:
             updated=now,
             backend=backend,
         )
-        self._durably(query.execute)
+        _durably(self._db, query.execute)
 
     def set_attachment(self, vol_id: str, attachment: dict[str, Any]) -> None:
         """Keep os-brick's answer on a row that is still ``attaching``.
@@ -446,21 +443,18 @@ class Database:
     ) -> None:
         """Move ``vol_id`` to ``state``, recording (or clearing) an error.
 
-        A move to ``detaching`` is a detach's intent (or a failed clean-up
-        kept for a retry): durable before it returns.  A move back to
-        ``attaching`` (an attach's undo) is not: a power loss leaves the
-        row ``attaching`` either way, and reconciliation rolls it back.
+        Only a move to ``detaching`` (a detach's intent, or a failed
+        clean-up kept for a retry) is durable before it returns.
         """
         if state not in STATES:
             raise ValueError(f"unknown state {state!r}")
+        write = functools.partial(
+            self._update, vol_id, state=state, last_error=last_error
+        )
         if state == DETACHING:
-            self._durably(
-                functools.partial(
-                    self._update, vol_id, state=state, last_error=last_error
-                )
-            )
+            _durably(self._db, write)
         else:
-            self._update(vol_id, state=state, last_error=last_error)
+            write()  # an attach's undo: "attaching" either way
 
     def delete(self, vol_id: str) -> None:
         """Forget ``vol_id`` (a no-op when it is unknown)."""
@@ -483,32 +477,16 @@ class Database:
             }
             for r in records
         ]
-
-        def write() -> None:
-            with self._db.atomic():
-                for i in range(0, len(rows), 100):
-                    _Volume.insert_many(rows[i : i + 100]).execute()
-
-        self._durably(write)
+        with self._db.atomic():
+            for i in range(0, len(rows), 100):
+                _Volume.insert_many(rows[i : i + 100]).execute()
+        # Bulk imports are rare: a checkpoint makes them durable.
+        _sql(self._db, "PRAGMA wal_checkpoint(FULL)")
 
     def integrity_ok(self) -> bool:
         """Run ``PRAGMA integrity_check`` on the open database."""
         # The first line is "ok" only when it is the only one.
         return bool(self._db.pragma("integrity_check") == "ok")
-
-    def _durably(self, write: Callable[[], Any]) -> None:
-        """Run ``write`` (its own transaction) with an fsync at commit.
-
-        The connection commits with ``synchronous=NORMAL``; for this one
-        transaction it is FULL, which in WAL mode fsyncs the WAL at
-        commit, and with it every earlier commit not yet synced.  The
-        two pragmas cost microseconds and no I/O.
-        """
-        _sql(self._db, "PRAGMA synchronous = FULL")
-        try:
-            write()
-        finally:
-            _sql(self._db, "PRAGMA synchronous = NORMAL")
 
     def _update(self, vol_id: str, **fields: Any) -> None:
         fields["updated"] = time.time()
@@ -550,6 +528,21 @@ def _changes(database: pw.SqliteDatabase) -> tuple[int, int]:
     con = cast(Any, database).connection()
     version = con.execute("PRAGMA data_version").fetchone()[0]
     return con.total_changes, int(version)
+
+
+def _durably(database: pw.SqliteDatabase, write: Callable[[], Any]) -> None:
+    """Run ``write`` (its own transaction) with an fsync at commit.
+
+    The connection commits with ``synchronous=NORMAL``; for this one
+    transaction it is FULL, which in WAL mode fsyncs the WAL at commit,
+    and with it every earlier commit not yet synced.  The two pragmas
+    cost microseconds and no I/O.
+    """
+    _sql(database, "PRAGMA synchronous = FULL")
+    try:
+        write()
+    finally:
+        _sql(database, "PRAGMA synchronous = NORMAL")
 
 
 def _sql(database: pw.SqliteDatabase, query: str) -> Any:
