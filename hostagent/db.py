@@ -26,7 +26,14 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, cast
+from typing import (
+    Any,
+    Concatenate,
+    NamedTuple,
+    ParamSpec,
+    TypeVar,
+    cast,
+)
 
 import peewee as pw
 
@@ -53,6 +60,61 @@ class DatabaseBusy(Exception):
     """:meth:`Database.peek` would have to wait; ask the database thread."""
 
 
+class StateUnwritable(DatabaseError):
+    """A write failed: the file system under the database is full,
+    read-only or failing.  Nothing of the write was kept (SQLite rolls
+    the statement back); ``reason`` is ``full``, ``read_only`` or
+    ``io_error``.
+    """
+
+    def __init__(self, path: Path, reason: str, error: str) -> None:
+        super().__init__(f"cannot write {path}: {error}")
+        self.path = path
+        self.reason = reason
+
+
+# SQLite's primary result codes that mean "the disk", not the query.
+_WRITE_FAILURES = {
+    13: "full",  # SQLITE_FULL (ENOSPC, or the file size limit)
+    8: "read_only",  # SQLITE_READONLY
+    14: "read_only",  # SQLITE_CANTOPEN (the -wal/-shm on a read-only fs)
+    10: "io_error",  # SQLITE_IOERR (EIO, EROFS on a write)
+}
+
+
+def _write_failure(e: BaseException) -> str | None:
+    """``reason`` of :class:`StateUnwritable` for ``e``, or None."""
+    # peewee re-raises sqlite3's error as its own, with the original
+    # as its first argument (and as the context).
+    for cause in (e, *e.args[:1], e.__cause__, e.__context__):
+        code = getattr(cause, "sqlite_errorcode", None)
+        if isinstance(cause, sqlite3.Error) and isinstance(code, int):
+            return _WRITE_FAILURES.get(code & 0xFF)
+    return None
+
+
+T = TypeVar("T")
+P = ParamSpec("P")
+
+
+def _writes(
+    fn: Callable[Concatenate[Database, P], T],
+) -> Callable[Concatenate[Database, P], T]:
+    """Turn a write's disk failure into :class:`StateUnwritable`."""
+
+    def write(self: Database, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return fn(self, *args, **kwargs)
+        except (pw.DatabaseError, sqlite3.Error) as e:
+            reason = _write_failure(e)
+            if reason is None:
+                raise
+            raise StateUnwritable(self.path, reason, str(e)) from e
+
+    functools.update_wrapper(write, fn)
+    return write
+
+
 @dataclass(frozen=True)
 class VolumeRecord:
     """One row of the ``volume`` table, decoded."""
@@ -69,6 +131,10 @@ class VolumeRecord:
     # The [backend.NAME] the volume was attached with (None: the driver
     # type's [brick] defaults); detach must use the same options.
     backend: str | None = None
+    # The device's identity (hostagent.service.identity.device_key) and
+    # the boot it was attached in; None for rows of older versions.
+    device_key: str | None = None
+    boot_id: str | None = None
 
 
 class StoredVolume(NamedTuple):
@@ -82,6 +148,7 @@ class StoredVolume(NamedTuple):
     state: str
     last_error: str | None
     backend: str | None
+    boot_id: str | None
 
 
 _proxy = pw.DatabaseProxy()
@@ -110,6 +177,8 @@ class _Volume(_Base):
     created = pw.FloatField()
     updated = pw.FloatField()
     backend = pw.TextField(null=True)
+    device_key = pw.TextField(null=True)
+    boot_id = pw.TextField(null=True)
 
     class Meta:
         table_name = "volume"
@@ -139,7 +208,8 @@ _STORED = [_Volume._meta.fields[name] for name in StoredVolume._fields]
 # Ordered migrations: MIGRATIONS[i] brings a database from version i to
 # i + 1.  Version 1 is the table vdsm's managed-volume DB had; version 2
 # adds the flow state, so an interrupted attach or detach is visible;
-# version 3 records the backend a volume was attached with.  Their DDL
+# version 3 records the backend a volume was attached with; version 4
+# the device's identity and the boot id.  Their DDL
 # is SQL: each writes the table as it was at its version, which the
 # model (today's table) cannot describe.
 def _v1(db: pw.SqliteDatabase) -> None:
@@ -171,10 +241,20 @@ def _v3(db: pw.SqliteDatabase) -> None:
     _sql(db, "ALTER TABLE volume ADD COLUMN backend TEXT")
 
 
+def _v4(db: pw.SqliteDatabase) -> None:
+    # One device is one volume, whatever path named it: its identity,
+    # and the boot it was attached in (a device number of an earlier
+    # boot may name another device now).  Older rows have neither.
+    _sql(db, "ALTER TABLE volume ADD COLUMN device_key TEXT")
+    _sql(db, "ALTER TABLE volume ADD COLUMN boot_id TEXT")
+    _sql(db, "CREATE INDEX volume_device_key ON volume (device_key)")
+
+
 MIGRATIONS: tuple[Callable[[pw.SqliteDatabase], None], ...] = (
     _v1,
     _v2,
     _v3,
+    _v4,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -346,13 +426,28 @@ class Database:
         return [_decode(_Row._make(r)) for r in self._rows(query)]
 
     def find_device_owner(
-        self, multipath_id: str | None, path: str | None, exclude: str
+        self,
+        multipath_id: str | None,
+        path: str | None,
+        exclude: str,
+        device_key: str | None = None,
     ) -> str | None:
-        """The vol_id (other than ``exclude``) using this device, if any."""
+        """The vol_id (other than ``exclude``) using this device, if any.
+
+        With ``device_key`` (see :mod:`hostagent.service.identity`) the
+        device is compared by identity: the path string is compared
+        only with rows that recorded none (older versions').
+        """
         conditions = []
         if multipath_id:
             conditions.append(_Volume.multipath_id == multipath_id)
-        if path:
+        if device_key:
+            conditions.append(_Volume.device_key == device_key)
+            if path:
+                conditions.append(
+                    _Volume.device_key.is_null() & (_Volume.path == path)
+                )
+        elif path:
             conditions.append(_Volume.path == path)
         if not conditions:
             return None
@@ -367,6 +462,7 @@ class Database:
         )
         return str(rows[0][0]) if rows else None
 
+    @_writes
     def insert(
         self,
         vol_id: str,
@@ -384,6 +480,7 @@ class Database:
             backend=backend,
         ).execute()
 
+    @_writes
     def set_attachment(self, vol_id: str, attachment: dict[str, Any]) -> None:
         """Keep os-brick's answer on a row that is still ``attaching``.
 
@@ -403,20 +500,24 @@ class Database:
             _Volume.connection_info == _dump(connection_info), exclude
         )
 
+    @_writes
     def set_attached(
         self,
         vol_id: str,
         path: str,
         attachment: dict[str, Any],
         multipath_id: str | None,
+        device_key: str | None = None,
+        boot_id: str | None = None,
     ) -> str | None:
         """Record a finished attach, unless another volume has the device.
 
         Returns that other volume's vol_id, and then writes nothing.  The
         check and the write are one call on the database's one thread,
-        so no other write can come between them.
+        so no other write can come between them.  ``device_key`` is the
+        device's identity, ``boot_id`` the boot it was attached in.
         """
-        owner = self.find_device_owner(multipath_id, path, vol_id)
+        owner = self.find_device_owner(multipath_id, path, vol_id, device_key)
         if owner is not None:
             return owner
         self._update(
@@ -426,9 +527,12 @@ class Database:
             multipath_id=multipath_id,
             state=ATTACHED,
             last_error=None,
+            device_key=device_key,
+            boot_id=boot_id,
         )
         return None
 
+    @_writes
     def set_state(
         self, vol_id: str, state: str, last_error: str | None = None
     ) -> None:
@@ -437,10 +541,12 @@ class Database:
             raise ValueError(f"unknown state {state!r}")
         self._update(vol_id, state=state, last_error=last_error)
 
+    @_writes
     def delete(self, vol_id: str) -> None:
         """Forget ``vol_id`` (a no-op when it is unknown)."""
         _Volume.delete().where(_Volume.vol_id == vol_id).execute()
 
+    @_writes
     def insert_many(self, records: Iterable[VolumeRecord]) -> None:
         """Write whole records in one transaction (benchmarks, imports)."""
         rows = [
@@ -455,6 +561,8 @@ class Database:
                 "created": r.created,
                 "updated": r.updated,
                 "backend": r.backend,
+                "device_key": r.device_key,
+                "boot_id": r.boot_id,
             }
             for r in records
         ]
@@ -540,4 +648,6 @@ def _decode(row: Any) -> VolumeRecord:
         created=float(row.created if row.created is not None else 0.0),
         updated=float(row.updated),
         backend=row.backend,
+        device_key=row.device_key,
+        boot_id=row.boot_id,
     )

@@ -19,7 +19,13 @@ from typing import Any, TypeVar
 
 from hostagent.brick import Brick
 from hostagent.config import Config
-from hostagent.db import Database, DatabaseBusy, VolumeRecord
+from hostagent.db import (
+    Database,
+    DatabaseBusy,
+    StateUnwritable,
+    VolumeRecord,
+)
+from hostagent.errors import StateUnwritable as StateError
 from hostagent.failpoints import FailPoints
 from hostagent.service import secrecy
 from hostagent.service.lane import Lane
@@ -33,6 +39,24 @@ T = TypeVar("T")
 # its dm device) to show up after os-brick returned.  os-brick already
 # waits for the SCSI device; this covers udev and multipathd catching up.
 DEVICE_WAIT = 10.0
+
+
+_STATE_WORDS = {
+    "full": "is full",
+    "read_only": "is read-only",
+    "io_error": "cannot be written",
+}
+
+
+def state_error(config: Config, e: StateUnwritable) -> StateError:
+    """Error 930 for a database write the file system refused."""
+    state_dir = config.storage.state_dir
+    return StateError(
+        f"the state directory {state_dir} {_STATE_WORDS[e.reason]} "
+        f"({e}); the change was not recorded: free space or remount it "
+        "read-write, then retry",
+        {"state_dir": state_dir, "reason": e.reason},
+    )
 
 
 class Host:
@@ -61,8 +85,15 @@ class Host:
         self._brick_load: asyncio.Future[None] | None = None
 
     async def in_db(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(*args)`` on the database thread."""
-        return await self.db_thread.call(fn, *args)
+        """Run ``fn(*args)`` on the database thread.
+
+        A write the state directory's file system refuses (full,
+        read-only) is error 930, naming the directory.
+        """
+        try:
+            return await self.db_thread.call(fn, *args)
+        except StateUnwritable as e:
+            raise state_error(self.config, e) from e
 
     async def in_worker(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking ``fn(*args)`` (os-brick, udev) on a worker thread."""

@@ -11,11 +11,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterable
+import stat
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 
 from hostagent import db
 from hostagent.db import VolumeRecord
+from hostagent.errors import NotALink
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +36,32 @@ class ManagedLinks:
         """Make the directory (at start-up; /run is empty after a boot)."""
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o755)
 
+    def check(self, vol_id: str) -> None:
+        """931 when something other than a symlink is at ``vol_id``'s path.
+
+        A directory or a file there is not the agent's: it is neither
+        replaced nor removed, and the operation is refused before it
+        changes anything.
+        """
+        link = self.directory / vol_id
+        try:
+            mode = os.lstat(link).st_mode
+        except FileNotFoundError:
+            return
+        if not stat.S_ISLNK(mode):
+            kind = "a directory" if stat.S_ISDIR(mode) else "not a symlink"
+            raise NotALink(
+                f"the managed path {link} is {kind}, not the agent's "
+                "symlink; nothing was changed: move it away and retry",
+                {"vol_id": vol_id, "managed_path": str(link)},
+            )
+
     def make(self, vol_id: str, target: str) -> None:
-        """Point ``vol_id``'s link at ``target`` (atomically)."""
+        """Point ``vol_id``'s link at ``target`` (atomically).
+
+        Refused (931) when something else than a symlink is there.
+        """
+        self.check(vol_id)
         link = self.directory / vol_id
         tmp = self.directory / f".{vol_id}.tmp"
         with contextlib.suppress(FileNotFoundError):
@@ -44,17 +70,24 @@ class ManagedLinks:
         os.replace(tmp, link)
 
     def remove(self, vol_id: str) -> None:
-        """Remove ``vol_id``'s link (no error if missing)."""
+        """Remove ``vol_id``'s link (no error if missing; 931 if not one)."""
+        self.check(vol_id)
         with contextlib.suppress(FileNotFoundError):
             (self.directory / vol_id).unlink()
 
     def repair(
-        self, records: Iterable[VolumeRecord], count: Callable[[str], None]
+        self,
+        records: Iterable[VolumeRecord],
+        count: Callable[[str], None],
+        missing: Collection[str] = (),
     ) -> None:
         """Make the directory match the rows (start-up reconciliation).
 
         Links without a row go, links of ``attached`` rows are created
-        or pointed back at the row's path; ``count`` is told each.
+        or pointed back at the row's path; ``count`` is told each.  The
+        vol_ids in ``missing`` are attached rows whose device is gone:
+        never a link to a missing device (a VM would start on nothing),
+        so theirs go too; a re-attach makes it again.
         """
         rows = {r.vol_id: r for r in records}
         seen: set[str] = set()
@@ -74,12 +107,24 @@ class ManagedLinks:
                     )
                     continue
                 seen.add(name)
+                if name in missing:
+                    os.unlink(entry.path)
+                    count("link_removed")
+                    log.warning(
+                        "reconcile: removed symlink %s: volume %s's "
+                        "device is missing",
+                        entry.path,
+                        name,
+                        extra={"VOL_ID": name},
+                    )
+                    continue
                 self._check(entry.path, rows.get(name), name, count)
         for rec in rows.values():
             if (
                 rec.state == db.ATTACHED
                 and rec.path
                 and rec.vol_id not in seen
+                and rec.vol_id not in missing
             ):
                 # /run is a tmpfs: a reboot or a crash before the link
                 # step leaves an attached volume without its link.

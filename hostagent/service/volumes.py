@@ -3,8 +3,14 @@
 Rules (the project's DESIGN, "Flows"):
 * one operation per volume at a time; different volumes run in parallel
   (:mod:`.locks`);
-* re-attach with the same connection info returns the existing attachment,
-  with different info it is error 929;
+* re-attach with the same connection info returns the existing attachment
+  while its device is live (there, with media, the same device, recorded
+  in this boot); otherwise (a reboot, a fence, a logout) the attach runs
+  again over the row and returns the fresh path, or fails and leaves the
+  row saying why; with different info it is error 929;
+* before anything is recorded or connected: the managed path must be
+  free or a symlink (931), the driver's device check passes (the local
+  guard) and the device is not another volume's by identity (927);
 * attach is a flow (:mod:`.steps`): record intent -> connect -> keep
   os-brick's answer -> wait for the device -> record the attachment ->
   managed symlink; a failing step undoes the done ones, disconnect
@@ -38,14 +44,18 @@ from hostagent.errors import (
 )
 from hostagent.events import Events
 from hostagent.failpoints import FailPoints
-from hostagent.redact import redact
-from hostagent.service import secrecy, steps
+from hostagent.redact import SCRUBBER, redact
+from hostagent.service import guard, identity, secrecy, steps
 from hostagent.service.backends import (
     check_backend,
     check_driver,
     record_backend,
 )
-from hostagent.service.device import check_multipath, wait_for_device
+from hostagent.service.device import (
+    check_multipath,
+    exists,
+    wait_for_device,
+)
 from hostagent.service.flow import Flow, FlowError
 from hostagent.service.host import Host
 from hostagent.service.lane import Lane
@@ -176,35 +186,120 @@ class VolumeService:
         options = check_backend(self.config, driver, backend)
         await h.brick_ready()
         async with h.locks.hold(vol_id):
+            h.links.check(vol_id)
             existing = await h.record(vol_id)
-            if existing is not None:
-                return self._reattach(existing, connection_info, backend)
-            await check_multipath(h, driver, options)
             attempt = steps.Attempt(vol_id, driver, connection_info, options)
-            started = time.monotonic()
-            try:
-                await Flow("attach", h.failpoints, f"volume {vol_id}").run(
-                    steps.attach_steps(h, attempt)
-                )
-            except FlowError as e:
-                await steps.record_leak(h, vol_id, e)
-                raise e.error from e
-            self.events.track(vol_id, True, attempt.path)
-            log.info(
-                "attached volume %s at %s in %.3f s",
+            if existing is not None:
+                self._check_same(existing, connection_info, backend)
+                if await self._live(existing):
+                    return self._reattach(existing)
+                attempt.previous = existing
+                return await self._attach_again(attempt)
+            await check_multipath(h, driver, options)
+            await self._admit(attempt)
+            return await self._run_attach(attempt)
+
+    async def _admit(self, a: steps.Attempt) -> None:
+        """The driver's device check and the identity check (927)."""
+        data = a.connection_info["data"]
+        key, a.admitted = await guard.admit(self.host, a.driver, data)
+        await guard.refuse_owned(
+            self.host, a.vol_id, key, data.get("device_path")
+        )
+
+    async def _run_attach(self, a: steps.Attempt) -> dict[str, Any]:
+        h = self.host
+        started = time.monotonic()
+        try:
+            await Flow("attach", h.failpoints, f"volume {a.vol_id}").run(
+                steps.attach_steps(h, a)
+            )
+        except FlowError as e:
+            await steps.record_leak(h, a.vol_id, e)
+            raise e.error from e
+        self.events.track(a.vol_id, True, a.path)
+        log.info(
+            "attached volume %s at %s in %.3f s",
+            a.vol_id,
+            a.path,
+            time.monotonic() - started,
+            extra={"VOL_ID": a.vol_id},
+        )
+        return self._attach_result(a.vol_id, a.path, a.info)
+
+    async def _live(self, rec: VolumeRecord) -> bool:
+        """Whether an attached row's device is still the one recorded.
+
+        There with media (and its dm device, for multipath), the same
+        device by identity, and recorded in this boot: after a reboot a
+        device number may name another disk.  Rows of older versions
+        recorded neither identity nor boot.
+        """
+        if rec.state != db.ATTACHED or not rec.path:
+            return True  # _check_same refused it already
+        if rec.boot_id is not None and rec.boot_id != identity.boot_id():
+            return False
+        if not await exists(self.host, rec.path, rec.multipath_id):
+            return False
+        return rec.device_key is None or (
+            identity.device_key(rec.path) == rec.device_key
+        )
+
+    async def _attach_again(self, a: steps.Attempt) -> dict[str, Any]:
+        """Attach over a row whose device is gone (reboot, fence, logout).
+
+        The link to the missing device goes first: nothing points a VM
+        at it.  On failure the row stays ``attached`` (its device
+        missing) with ``last_error`` saying why, so that the next
+        re-attach tries again and ``volumes_info`` tells the engine.
+        """
+        h = self.host
+        rec = a.previous
+        assert rec is not None
+        log.warning(
+            "volume %s: its recorded device %s is gone or from an earlier "
+            "boot (%s); attaching it again",
+            a.vol_id,
+            rec.path,
+            rec.boot_id or "boot unknown",
+            extra={"VOL_ID": a.vol_id},
+        )
+        h.links.remove(a.vol_id)
+        try:
+            await check_multipath(h, a.driver, a.backend)
+            await self._admit(a)
+            return await self._run_attach(a)
+        except Exception as e:
+            await self._note_failed_reattach(a.vol_id, e)
+            raise
+
+    async def _note_failed_reattach(self, vol_id: str, e: Exception) -> None:
+        h = self.host
+        message = SCRUBBER.scrub(
+            "re-attach failed: "
+            + (e.message if isinstance(e, AgentError) else str(e))
+        )
+        try:
+            rec = await h.in_db(h.db.get, vol_id)
+            # A failed clean-up left it detaching (record_leak): that
+            # note stays.
+            if rec is not None and rec.state == db.ATTACHED:
+                await h.in_db(h.db.set_state, vol_id, db.ATTACHED, message)
+        except AgentError as db_error:
+            log.error(
+                "volume %s: cannot record why its re-attach failed: %s",
                 vol_id,
-                attempt.path,
-                time.monotonic() - started,
+                db_error.message,
                 extra={"VOL_ID": vol_id},
             )
-            return self._attach_result(vol_id, attempt.path, attempt.info)
 
-    def _reattach(
+    def _check_same(
         self,
         rec: VolumeRecord,
         connection_info: dict[str, Any],
         backend: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> None:
+        """927 unless attached; 929 unless asked with the same info."""
         if rec.state != db.ATTACHED:
             raise VolumeBusy(
                 f"volume {rec.vol_id} is {rec.state}"
@@ -228,6 +323,9 @@ class VolumeService:
                 f"{rec.backend!r}, not {backend!r}; detach it first",
                 {"vol_id": rec.vol_id, "backend": rec.backend},
             )
+
+    def _reattach(self, rec: VolumeRecord) -> dict[str, Any]:
+        """The live attachment of ``rec``, its link made again."""
         assert rec.path is not None
         # The symlink lives on tmpfs; a reboot without a detach loses it.
         self.host.links.make(rec.vol_id, rec.path)
@@ -263,6 +361,7 @@ class VolumeService:
             if rec is None:
                 log.info("detach of unknown volume %s: nothing to do", vol_id)
                 return
+            h.links.check(vol_id)
             await h.brick_ready()
             started = time.monotonic()
             await steps.teardown(h, rec, "detach", rec.last_error)
@@ -360,6 +459,11 @@ def _entry(row: StoredVolume, exists: bool) -> dict[str, Any]:
         "state": row.state,
         "last_error": row.last_error,
         "backend": row.backend,
+        "boot_id": row.boot_id,
+        # A device number recorded in an earlier boot may name another
+        # device now: such a row is attached again by a re-attach.
+        "this_boot": row.boot_id is not None
+        and row.boot_id == identity.boot_id(),
     }
 
 
