@@ -194,6 +194,8 @@ ATTACH_KILLS = [
     ("attach.after_connected", "attached"),
     ("attach.before_wait", "attached"),
     ("attach.after_wait", "attached"),
+    ("attach.before_admit", "attached"),
+    ("attach.after_admit", "attached"),
     ("attach.before_attached", "attached"),
     ("attach.after_attached", "attached"),
     ("attach.before_link", "attached"),

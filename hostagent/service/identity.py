@@ -50,3 +50,16 @@ def device_key(path: str) -> str | None:
     if not stat.S_ISREG(st.st_mode):
         return None
     return f"inode:{st.st_dev}:{st.st_ino}"
+
+
+def dm_has_paths(path: str, sysfs: str = devices.SYSFS) -> bool:
+    """Whether the dm device ``path`` names has a device under it.
+
+    A multipath map can outlive its last path (a logout, a fence): its
+    node and size stay, but nothing is behind it.
+    """
+    name = os.path.basename(os.path.realpath(path))
+    try:
+        return bool(os.listdir(f"{sysfs}/block/{name}/slaves"))
+    except OSError:
+        return False

@@ -230,16 +230,18 @@ class VolumeService:
     async def _live(self, rec: VolumeRecord) -> bool:
         """Whether an attached row's device is still the one recorded.
 
-        There with media (and its dm device, for multipath), the same
-        device by identity, and recorded in this boot: after a reboot a
-        device number may name another disk.  Rows of older versions
-        recorded neither identity nor boot.
+        There with media (and its dm device with a path under it, for
+        multipath), the same device by identity, and recorded in this
+        boot: after a reboot a device number may name another disk.
+        Rows of older versions recorded neither identity nor boot.
         """
         if rec.state != db.ATTACHED or not rec.path:
             return True  # _check_same refused it already
         if rec.boot_id is not None and rec.boot_id != identity.boot_id():
             return False
         if not await exists(self.host, rec.path, rec.multipath_id):
+            return False
+        if rec.multipath_id and not identity.dm_has_paths(rec.path):
             return False
         return rec.device_key is None or (
             identity.device_key(rec.path) == rec.device_key

@@ -1,0 +1,107 @@
+"""Schema 4: the device identity and boot id columns, and the checks
+that use them, on real SQLite files (frozen schema-3 fixture)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from test_db import FIXTURES, columns, frozen, reopened
+
+from hostagent import db
+from hostagent.db import Database, StateUnwritable
+
+
+def test_upgrade_from_frozen_schema_3(tmp_path: Path) -> None:
+    """Rows of schema 3 keep everything; identity and boot are None."""
+    path = tmp_path / "h.db"
+    frozen(path, 3)
+    fresh = tmp_path / "fresh.db"
+    Database(fresh).open()
+    new = reopened(path)
+    a, b = new.get("vol-a"), new.get("vol-b")
+    assert a is not None and b is not None
+    assert (a.backend, a.state, a.created) == (
+        "gold",
+        "attached",
+        1700000000.25,
+    )
+    assert a.connection_info["data"]["auth_password"] == "chap-secret-3"
+    assert (a.device_key, a.boot_id) == (None, None)
+    assert (b.path, b.device_key, b.boot_id) == ("/dev/loop7", None, None)
+    # A row without identity is still compared by its path string.
+    assert new.find_device_owner(None, "/dev/loop7", "x", "devno:7:7") == (
+        "vol-b"
+    )
+    new.close()
+    assert columns(path) == columns(fresh)
+    con = sqlite3.connect(path)
+    assert con.execute("SELECT version FROM schema_version").fetchall() == [
+        (db.SCHEMA_VERSION,)
+    ]
+    indexes = {r[1] for r in con.execute("PRAGMA index_list(volume)")}
+    assert "volume_device_key" in indexes
+    con.close()
+
+
+def test_old_migrations_still_make_frozen_schema_3(tmp_path: Path) -> None:
+    made, kept = tmp_path / "made.db", tmp_path / "kept.db"
+    old = Database(made, migrations=3)
+    old.open()
+    old.close()
+    frozen(kept, 3)
+    schemas = []
+    for path in (made, kept):
+        con = sqlite3.connect(path)
+        schemas.append(
+            con.execute(
+                "SELECT type, name, sql FROM sqlite_master ORDER BY name"
+            ).fetchall()
+        )
+        con.close()
+    assert schemas[0] == schemas[1]
+    assert (FIXTURES / "schema-3.sql").exists()
+
+
+def test_owner_is_found_by_identity_not_path(tmp_path: Path) -> None:
+    d = Database(tmp_path / "h.db")
+    d.open()
+    info = {"driver_volume_type": "local", "data": {}}
+    d.insert("v1", info)
+    assert d.set_attached("v1", "/dev/loop3", {}, None, "devno:7:3", "b1") is (
+        None
+    )
+    rec = d.get("v1")
+    assert rec is not None
+    assert (rec.device_key, rec.boot_id) == ("devno:7:3", "b1")
+    d.insert("v2", info)
+    # Another path, the same device: refused.
+    assert d.set_attached("v2", "/tmp/alias", {}, None, "devno:7:3") == "v1"
+    # The same path string naming another device now: not the same.
+    assert d.set_attached("v2", "/dev/loop3", {}, None, "devno:7:9") is None
+    d.close()
+
+
+def test_disk_errors_are_state_unwritable(tmp_path: Path) -> None:
+    """A write refused by SQLite for the disk's sake is StateUnwritable.
+
+    A read-only connection stands for a read-only file system here
+    (the same SQLITE_READONLY); a full one is made real in
+    test_state_errors.py.
+    """
+    d = Database(tmp_path / "h.db")
+    d.open()
+    d.insert("v1", {"driver_volume_type": "local", "data": {}})
+    con = d._db.connection()  # type: ignore[attr-defined]
+    con.execute("PRAGMA query_only = 1")
+    with pytest.raises(StateUnwritable) as e:
+        d.set_state("v1", db.DETACHING)
+    assert e.value.reason == "read_only"
+    con.execute("PRAGMA query_only = 0")
+    d.set_state("v1", db.DETACHING)
+    # Not every database error is the disk's.
+    with pytest.raises(db.DatabaseError) as other:
+        d.set_state("nope", db.DETACHING)
+    assert not isinstance(other.value, StateUnwritable)
+    d.close()
