@@ -198,6 +198,10 @@ def test_not_a_link_at_the_managed_path_is_931(
     assert rows(agent) == [(vid, "attached")]
     assert brick_calls(agent, vid) == ["connect"]
     still_there()
+    # Start-up reconciliation leaves it alone too (and starts).
+    agent.restart()
+    still_there()
+    assert "is not a symlink; leaving it alone" in agent.log()
     subprocess.run(["rm", "-rf", str(where)], check=True)
     assert agent.call(DETACH, [vid]) is None
     assert rows(agent) == []

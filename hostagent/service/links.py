@@ -101,10 +101,13 @@ class ManagedLinks:
                         os.unlink(entry.path)
                     continue
                 if not entry.is_symlink():
+                    # Not the agent's: neither replaced nor removed (a
+                    # re-attach or detach of that volume answers 931).
                     log.warning(
                         "reconcile: %s is not a symlink; leaving it alone",
                         entry.path,
                     )
+                    seen.add(name)
                     continue
                 seen.add(name)
                 if name in missing:
