@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import stat
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -144,12 +145,15 @@ def test_busy_loops_refused_then_free(
     agent.call(DETACH, [vid])
 
 
-def test_detached_loop_is_926_without_a_row(
-    agent: Agent, loops: Loops
+def test_device_without_media_is_926_without_a_row(
+    agent: Agent, tmp_path: Path
 ) -> None:
-    dev = loops.create()
-    loops.detach(dev)
-    err = refused(agent, dev, 926, "no_media")
+    """A block node with nothing behind it (a loop minor the kernel has
+    not made: a detached loop device's number may be taken by anyone's
+    losetup on a shared machine, this one cannot)."""
+    node = tmp_path / "gone"
+    os.mknod(node, 0o600 | stat.S_IFBLK, os.makedev(7, 1048500))
+    err = refused(agent, str(node), 926, "no_media")
     assert err.data["error_class"] == "VolumeDeviceNotFound"
 
 
@@ -302,3 +306,13 @@ def test_identity_key_matches_devices(loops: Loops, tmp_path: Path) -> None:
     assert identity.device_key(str(f)) == identity.device_key(str(hard))
     assert identity.device_key(str(f)).startswith("inode:")  # type: ignore[union-attr]
     assert identity.device_key(str(tmp_path / "none")) is None
+
+
+def test_node_without_a_kernel_device_is_not_opened(tmp_path: Path) -> None:
+    """Opening a loop number the kernel has not made would make it."""
+    node = tmp_path / "gone"
+    os.mknod(node, 0o600 | stat.S_IFBLK, os.makedev(7, 1048501))
+    with pytest.raises(devices.NoMedia) as e:
+        devices.check_local_device(str(node))
+    assert "the kernel has no device 7:1048501" in e.value.message
+    assert not os.path.exists("/sys/dev/block/7:1048501")

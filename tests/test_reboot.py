@@ -7,6 +7,11 @@ agent must never answer success with a dead path, and must succeed with
 a live link once the device is back.  The connection info names the
 device through a symlink, as /dev/disk/by-id names a LUN: after the
 "reboot" it points at whatever loop device the file got this time.
+
+While the device is gone, the name points at a block node the kernel
+has no device for, not at the detached loop device: on a machine where
+other tests run ``losetup --find`` a freed loop number is soon someone
+else's disk, and the test would see that one.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import stat
 import uuid
 from pathlib import Path
 from typing import Any
@@ -48,6 +54,24 @@ def by_id(tmp_path: Path, dev: str) -> Path:
     return link
 
 
+def gone(tmp_path: Path, loops: Loops, dev: str) -> None:
+    """The device goes (loop detached); its name leads to no device."""
+    dead = tmp_path / "dead-node"
+    if not dead.exists():
+        os.mknod(dead, 0o600 | stat.S_IFBLK, os.makedev(7, 1048510))
+    by_id(tmp_path, str(dead))
+    loops.detach(dev)
+
+
+def back(loops: Loops, dev: str) -> str:
+    """The device comes back: its file on whatever loop device is free."""
+    backing = loops.backing(dev)
+    again = create_loop(backing)
+    loops.devices.append(again)
+    loops.files[again] = backing
+    return again
+
+
 def reboot(agent: Agent) -> None:
     """Stop the agent and empty run_dir, as a reboot empties /run."""
     agent.stop()
@@ -67,7 +91,7 @@ def test_reattach_after_reboot_device_gone_then_back(
     assert row(agent, vid) == ("attached", str(name), None, BOOT_ID)
 
     reboot(agent)
-    loops.detach(dev)
+    gone(tmp_path, loops, dev)
     agent.start()
     # Reconcile keeps the row but never links to a missing device.
     assert agent.links() == []
@@ -91,10 +115,7 @@ def test_reattach_after_reboot_device_gone_then_back(
 
     # The storage brings the device back (here: the same file on
     # whatever loop device is free; the stable name follows it).
-    backing = loops.backing(dev)
-    again = create_loop(backing)
-    loops.devices.append(again)
-    loops.files[again] = backing
+    again = back(loops, dev)
     by_id(tmp_path, again)
     result = agent.call(ATTACH, {"vol_id": vid, "connection_info": info})
     assert result["path"] == str(name)
@@ -113,19 +134,21 @@ def test_reattach_after_reboot_device_gone_then_back(
 
 
 def test_reconcile_removes_a_link_to_a_missing_device(
-    agent: Agent, loops: Loops
+    agent: Agent, loops: Loops, tmp_path: Path
 ) -> None:
     """Without a reboot too: a link whose device went is removed."""
     dev = loops.create()
+    name = by_id(tmp_path, dev)
     vid = new_vol_id()
-    agent.call(ATTACH, {"vol_id": vid, "connection_info": local_info(dev)})
+    info = local_info(str(name))
+    agent.call(ATTACH, {"vol_id": vid, "connection_info": info})
     agent.stop()
-    loops.detach(dev)
+    gone(tmp_path, loops, dev)
     agent.start()
     assert agent.links() == []
     assert f"removed symlink {agent.run_dir / 'volumes' / vid}" in agent.log()
-    loops.reattach(dev)
-    agent.call(ATTACH, {"vol_id": vid, "connection_info": local_info(dev)})
+    by_id(tmp_path, back(loops, dev))
+    agent.call(ATTACH, {"vol_id": vid, "connection_info": info})
     assert agent.links() == [vid]
     agent.call(DETACH, [vid])
 

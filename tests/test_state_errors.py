@@ -7,6 +7,7 @@ the host and the database as they were.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import sqlite3
@@ -28,7 +29,8 @@ INFO = "ManagedVolume.volumes_info"
 
 def rows(agent: Agent) -> list[tuple[Any, ...]]:
     """vol_id, state of every row (sqlite3)."""
-    with sqlite3.connect(agent.db_path) as con:
+    # Closed at once: an open file keeps the tmpfs from unmounting.
+    with contextlib.closing(sqlite3.connect(agent.db_path)) as con:
         return con.execute(
             "SELECT vol_id, state FROM volume ORDER BY vol_id"
         ).fetchall()
@@ -132,7 +134,8 @@ def test_state_dir_full_after_connect(
 
     worker = threading.Thread(target=attach)
     worker.start()
-    a.wait_log(f"volume {vid}: connecting")
+    # The row holds os-brick's answer by then (the "connected" step).
+    a.wait_log("fail point attach.before_attached: sleep")
     filler = fill(a.state_dir)
     worker.join(30)
     is_930(out["error"], a)

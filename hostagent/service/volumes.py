@@ -192,7 +192,7 @@ class VolumeService:
             if existing is not None:
                 self._check_same(existing, connection_info, backend)
                 if await self._live(existing):
-                    return self._reattach(existing)
+                    return await self._reattach(existing)
                 attempt.previous = existing
                 return await self._attach_again(attempt)
             await check_multipath(h, driver, options)
@@ -326,9 +326,17 @@ class VolumeService:
                 {"vol_id": rec.vol_id, "backend": rec.backend},
             )
 
-    def _reattach(self, rec: VolumeRecord) -> dict[str, Any]:
-        """The live attachment of ``rec``, its link made again."""
+    async def _reattach(self, rec: VolumeRecord) -> dict[str, Any]:
+        """The live attachment of ``rec``, its link made again.
+
+        A ``last_error`` left by a failed re-attach is cleared: the
+        device is back, and the answer is success.
+        """
         assert rec.path is not None
+        if rec.last_error is not None:
+            await self.host.in_db(
+                self.host.db.set_state, rec.vol_id, db.ATTACHED, None
+            )
         # The symlink lives on tmpfs; a reboot without a detach loses it.
         self.host.links.make(rec.vol_id, rec.path)
         log.info("volume %s already attached; returning it", rec.vol_id)
