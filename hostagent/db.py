@@ -26,14 +26,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import (
-    Any,
-    Concatenate,
-    NamedTuple,
-    ParamSpec,
-    TypeVar,
-    cast,
-)
+from typing import Any, NamedTuple, cast
 
 import peewee as pw
 
@@ -58,61 +51,6 @@ logging.getLogger("peewee").setLevel(logging.INFO)
 
 class DatabaseBusy(Exception):
     """:meth:`Database.peek` would have to wait; ask the database thread."""
-
-
-class StateUnwritable(DatabaseError):
-    """A write failed: the file system under the database is full,
-    read-only or failing.  Nothing of the write was kept (SQLite rolls
-    the statement back); ``reason`` is ``full``, ``read_only`` or
-    ``io_error``.
-    """
-
-    def __init__(self, path: Path, reason: str, error: str) -> None:
-        super().__init__(f"cannot write {path}: {error}")
-        self.path = path
-        self.reason = reason
-
-
-# SQLite's primary result codes that mean "the disk", not the query.
-_WRITE_FAILURES = {
-    13: "full",  # SQLITE_FULL (ENOSPC, or the file size limit)
-    8: "read_only",  # SQLITE_READONLY
-    14: "read_only",  # SQLITE_CANTOPEN (the -wal/-shm on a read-only fs)
-    10: "io_error",  # SQLITE_IOERR (EIO, EROFS on a write)
-}
-
-
-def _write_failure(e: BaseException) -> str | None:
-    """``reason`` of :class:`StateUnwritable` for ``e``, or None."""
-    # peewee re-raises sqlite3's error as its own, with the original
-    # as its first argument (and as the context).
-    for cause in (e, *e.args[:1], e.__cause__, e.__context__):
-        code = getattr(cause, "sqlite_errorcode", None)
-        if isinstance(cause, sqlite3.Error) and isinstance(code, int):
-            return _WRITE_FAILURES.get(code & 0xFF)
-    return None
-
-
-T = TypeVar("T")
-P = ParamSpec("P")
-
-
-def _writes(
-    fn: Callable[Concatenate[Database, P], T],
-) -> Callable[Concatenate[Database, P], T]:
-    """Turn a write's disk failure into :class:`StateUnwritable`."""
-
-    def write(self: Database, /, *args: P.args, **kwargs: P.kwargs) -> T:
-        try:
-            return fn(self, *args, **kwargs)
-        except (pw.DatabaseError, sqlite3.Error) as e:
-            reason = _write_failure(e)
-            if reason is None:
-                raise
-            raise StateUnwritable(self.path, reason, str(e)) from e
-
-    functools.update_wrapper(write, fn)
-    return write
 
 
 @dataclass(frozen=True)
@@ -434,21 +372,10 @@ class Database:
     ) -> str | None:
         """The vol_id (other than ``exclude``) using this device, if any.
 
-        With ``device_key`` (see :mod:`hostagent.service.identity`) the
-        device is compared by identity: the path string is compared
-        only with rows that recorded none (older versions').
+        By identity when ``device_key`` is given: the path string then
+        counts only for rows that recorded none (older versions').
         """
-        conditions = []
-        if multipath_id:
-            conditions.append(_Volume.multipath_id == multipath_id)
-        if device_key:
-            conditions.append(_Volume.device_key == device_key)
-            if path:
-                conditions.append(
-                    _Volume.device_key.is_null() & (_Volume.path == path)
-                )
-        elif path:
-            conditions.append(_Volume.path == path)
+        conditions = _same_device(multipath_id, path, device_key)
         if not conditions:
             return None
         return self._owner(functools.reduce(operator.or_, conditions), exclude)
@@ -462,7 +389,6 @@ class Database:
         )
         return str(rows[0][0]) if rows else None
 
-    @_writes
     def insert(
         self,
         vol_id: str,
@@ -480,7 +406,6 @@ class Database:
             backend=backend,
         ).execute()
 
-    @_writes
     def set_attachment(self, vol_id: str, attachment: dict[str, Any]) -> None:
         """Keep os-brick's answer on a row that is still ``attaching``.
 
@@ -500,7 +425,6 @@ class Database:
             _Volume.connection_info == _dump(connection_info), exclude
         )
 
-    @_writes
     def set_attached(
         self,
         vol_id: str,
@@ -532,7 +456,6 @@ class Database:
         )
         return None
 
-    @_writes
     def set_state(
         self, vol_id: str, state: str, last_error: str | None = None
     ) -> None:
@@ -541,12 +464,10 @@ class Database:
             raise ValueError(f"unknown state {state!r}")
         self._update(vol_id, state=state, last_error=last_error)
 
-    @_writes
     def delete(self, vol_id: str) -> None:
         """Forget ``vol_id`` (a no-op when it is unknown)."""
         _Volume.delete().where(_Volume.vol_id == vol_id).execute()
 
-    @_writes
     def insert_many(self, records: Iterable[VolumeRecord]) -> None:
         """Write whole records in one transaction (benchmarks, imports)."""
         rows = [
@@ -580,6 +501,23 @@ class Database:
         n = _Volume.update(**fields).where(_Volume.vol_id == vol_id).execute()
         if n != 1:
             raise DatabaseError(f"volume {vol_id} has no record to update")
+
+
+def _same_device(
+    multipath_id: str | None, path: str | None, device_key: str | None
+) -> list[Any]:
+    """Conditions on rows for "the same device" (any one suffices)."""
+    v, conditions = _Volume, []
+    if multipath_id:
+        conditions.append(v.multipath_id == multipath_id)
+    if device_key:
+        conditions.append(v.device_key == device_key)
+    if path:
+        same = v.path == path
+        conditions.append(
+            same & v.device_key.is_null() if device_key else same
+        )
+    return conditions
 
 
 def _open_reader(path: Path) -> sqlite3.Connection:

@@ -19,13 +19,9 @@ from typing import Any, TypeVar
 
 from hostagent.brick import Brick
 from hostagent.config import Config
-from hostagent.db import (
-    Database,
-    DatabaseBusy,
-    StateUnwritable,
-    VolumeRecord,
-)
-from hostagent.errors import StateUnwritable as StateError
+from hostagent.db import Database, DatabaseBusy, VolumeRecord
+from hostagent.dbfile import disk_failure
+from hostagent.errors import StateUnwritable
 from hostagent.failpoints import FailPoints
 from hostagent.service import secrecy
 from hostagent.service.lane import Lane
@@ -48,14 +44,16 @@ _STATE_WORDS = {
 }
 
 
-def state_error(config: Config, e: StateUnwritable) -> StateError:
-    """Error 930 for a database write the file system refused."""
+def state_error(
+    config: Config, reason: str, error: Exception
+) -> StateUnwritable:
+    """Error 930 for a database call the file system refused."""
     state_dir = config.storage.state_dir
-    return StateError(
-        f"the state directory {state_dir} {_STATE_WORDS[e.reason]} "
-        f"({e}); the change was not recorded: free space or remount it "
-        "read-write, then retry",
-        {"state_dir": state_dir, "reason": e.reason},
+    return StateUnwritable(
+        f"the state directory {state_dir} {_STATE_WORDS[reason]} "
+        f"({error}); the change was not recorded: free space or remount "
+        "it read-write, then retry",
+        {"state_dir": state_dir, "reason": reason},
     )
 
 
@@ -92,8 +90,11 @@ class Host:
         """
         try:
             return await self.db_thread.call(fn, *args)
-        except StateUnwritable as e:
-            raise state_error(self.config, e) from e
+        except Exception as e:
+            reason = disk_failure(e)
+            if reason is None:
+                raise
+            raise state_error(self.config, reason, e) from e
 
     async def in_worker(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking ``fn(*args)`` (os-brick, udev) on a worker thread."""

@@ -34,18 +34,17 @@ from typing import Any
 from hostagent import __version__, db, hosttools
 from hostagent.brick import Brick
 from hostagent.config import BackendConfig, Config, backend_options
-from hostagent.db import Database, StoredVolume, VolumeRecord
+from hostagent.db import Database, StoredVolume
 from hostagent.errors import (
     AgentError,
-    ConnectionInfoMismatch,
     ConnectorFailed,
     InvalidParams,
     VolumeBusy,
 )
 from hostagent.events import Events
 from hostagent.failpoints import FailPoints
-from hostagent.redact import SCRUBBER, redact
-from hostagent.service import guard, identity, secrecy, steps
+from hostagent.redact import redact
+from hostagent.service import guard, identity, reattach, secrecy, steps
 from hostagent.service.backends import (
     check_backend,
     check_driver,
@@ -53,7 +52,6 @@ from hostagent.service.backends import (
 )
 from hostagent.service.device import (
     check_multipath,
-    exists,
     wait_for_device,
 )
 from hostagent.service.flow import Flow, FlowError
@@ -190,9 +188,12 @@ class VolumeService:
             existing = await h.record(vol_id)
             attempt = steps.Attempt(vol_id, driver, connection_info, options)
             if existing is not None:
-                self._check_same(existing, connection_info, backend)
-                if await self._live(existing):
-                    return await self._reattach(existing)
+                reattach.check_same(existing, connection_info, backend)
+                if await reattach.live(h, existing):
+                    path = await reattach.existing(h, existing)
+                    return self._attach_result(
+                        vol_id, path, existing.attachment
+                    )
                 attempt.previous = existing
                 return await self._attach_again(attempt)
             await check_multipath(h, driver, options)
@@ -227,120 +228,17 @@ class VolumeService:
         )
         return self._attach_result(a.vol_id, a.path, a.info)
 
-    async def _live(self, rec: VolumeRecord) -> bool:
-        """Whether an attached row's device is still the one recorded.
-
-        There with media (and its dm device with a path under it, for
-        multipath), the same device by identity, and recorded in this
-        boot: after a reboot a device number may name another disk.
-        Rows of older versions recorded neither identity nor boot.
-        """
-        if rec.state != db.ATTACHED or not rec.path:
-            return True  # _check_same refused it already
-        if rec.boot_id is not None and rec.boot_id != identity.boot_id():
-            return False
-        if not await exists(self.host, rec.path, rec.multipath_id):
-            return False
-        if rec.multipath_id and not identity.dm_has_paths(rec.path):
-            return False
-        return rec.device_key is None or (
-            identity.device_key(rec.path) == rec.device_key
-        )
-
     async def _attach_again(self, a: steps.Attempt) -> dict[str, Any]:
-        """Attach over a row whose device is gone (reboot, fence, logout).
-
-        The link to the missing device goes first: nothing points a VM
-        at it.  On failure the row stays ``attached`` (its device
-        missing) with ``last_error`` saying why, so that the next
-        re-attach tries again and ``volumes_info`` tells the engine.
-        """
-        h = self.host
-        rec = a.previous
-        assert rec is not None
-        log.warning(
-            "volume %s: its recorded device %s is gone or from an earlier "
-            "boot (%s); attaching it again",
-            a.vol_id,
-            rec.path,
-            rec.boot_id or "boot unknown",
-            extra={"VOL_ID": a.vol_id},
-        )
-        h.links.remove(a.vol_id)
+        """Attach over a row whose device is gone (see :mod:`.reattach`)."""
+        assert a.previous is not None
+        reattach.again(self.host, a.previous)
         try:
-            await check_multipath(h, a.driver, a.backend)
+            await check_multipath(self.host, a.driver, a.backend)
             await self._admit(a)
             return await self._run_attach(a)
         except Exception as e:
-            await self._note_failed_reattach(a.vol_id, e)
+            await reattach.note_failure(self.host, a.vol_id, e)
             raise
-
-    async def _note_failed_reattach(self, vol_id: str, e: Exception) -> None:
-        h = self.host
-        message = SCRUBBER.scrub(
-            "re-attach failed: "
-            + (e.message if isinstance(e, AgentError) else str(e))
-        )
-        try:
-            rec = await h.in_db(h.db.get, vol_id)
-            # A failed clean-up left it detaching (record_leak): that
-            # note stays.
-            if rec is not None and rec.state == db.ATTACHED:
-                await h.in_db(h.db.set_state, vol_id, db.ATTACHED, message)
-        except AgentError as db_error:
-            log.error(
-                "volume %s: cannot record why its re-attach failed: %s",
-                vol_id,
-                db_error.message,
-                extra={"VOL_ID": vol_id},
-            )
-
-    def _check_same(
-        self,
-        rec: VolumeRecord,
-        connection_info: dict[str, Any],
-        backend: str | None = None,
-    ) -> None:
-        """927 unless attached; 929 unless asked with the same info."""
-        if rec.state != db.ATTACHED:
-            raise VolumeBusy(
-                f"volume {rec.vol_id} is {rec.state}"
-                + (
-                    f" (last error: {rec.last_error})"
-                    if rec.last_error
-                    else ""
-                )
-                + "; detach it first",
-                {"vol_id": rec.vol_id, "state": rec.state},
-            )
-        if rec.connection_info != connection_info:
-            raise ConnectionInfoMismatch(
-                f"volume {rec.vol_id} is already attached with different "
-                "connection info; detach it first",
-                {"vol_id": rec.vol_id},
-            )
-        if rec.backend != backend:
-            raise ConnectionInfoMismatch(
-                f"volume {rec.vol_id} is already attached with backend "
-                f"{rec.backend!r}, not {backend!r}; detach it first",
-                {"vol_id": rec.vol_id, "backend": rec.backend},
-            )
-
-    async def _reattach(self, rec: VolumeRecord) -> dict[str, Any]:
-        """The live attachment of ``rec``, its link made again.
-
-        A ``last_error`` left by a failed re-attach is cleared: the
-        device is back, and the answer is success.
-        """
-        assert rec.path is not None
-        if rec.last_error is not None:
-            await self.host.in_db(
-                self.host.db.set_state, rec.vol_id, db.ATTACHED, None
-            )
-        # The symlink lives on tmpfs; a reboot without a detach loses it.
-        self.host.links.make(rec.vol_id, rec.path)
-        log.info("volume %s already attached; returning it", rec.vol_id)
-        return self._attach_result(rec.vol_id, rec.path, rec.attachment)
 
     def _attach_result(
         self, vol_id: str, path: str, attachment: dict[str, Any] | None
