@@ -31,7 +31,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, cast
 
@@ -39,7 +39,7 @@ import peewee as pw
 
 # The errors are re-exported: callers know them as the database's.
 from hostagent.dbfile import DatabaseError as DatabaseError
-from hostagent.dbfile import DatabaseFile, create_private
+from hostagent.dbfile import DatabaseFile, create_private, open_reader
 from hostagent.dbfile import DatabaseNeedsOperator as DatabaseNeedsOperator
 
 # Volume states.  A row is written in ATTACHING before the connector runs
@@ -82,6 +82,10 @@ class VolumeRecord:
     # Owner, group and mode the device node had before the agent gave it
     # the configured ones (ownership.NodeState.to_dict()); None: untouched.
     owner_prev: dict[str, Any] | None = None
+    # The device's identity (hostagent.service.identity.device_key) and
+    # the boot it was attached in; None for rows of older versions.
+    device_key: str | None = None
+    boot_id: str | None = None
 
 
 class StoredVolume(NamedTuple):
@@ -96,6 +100,7 @@ class StoredVolume(NamedTuple):
     last_error: str | None
     backend: str | None
     sd_id: str | None
+    boot_id: str | None
 
 
 _proxy = pw.DatabaseProxy()
@@ -126,6 +131,8 @@ class _Volume(_Base):
     backend = pw.TextField(null=True)
     sd_id = pw.TextField(null=True)
     owner_prev = pw.TextField(null=True)
+    device_key = pw.TextField(null=True)
+    boot_id = pw.TextField(null=True)
 
     class Meta:
         table_name = "volume"
@@ -156,8 +163,9 @@ _STORED = [_Volume._meta.fields[name] for name in StoredVolume._fields]
 # i + 1.  Version 1 is the table vdsm's managed-volume DB had; version 2
 # adds the flow state, so an interrupted attach or detach is visible;
 # version 3 records the backend a volume was attached with; version 4
-# its storage domain (sd_id) and the device node's previous ownership.
-# Their DDL is SQL: each writes the table as it was at its version, which the
+# its storage domain (sd_id) and the device node's previous ownership;
+# version 5 the device's identity and the boot id.  Their DDL is SQL:
+# each writes the table as it was at its version, which the
 # model (today's table) cannot describe.
 def _v1(db: pw.SqliteDatabase) -> None:
     _sql(
@@ -194,11 +202,21 @@ def _v4(db: pw.SqliteDatabase) -> None:
     _sql(db, "ALTER TABLE volume ADD COLUMN owner_prev TEXT")
 
 
+def _v5(db: pw.SqliteDatabase) -> None:
+    # One device is one volume, whatever path named it: its identity,
+    # and the boot it was attached in (a device number of an earlier
+    # boot may name another device now).  Older rows have neither.
+    _sql(db, "ALTER TABLE volume ADD COLUMN device_key TEXT")
+    _sql(db, "ALTER TABLE volume ADD COLUMN boot_id TEXT")
+    _sql(db, "CREATE INDEX volume_device_key ON volume (device_key)")
+
+
 MIGRATIONS: tuple[Callable[[pw.SqliteDatabase], None], ...] = (
     _v1,
     _v2,
     _v3,
     _v4,
+    _v5,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -354,7 +372,7 @@ class Database:
         reader = self._reader
         try:
             if reader is None:
-                reader = self._reader = _open_reader(self.path)
+                reader = self._reader = open_reader(self.path)
             # fetchall() steps the statement to its end, which ends the
             # read transaction at once (an open one would hold back WAL
             # checkpoints).
@@ -371,14 +389,18 @@ class Database:
         return [_decode(_Row._make(r)) for r in self._rows(query)]
 
     def find_device_owner(
-        self, multipath_id: str | None, path: str | None, exclude: str
+        self,
+        multipath_id: str | None,
+        path: str | None,
+        exclude: str,
+        device_key: str | None = None,
     ) -> str | None:
-        """The vol_id (other than ``exclude``) using this device, if any."""
-        conditions = []
-        if multipath_id:
-            conditions.append(_Volume.multipath_id == multipath_id)
-        if path:
-            conditions.append(_Volume.path == path)
+        """The vol_id (other than ``exclude``) using this device, if any.
+
+        By identity when ``device_key`` is given: the path string then
+        counts only for rows that recorded none (older versions').
+        """
+        conditions = _same_device(multipath_id, path, device_key)
         if not conditions:
             return None
         return self._owner(functools.reduce(operator.or_, conditions), exclude)
@@ -443,14 +465,17 @@ class Database:
         path: str,
         attachment: dict[str, Any],
         multipath_id: str | None,
+        device_key: str | None = None,
+        boot_id: str | None = None,
     ) -> str | None:
         """Record a finished attach, unless another volume has the device.
 
         Returns that other volume's vol_id, and then writes nothing.  The
         check and the write are one call on the database's one thread,
-        so no other write can come between them.
+        so no other write can come between them.  ``device_key`` is the
+        device's identity, ``boot_id`` the boot it was attached in.
         """
-        owner = self.find_device_owner(multipath_id, path, vol_id)
+        owner = self.find_device_owner(multipath_id, path, vol_id, device_key)
         if owner is not None:
             return owner
         self._update(
@@ -460,6 +485,8 @@ class Database:
             multipath_id=multipath_id,
             state=ATTACHED,
             last_error=None,
+            device_key=device_key,
+            boot_id=boot_id,
         )
         return None
 
@@ -487,23 +514,7 @@ class Database:
 
     def insert_many(self, records: Iterable[VolumeRecord]) -> None:
         """Write whole records in one transaction (benchmarks, imports)."""
-        rows = [
-            {
-                "vol_id": r.vol_id,
-                "connection_info": _dump(r.connection_info),
-                "path": r.path,
-                "attachment": _dump(r.attachment),
-                "multipath_id": r.multipath_id,
-                "state": r.state,
-                "last_error": r.last_error,
-                "created": r.created,
-                "updated": r.updated,
-                "backend": r.backend,
-                "sd_id": r.sd_id,
-                "owner_prev": _dump(r.owner_prev),
-            }
-            for r in records
-        ]
+        rows = [_columns(r) for r in records]
         with self._db.atomic():
             for i in range(0, len(rows), 100):
                 _Volume.insert_many(rows[i : i + 100]).execute()
@@ -522,26 +533,29 @@ class Database:
             raise DatabaseError(f"volume {vol_id} has no record to update")
 
 
-def _open_reader(path: Path) -> sqlite3.Connection:
-    """peek()'s query-only connection to ``path``."""
-    # check_same_thread is off only so close() (on the database
-    # thread, once nothing else runs) may close it; only the event
-    # loop's thread reads through it.
-    reader = sqlite3.connect(
-        path, isolation_level=None, check_same_thread=False
-    )
-    try:
-        reader.execute("PRAGMA query_only = 1")
-        reader.execute("PRAGMA busy_timeout = 0")
-        # Query-only still checkpoints the WAL into the database
-        # when it is the last connection to close, a write as
-        # durable as the writer's must be (SQLite's compiled-in
-        # default may be NORMAL).
-        reader.execute("PRAGMA synchronous = FULL")
-    except sqlite3.Error:
-        reader.close()
-        raise
-    return reader
+def _columns(r: VolumeRecord) -> dict[str, Any]:
+    """A record as the table's columns, its JSON ones encoded."""
+    row = asdict(r)
+    for key in ("connection_info", "attachment", "owner_prev"):
+        row[key] = _dump(row[key])
+    return row
+
+
+def _same_device(
+    multipath_id: str | None, path: str | None, device_key: str | None
+) -> list[Any]:
+    """Conditions on rows for "the same device" (any one suffices)."""
+    v, conditions = _Volume, []
+    if multipath_id:
+        conditions.append(v.multipath_id == multipath_id)
+    if device_key:
+        conditions.append(v.device_key == device_key)
+    if path:
+        same = v.path == path
+        conditions.append(
+            same & v.device_key.is_null() if device_key else same
+        )
+    return conditions
 
 
 def _changes(database: pw.SqliteDatabase) -> tuple[int, int]:
@@ -607,4 +621,6 @@ def _decode(row: Any) -> VolumeRecord:
         owner_prev=(
             None if row.owner_prev is None else json.loads(row.owner_prev)
         ),
+        device_key=row.device_key,
+        boot_id=row.boot_id,
     )

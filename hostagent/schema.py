@@ -91,6 +91,20 @@ VOLUME_INFO: dict[str, Any] = {
         "last_error": {"type": ["string", "null"]},
         "backend": {"type": ["string", "null"]},
         "sd_id": {"type": ["string", "null"]},
+        "boot_id": {
+            "type": ["string", "null"],
+            "description": (
+                "the host's boot id when the volume was attached (null "
+                "for rows of older agents)"
+            ),
+        },
+        "this_boot": {
+            "type": "boolean",
+            "description": (
+                "attached in the current boot; a row from an earlier boot "
+                "(a reboot, a fence) is attached again by a re-attach"
+            ),
+        },
     },
 }
 
@@ -199,7 +213,7 @@ METHODS: tuple[Method, ...] = (
                 "managed_path": {"type": "string"},
             },
         },
-        errors=(925, 926, 927, 928, 929, 2009),
+        errors=(925, 926, 927, 928, 929, 930, 931, 2009),
     ),
     Method(
         "ManagedVolume.detach_volume",
@@ -209,7 +223,7 @@ METHODS: tuple[Method, ...] = (
             Param("sd_id", SD_ID, required=False),
         ),
         result={"type": "boolean"},
-        errors=(925, 926, 927),
+        errors=(925, 926, 927, 930, 931),
     ),
     Method(
         "ManagedVolume.extend_volume",
@@ -250,6 +264,8 @@ ERRORS: dict[int, str] = {
     927: "volume is attached elsewhere or an operation is in progress",
     928: "multipath was required but no multipath device appeared",
     929: "volume is attached with different connection info",
+    930: "the state directory is full or read-only; nothing was changed",
+    931: "a non-symlink sits at the managed path; nothing was changed",
     2009: "driver_volume_type not supported or not allowed by config",
 }
 
