@@ -1,6 +1,6 @@
 """The managed-volume service: attach/detach flows and their rules.
 
-Rules (DESIGN.md):
+Rules (docs/crash-safety.md, "Rules the agent keeps"):
 * one operation per volume at a time; different volumes run in parallel;
 * re-attach with the same connection info returns the existing attachment,
   with different info it is error 929;
