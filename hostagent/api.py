@@ -45,7 +45,7 @@ from hostagent.errors import (
     ShuttingDown,
 )
 from hostagent.redact import SCRUBBER
-from hostagent.volumes import VolumeService
+from hostagent.service import VolumeService
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ here blocks; the volume service runs them on worker threads.
 Any exception a connector raises becomes :class:`ConnectorFailed` (926)
 with the exception's class name in ``data``, its text scrubbed of secrets.
 
-Fail points (see flow.py) around the connector calls:
+Fail points (see failpoints.py) around the connector calls:
 ``brick.before_connect_volume``, ``brick.after_connect_volume`` (the
 connection is up but os-brick has not returned: nothing recorded it),
 ``brick.before_disconnect_volume`` and ``brick.after_disconnect_volume``.
@@ -24,24 +24,21 @@ import contextlib
 import functools
 import logging
 import os
-import platform
-import re
 import socket
 import threading
-import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+from hostagent import drivers
 from hostagent.config import BackendConfig, BrickConfig
+from hostagent.drivers.rbd import RBD_SYSFS, rbd_kernel_maps
+from hostagent.drivers.storpool import read_storpool_conf
 from hostagent.errors import BrickUnavailable, ConnectorFailed
-from hostagent.flow import FailPointError, FailPoints
+from hostagent.failpoints import FailPointError, FailPoints
 from hostagent.redact import SCRUBBER
 
 log = logging.getLogger(__name__)
-
-# Drivers whose devices may be multipathed through dm-multipath.
-MULTIPATH_DRIVERS = frozenset({"iscsi", "fibre_channel"})
 
 _MAX_ERROR_TEXT = 2000
 
@@ -115,19 +112,6 @@ class Brick:
         privileged.default.set_client_mode(False)
         privileged.brick_privsep_hide_output.set_client_mode(False)
 
-    def my_ip(self) -> str:
-        """``brick.my_ip``, or the address of the default route."""
-        if self.config.my_ip:
-            return self.config.my_ip
-        # A UDP connect sends nothing; it only asks the kernel which local
-        # address would be used to reach that (documentation) address.
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                s.connect(("192.0.2.1", 9))
-                return str(s.getsockname()[0])
-        except OSError:
-            return "127.0.0.1"
-
     def connector_properties(self) -> dict[str, Any]:
         """os-brick's ``get_connector_properties`` for this host."""
         self.load()
@@ -136,7 +120,7 @@ class Brick:
         try:
             props: dict[str, Any] = connector.get_connector_properties(
                 "",
-                self.my_ip(),
+                host_ip(self.config),
                 self.config.multipath,
                 self.config.enforce_multipath,
             )
@@ -160,8 +144,7 @@ class Brick:
         conn = self._connector(driver, backend)
         try:
             self._failpoint("brick.before_connect_volume")
-            if driver == "storpool":
-                check_storpool_data(data)
+            drivers.get(driver).check_data(data)
             info = conn.connect_volume(data)
             self._failpoint("brick.after_connect_volume")
         except Exception as e:
@@ -227,7 +210,7 @@ class Brick:
         never unmounts it; the volume service calls this once the last
         volume on the share is disconnected, so detach leaves nothing.
         """
-        if driver != "nfs":
+        if not drivers.get(driver).shares:
             return
         conn = self._connector(driver, backend)
         mount_point = conn._remotefsclient.get_mount_point(data["export"])
@@ -286,7 +269,7 @@ class Brick:
     ) -> bool:
         """Whether volumes of ``driver`` are attached through multipath."""
         wanted = backend.multipath if backend else self.config.multipath
-        return wanted and driver in MULTIPATH_DRIVERS
+        return wanted and drivers.uses_multipath(driver)
 
     def enforces_multipath(
         self, driver: str, backend: BackendConfig | None = None
@@ -338,17 +321,18 @@ class Brick:
             if backend and backend.ceph_conf:
                 kwargs["execute"] = _with_env({"CEPH_CONF": backend.ceph_conf})
         try:
-            if driver == "aoe":
-                # os-brick dropped its AoE connector; ours has the same
-                # interface, so the rest of the agent cannot tell.
-                conn = aoe_connector_class()("", device_scan_attempts=attempts)
+            own = drivers.get(driver).connector
+            if own is not None:
+                # A connector of ours, where os-brick has none; it has
+                # os-brick's interface, so the rest cannot tell.
+                conn = own(os_brick_parts())("", device_scan_attempts=attempts)
             elif driver == "storpool" and backend and backend.storpool_conf:
                 conn = storpool_connector_class()(
                     "", backend.storpool_conf, device_scan_attempts=attempts
                 )
             else:
                 conn = connector.InitiatorConnector.factory(
-                    driver.upper(),
+                    drivers.get(driver).protocol,
                     "",
                     use_multipath=self.uses_multipath(driver, backend),
                     device_scan_attempts=attempts,
@@ -359,6 +343,20 @@ class Brick:
             raise _failed("create connector", driver, e) from e
         with self._lock:
             return self._connectors.setdefault(key, conn)
+
+
+def host_ip(config: BrickConfig) -> str:
+    """``brick.my_ip``, or the address of the default route."""
+    if config.my_ip:
+        return config.my_ip
+    # A UDP connect sends nothing; it only asks the kernel which local
+    # address would be used to reach that (documentation) address.
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("192.0.2.1", 9))
+            return str(s.getsockname()[0])
+    except OSError:
+        return "127.0.0.1"
 
 
 def _with_env(env: dict[str, str]) -> Any:
@@ -398,31 +396,6 @@ def _nothing_attached(
 
 # -- RBD --------------------------------------------------------------------
 
-# The kernel lists every image it maps (krbd) here, one directory each.
-RBD_SYSFS = Path("/sys/bus/rbd/devices")
-
-
-def rbd_kernel_maps(sysfs: Path = RBD_SYSFS) -> set[str]:
-    """``pool/image`` of every image the rbd kernel module maps.
-
-    Empty without the module (no directory).  An image in a namespace
-    counts as ``pool/image`` too: os-brick cannot name one, and treating
-    it as this image errs on the side of keeping the row.
-    """
-    maps: set[str] = set()
-    try:
-        entries = list(sysfs.iterdir())
-    except FileNotFoundError:
-        return maps
-    for d in entries:
-        try:
-            pool = (d / "pool").read_text().strip()
-            name = (d / "name").read_text().strip()
-        except FileNotFoundError:
-            continue  # unmapped while this read the directory
-        maps.add(f"{pool}/{name}")
-    return maps
-
 
 def _rbd_nothing_mapped(
     conn: Any, data: dict[str, Any], sysfs: Path = RBD_SYSFS
@@ -458,76 +431,6 @@ def _rbd_nothing_mapped(
 
 
 # -- StorPool ---------------------------------------------------------------
-
-STORPOOL_DEFAULTS = {"SP_API_HTTP_HOST": "127.0.0.1", "SP_API_HTTP_PORT": "81"}
-STORPOOL_ENV = ("SP_AUTH_TOKEN", "SP_API_HTTP_HOST", "SP_API_HTTP_PORT")
-
-
-def read_storpool_conf(path: str) -> dict[str, str]:
-    """Read a StorPool config file the way StorPool's tools do.
-
-    Shell-style ``KEY=value`` lines, then ``<path>.d/*.conf``; a
-    ``[hostname]`` section overrides the unnamed one for this host, and
-    the ``SP_*`` connection variables in the environment win over both
-    (the same rules as os-brick's ``storpool_utils.get_conf``, which only
-    reads ``/etc/storpool.conf``).
-    """
-    parser = configparser.ConfigParser(strict=False, allow_no_value=True)
-    parser.optionxform = str  # type: ignore[assignment,method-assign]
-    files = [Path(path)]
-    extra = Path(path + ".d")
-    if extra.is_dir():
-        files += sorted(
-            p
-            for p in extra.iterdir()
-            if p.is_file()
-            and p.name.endswith(".conf")
-            and not p.name.startswith(".")
-        )
-    for f in files:
-        parser.read_string("[UNNAMED_SECTION]\n" + f.read_text(), str(f))
-    conf = dict(STORPOOL_DEFAULTS)
-    for section in ("UNNAMED_SECTION", platform.node()):
-        if parser.has_section(section):
-            conf.update({k: v or "" for k, v in parser[section].items()})
-    conf.update({k: os.environ[k] for k in STORPOOL_ENV if k in os.environ})
-    return conf
-
-
-_STORPOOL_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,200}")
-
-
-def check_storpool_data(data: dict[str, Any]) -> None:
-    """Raise ValueError where os-brick's StorPool connect would refuse.
-
-    Its connect_volume checks these before its first API call, but
-    raises the BrickException its API failures raise too; a ValueError
-    tells the volume service that nothing was connected, so no clean-up
-    detach is sent (it could detach another record's volume).  The
-    messages are os-brick's.
-    """
-    if data.get("client_id") is None:
-        raise ValueError(
-            "Invalid StorPool connection data, no client ID specified."
-        )
-    if data.get("volume") is None:
-        raise ValueError(
-            "Invalid StorPool connection data, no volume ID specified."
-        )
-    # os-brick puts the name into the API's URL path as it is: a "/" or
-    # "?" in it would address another call.  StorPool's own names are
-    # letters, digits and "_-.:"; Cinder's volume ids are UUIDs.
-    if not isinstance(data["volume"], str) or not _STORPOOL_NAME.fullmatch(
-        data["volume"]
-    ):
-        raise ValueError(
-            "Invalid StorPool connection data, the volume ID may only "
-            "hold letters, digits and _-.: (at most 200 characters)."
-        )
-    if data.get("access_mode") not in ("rw", "ro"):
-        raise ValueError(
-            "Invalid access_mode specified in the connection data."
-        )
 
 
 def _storpool_device_info(
@@ -619,171 +522,27 @@ def storpool_connector_class() -> type[Any]:
 
 # -- ATA over Ethernet ------------------------------------------------------
 
-# AoE addresses a target as shelf (major, 16 bits; 0xffff is broadcast)
-# and slot (minor, 8 bits; 0xff is broadcast).
-AOE_MAX_SHELF = 0xFFFE
-AOE_MAX_SLOT = 0xFE
 
+class OsBrickParts(NamedTuple):
+    """The parts of os-brick a driver's own connector is built from.
 
-def aoe_device_name(props: dict[str, Any]) -> str:
-    """``e<shelf>.<slot>`` from AoE connection properties.
-
-    ``target_shelf`` and ``target_lun`` (the slot) are what Cinder's and
-    nova-volume's AoE drivers sent; both must be in AoE's address range,
-    so nothing from a client reaches a command line unchecked.
+    Driver modules never import os-brick; brick.py hands them these (see
+    :attr:`hostagent.drivers.base.Driver.connector`).
     """
-    shelf = props.get("target_shelf")
-    slot = props.get("target_lun")
-    for key, value, top in (
-        ("target_shelf", shelf, AOE_MAX_SHELF),
-        ("target_lun", slot, AOE_MAX_SLOT),
-    ):
-        if (
-            not isinstance(value, int)
-            or isinstance(value, bool)
-            or not 0 <= value <= top
-        ):
-            raise ValueError(
-                f"AoE connection data needs {key} as an integer 0..{top}"
-            )
-    return f"e{shelf}.{slot}"
+
+    initiator: Any
+    base: Any
+    exception: Any
+    utils: Any
 
 
 @functools.cache
-def aoe_connector_class() -> type[Any]:
-    """The AoE connector class (built on first use: it needs os-brick).
-
-    os-brick removed its AoE connector; this one follows os-brick's
-    connector interface (``BaseLinuxConnector``) and drives the kernel's
-    aoe module through aoetools: ``aoe-discover`` makes the driver
-    broadcast a query and create ``/dev/etherd/e<shelf>.<slot>`` for
-    every target that answers, ``aoe-revalidate`` re-reads one target's
-    size, ``aoe-flush`` drops a target from the driver.
-    """
+def os_brick_parts() -> OsBrickParts:
+    """os-brick's connector base module and friends (imported on first use)."""
     from os_brick import exception, initiator, utils
     from os_brick.initiator.connectors import base
 
-    class AoEConnector(base.BaseLinuxConnector):  # type: ignore[misc]
-        """Attach/detach ATA-over-Ethernet volumes (aoetools)."""
-
-        # Class attributes, like os-brick's LinuxFibreChannel paths.
-        ETHERD = "/dev/etherd"
-        # Seconds to wait after the n-th discovery before looking again:
-        # an answer usually takes milliseconds, a busy switch longer.
-        DISCOVER_DELAYS = (1.0, 2.0, 4.0, 8.0)
-
-        def __init__(
-            self,
-            root_helper: str,
-            driver: Any = None,
-            device_scan_attempts: int = initiator.DEVICE_SCAN_ATTEMPTS_DEFAULT,
-            **kwargs: Any,
-        ) -> None:
-            super().__init__(
-                root_helper,
-                driver=driver,
-                device_scan_attempts=device_scan_attempts,
-                **kwargs,
-            )
-
-        @staticmethod
-        def get_connector_properties(
-            root_helper: str, *args: Any, **kwargs: Any
-        ) -> dict[str, Any]:
-            """AoE needs nothing from the initiator: the MAC is implicit."""
-            return {}
-
-        def get_search_path(self) -> str:
-            """Where the aoe driver's block devices appear."""
-            return self.ETHERD
-
-        def _device(self, props: dict[str, Any]) -> tuple[str, str]:
-            try:
-                name = aoe_device_name(props)
-            except ValueError as e:
-                raise exception.BrickException(message=str(e)) from None
-            return name, os.path.join(self.ETHERD, name)
-
-        def get_volume_paths(self, props: dict[str, Any]) -> list[str]:
-            """The device path, when the driver currently has it."""
-            _, path = self._device(props)
-            return [path] if os.path.exists(path) else []
-
-        def _run(self, *cmd: str) -> None:
-            out, err = self._execute(
-                *cmd,
-                run_as_root=True,
-                root_helper=self._root_helper,
-                check_exit_code=0,
-            )
-            log.debug("%s: stdout=%r stderr=%r", " ".join(cmd), out, err)
-
-        @base.synchronized("aoe_control", external=True)  # type: ignore[untyped-decorator]
-        def connect_volume(self, props: dict[str, Any]) -> dict[str, Any]:
-            """Discover the target; return its ``/dev/etherd`` device.
-
-            A device already known to the driver is revalidated (its
-            size may have changed); otherwise discovery runs, and again
-            after each delay, up to ``device_scan_attempts`` times.
-            """
-            name, path = self._device(props)
-            if os.path.exists(path):
-                self._run("aoe-revalidate", name)
-            else:
-                self._run("aoe-discover")
-            tries = 0
-            while not os.path.exists(path):
-                if tries >= self.device_scan_attempts:
-                    raise exception.VolumeDeviceNotFound(device=path)
-                delay = self.DISCOVER_DELAYS[
-                    min(tries, len(self.DISCOVER_DELAYS) - 1)
-                ]
-                log.info(
-                    "AoE device %s not there yet; discovering again in "
-                    "%g s (try %d of %d)",
-                    path,
-                    delay,
-                    tries + 1,
-                    self.device_scan_attempts,
-                )
-                time.sleep(delay)
-                self._run("aoe-discover")
-                tries += 1
-            return {"type": "block", "device": name, "path": path}
-
-        @base.synchronized("aoe_control", external=True)  # type: ignore[untyped-decorator]
-        def disconnect_volume(
-            self,
-            props: dict[str, Any],
-            device_info: dict[str, Any] | None,
-            force: bool = False,
-            ignore_errors: bool = False,
-        ) -> None:
-            """Flush the target out of the driver (gone already: done)."""
-            name, path = self._device(props)
-            if not os.path.exists(path):
-                return
-            try:
-                self._run("aoe-flush", name)
-            except Exception:
-                if not (force and ignore_errors):
-                    raise
-                log.warning("aoe-flush %s failed; ignored (forced)", name)
-
-        def extend_volume(self, props: dict[str, Any]) -> int:
-            """Revalidate the target and return its size in bytes."""
-            name, path = self._device(props)
-            if not os.path.exists(path):
-                raise exception.VolumeDeviceNotFound(device=path)
-            self._run("aoe-revalidate", name)
-            size = utils.get_device_size(self, path)
-            if size is None:
-                raise exception.BrickException(
-                    message=f"cannot read the size of {path}"
-                )
-            return int(size)
-
-    return AoEConnector
+    return OsBrickParts(initiator, base, exception, utils)
 
 
 def _import_eventlet_here() -> None:

@@ -20,30 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hostagent import drivers
+
 DEFAULT_PATH = "/etc/hostagent/hostagent.toml"
 
-KNOWN_DRIVERS = (
-    "iscsi",
-    "fibre_channel",
-    "nvmeof",
-    "rbd",
-    "nfs",
-    "local",
-    "aoe",
-    "storpool",
-)
-# AoE is opt-in: it is unauthenticated layer-2 traffic that any host on the
-# segment can answer, and few sites still run it.  StorPool needs its own
-# client software and /etc/storpool.conf, so it is opt-in too.
-DEFAULT_DRIVERS = tuple(
-    d for d in KNOWN_DRIVERS if d not in ("aoe", "storpool")
-)
-
+# What each driver is and allows: its module in hostagent/drivers/.
+KNOWN_DRIVERS = drivers.known()
+# Some drivers are opt-in (see their modules).
+DEFAULT_DRIVERS = drivers.defaults()
 # Backend options that only make sense for one driver.
-DRIVER_ONLY_OPTIONS = {
-    "storpool_conf": "storpool",
-    "ceph_conf": "rbd",
-}
+DRIVER_ONLY_OPTIONS = drivers.driver_options()
 BACKEND_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 JOURNAL_MODES = ("auto", "yes", "no")
@@ -108,10 +94,9 @@ class BackendConfig:
     multipath: bool = True
     enforce_multipath: bool = False
     device_scan_attempts: int = 3
-    # StorPool: the config file read instead of /etc/storpool.conf.
+    # Driver-only options (DRIVER_ONLY_OPTIONS; the driver's module says
+    # what each is for).
     storpool_conf: str = ""
-    # RBD: the ceph.conf the rbd tool uses (CEPH_CONF) instead of the
-    # default /etc/ceph/ceph.conf.
     ceph_conf: str = ""
     name: str = field(default="", compare=False)
 

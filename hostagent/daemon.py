@@ -20,6 +20,7 @@ from hostagent.config import Config, ConfigError
 from hostagent.db import Database, DatabaseError, DatabaseNeedsOperator
 from hostagent.lognoise import LibraryNoiseFilter
 from hostagent.redact import ScrubFilter
+from hostagent.service import VolumeService
 from hostagent.transport import (
     ListenError,
     Server,
@@ -27,7 +28,6 @@ from hostagent.transport import (
     tls_context,
 )
 from hostagent.udev import Udev
-from hostagent.volumes import VolumeService
 
 log = logging.getLogger("hostagent")
 

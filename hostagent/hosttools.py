@@ -16,7 +16,7 @@ import shutil
 from collections.abc import Callable
 from typing import Any
 
-from hostagent.brick import MULTIPATH_DRIVERS
+from hostagent import drivers as registry
 from hostagent.config import BackendConfig, BrickConfig
 
 log = logging.getLogger(__name__)
@@ -26,22 +26,7 @@ log = logging.getLogger(__name__)
 # attach's 928 "multipathd is not running" cannot disagree.
 MultipathProbe = Callable[[str, BackendConfig | None], bool]
 
-# Commands each connector runs (os-brick's, or ours for AoE).
-DRIVER_TOOLS: dict[str, tuple[str, ...]] = {
-    "iscsi": ("iscsiadm",),
-    "fibre_channel": (),
-    "nvmeof": ("nvme",),
-    "rbd": ("rbd",),
-    "nfs": ("mount.nfs",),
-    "local": (),
-    "aoe": ("aoe-discover", "aoe-revalidate", "aoe-flush"),
-    "storpool": (),
-}
 MULTIPATH_TOOLS = ("multipath", "multipathd")
-
-FC_HOST = "/sys/class/fc_host"
-AOE_DISCOVER = "/dev/etherd/discover"
-STORPOOL_CONF = "/etc/storpool.conf"
 # systemd gives services a PATH with the sbin directories; a shell
 # started by a user may not have them.
 _EXTRA_PATH = ("/usr/local/sbin", "/usr/sbin", "/sbin")
@@ -58,7 +43,7 @@ def status(
     driver: str,
     multipath: bool,
     enforce_multipath: bool,
-    storpool_conf: str = "",
+    options: dict[str, str] | None = None,
     multipathd_running: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """``{"ready", "tools", "problems"}`` for one driver with options.
@@ -67,10 +52,13 @@ def status(
     multipath tool only counts when multipath is enforced (otherwise
     os-brick falls back to a single path), and so does multipathd not
     running (asked of ``multipathd_running`` once the tools are there).
+    ``options`` are a backend's driver-only options (see
+    :attr:`hostagent.drivers.base.Driver.options`).
     """
-    tools = {t: which(t) for t in DRIVER_TOOLS.get(driver, ())}
+    d = registry.get(driver)
+    tools = {t: which(t) for t in d.tools}
     problems = [f"{t} not found" for t, ok in tools.items() if not ok]
-    if multipath and driver in MULTIPATH_DRIVERS:
+    if multipath and d.multipath:
         for t in MULTIPATH_TOOLS:
             tools[t] = which(t)
             if not tools[t] and enforce_multipath:
@@ -81,19 +69,7 @@ def status(
             and all(tools[t] for t in MULTIPATH_TOOLS)
         ):
             problems += _multipathd_problems(multipathd_running)
-    if driver == "fibre_channel":
-        try:
-            hbas = sorted(os.listdir(FC_HOST))
-        except OSError:
-            hbas = []
-        if not hbas:
-            problems.append(f"no Fibre Channel HBA ({FC_HOST} is empty)")
-    elif driver == "aoe" and not os.path.exists(AOE_DISCOVER):
-        problems.append(f"aoe driver not loaded (no {AOE_DISCOVER})")
-    elif driver == "storpool":
-        conf = storpool_conf or STORPOOL_CONF
-        if not os.path.isfile(conf):
-            problems.append(f"StorPool config {conf} not found")
+    problems += d.host_problems(options or {})
     return {"ready": not problems, "tools": tools, "problems": problems}
 
 
@@ -131,11 +107,12 @@ def backend(
     b: BackendConfig, probe: MultipathProbe | None = None
 ) -> dict[str, Any]:
     """:func:`status` of one backend with its own options."""
+    options = {o: str(getattr(b, o)) for o in registry.get(b.driver).options}
     return status(
         b.driver,
         b.multipath,
         b.enforce_multipath,
-        b.storpool_conf,
+        options,
         multipathd_running=_bind(probe, b.driver, b),
     )
 

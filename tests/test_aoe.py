@@ -1,4 +1,4 @@
-"""The AoE connector (hostagent.brick.aoe_connector_class).
+"""The AoE connector (hostagent.drivers.aoe.connector_class).
 
 This kernel has no aoe module, so the aoe *driver* is played by shims
 of aoetools' three commands on PATH.  Each shim checks its control file
@@ -21,8 +21,9 @@ import pytest
 from conftest import Agent, Loops, need, new_vol_id
 from test_fc import FakeHostAgent
 
-from hostagent.brick import Brick, aoe_connector_class, aoe_device_name
+from hostagent.brick import Brick, os_brick_parts
 from hostagent.config import BrickConfig
+from hostagent.drivers.aoe import aoe_device_name, connector_class
 from hostagent.errors import ConnectorFailed
 
 # os-brick runs commands in-process here; eventlet warns about the fork.
@@ -113,7 +114,7 @@ def aoe(
         tmp_path / "mnt",
     )
     brick.load()
-    cls = aoe_connector_class()
+    cls = connector_class(os_brick_parts())
     monkeypatch.setattr(cls, "ETHERD", str(fake.etherd))
     monkeypatch.setattr(cls, "DISCOVER_DELAYS", (0.05,))
     yield brick, fake

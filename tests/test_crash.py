@@ -35,10 +35,10 @@ from conftest import (
 from hostagent import brick, db
 from hostagent.client import RpcError
 from hostagent.db import Database, VolumeRecord
-from hostagent.reconcile import Reconciler
 from hostagent.redact import SCRUBBER
+from hostagent.service import VolumeService, steps
+from hostagent.service.reconcile import completion_steps
 from hostagent.udev import Udev
-from hostagent.volumes import VolumeService, _Attach, _Teardown
 
 ATTACH = "ManagedVolume.attach_volume"
 DETACH = "ManagedVolume.detach_volume"
@@ -244,13 +244,13 @@ def code_fail_points() -> dict[str, set[str]]:
         updated=0.0,
         backend=None,
     )
-    # No service: building the steps touches none, only running them.
-    service: Any = None
-    attach = _Attach(service, rec.vol_id, "local", rec.connection_info)
-    teardown = _Teardown(service, rec, None).steps()
-    completion = Reconciler(service).completion_steps(rec, "/dev/null")
+    # No host: building the steps touches none, only running them.
+    host: Any = None
+    attempt = steps.Attempt(rec.vol_id, "local", rec.connection_info)
+    teardown = steps.teardown_steps(host, steps.Teardown(rec, None))
+    completion = completion_steps(host, rec, "/dev/null")
     return {
-        "attach": flow_points("attach", attach.steps()),
+        "attach": flow_points("attach", steps.attach_steps(host, attempt)),
         "detach": flow_points("detach", teardown),
         "reconcile": flow_points("reconcile", teardown + completion),
         "brick": set(

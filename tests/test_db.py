@@ -56,7 +56,8 @@ def damage_index(path: Path, vol_id: str) -> None:
     SQLite still opens the file (page 1 is intact) and answers queries,
     but ``PRAGMA integrity_check`` finds the table's row missing from
     the index: what a torn or bit-flipped page looks like.  Read-only,
-    which leaves a WAL as it is (see :meth:`Database._damage`).
+    which leaves a WAL as it is (see
+    :meth:`hostagent.dbfile.DatabaseFile.damage`).
     """
     con = sqlite3.connect(path.as_uri() + "?mode=ro", uri=True)
     (root,) = con.execute(

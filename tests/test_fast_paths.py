@@ -24,7 +24,7 @@ from support import exchange
 from hostagent import api
 from hostagent.client import Client, decode
 from hostagent.db import ATTACHED, Database, DatabaseBusy, VolumeRecord
-from hostagent.lane import Lane
+from hostagent.service.lane import Lane
 
 
 def same(a: Any, b: Any) -> bool:

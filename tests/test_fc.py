@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -424,3 +425,60 @@ def test_multipath_attach_exists_only_with_its_dm_device(
         assert not os.path.lexists(fs.dev / p), p
     assert not os.path.lexists(fs.block / "dm-0")
     assert a.call(INFO) == []
+
+
+def test_attach_crashed_after_connect_rolls_back_if_multipath_now_enforced(
+    agent_factory: Any, tmp_path: Path, loops: Loops
+) -> None:
+    """A crash after connect; the restart's backend enforces multipath.
+
+    The attach was made through a single path (``multipath = false``)
+    and killed once os-brick's answer was recorded.  The agent restarts
+    with the backend's ``enforce_multipath = true`` ([brick] keeps its
+    default, false): start-up must decide as a live attach would (928,
+    no multipath device) and roll the attach back, not complete it.
+    """
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "multipath.log"
+    for name, text in (("multipathd", MULTIPATHD), ("multipath", MULTIPATH)):
+        (bin_dir / name).write_text(text.replace("{log}", str(log)))
+        (bin_dir / name).chmod(0o755)
+    a = start_fc_agent(
+        agent_factory,
+        loops,
+        {
+            "PATH": f"{bin_dir}:{os.environ['PATH']}",
+            "HOSTAGENT_FAILPOINTS": "attach.after_connected=kill",
+        },
+    )
+    vid = new_vol_id()
+    with pytest.raises(OSError):  # the daemon died mid-call
+        a.call(
+            ATTACH,
+            {"vol_id": vid, "connection_info": fc_info(), "backend": "san"},
+        )
+    assert a.proc is not None
+    # fakehost.py passes the daemon's fate on as its exit status.
+    assert a.proc.wait(30) in (-signal.SIGKILL, 256 - signal.SIGKILL)
+    a.proc = None
+    assert a.scans() == ["host5: 0 3 1"]
+    sd = a.disk_name(BY_PATH)
+
+    del a.env["HOSTAGENT_FAILPOINTS"]
+    enforced = dict(BACKENDS["backend"])
+    enforced["san"] = {
+        **enforced["san"],
+        "multipath": True,
+        "enforce_multipath": True,
+    }
+    a.configure(backend=enforced)
+    a.start()
+    assert a.call(INFO) == []
+    assert a.links() == []
+    (summary,) = [x for x in a.log().splitlines() if "reconciled" in x][-1:]
+    assert "rolled_back 1" in summary
+    assert "completed" not in summary
+    assert "multipath is enforced" in a.log()
+    # The rollback disconnected the single path it found.
+    assert a.deleted(1) == [f"5:0:3:1 {sd}"]

@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from hostagent.flow import FailPointError, FailPoints, Flow, FlowError, Step
+from hostagent.failpoints import FailPointError, FailPoints
+from hostagent.service.flow import Flow, FlowError, Step
 
 
 def run(coro: object) -> None:

@@ -212,7 +212,7 @@ def test_structured_fields_and_no_secrets(
     # Lines the service writes while handling it carry the request id too.
     e = journald.wait(MESSAGE=f"detach of unknown volume {vid}: nothing to do")
     assert e["REQUEST_ID"] == "req-42"
-    assert e["LOGGER"] == "hostagent.volumes"
+    assert e["LOGGER"] == "hostagent.service.volumes"
 
     # An attach whose connection info holds secrets; os-brick logs its
     # calls with their arguments at debug level, and the device path (for

@@ -141,7 +141,8 @@ def test_rpm_file_list(rpm_file: Path) -> None:
         "/var/lib/hostagent",
     }
     expected |= {
-        f"{site}/hostagent/{p.name}" for p in (ROOT / "hostagent").glob("*.py")
+        f"{site}/{p.relative_to(ROOT).as_posix()}"
+        for p in (ROOT / "hostagent").rglob("*.py")
     }
     assert expected <= files, expected - files
     # The man pages, gzipped or not as the build host's brp-compress does.

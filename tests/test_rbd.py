@@ -28,6 +28,7 @@ from conftest import Loops, new_vol_id
 from test_fc import FakeHostAgent
 
 from hostagent import brick
+from hostagent.drivers import rbd
 
 ATTACH = "ManagedVolume.attach_volume"
 DETACH = "ManagedVolume.detach_volume"
@@ -331,10 +332,10 @@ def test_without_the_tool_an_image_the_kernel_maps_is_kept(
     Only an image the kernel does not map counts as disconnected.
     """
     sysfs = tmp_path / "devices"
-    assert brick.rbd_kernel_maps(sysfs) == set()  # no rbd module
+    assert rbd.rbd_kernel_maps(sysfs) == set()  # no rbd module
     kernel_map(sysfs, 0, "volumes", "volume-1")
     kernel_map(sysfs, 3, "images", "volume-1")
-    assert brick.rbd_kernel_maps(sysfs) == {
+    assert rbd.rbd_kernel_maps(sysfs) == {
         "volumes/volume-1",
         "images/volume-1",
     }

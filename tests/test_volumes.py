@@ -27,8 +27,8 @@ from hostagent.brick import Brick
 from hostagent.client import RpcError
 from hostagent.db import Database
 from hostagent.errors import AgentError
+from hostagent.service import VolumeService
 from hostagent.udev import Udev
-from hostagent.volumes import VolumeService
 
 ATTACH = "ManagedVolume.attach_volume"
 DETACH = "ManagedVolume.detach_volume"

@@ -17,7 +17,7 @@ from lab import GuestRun
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(900)]
 
 NOTHING = {"sessions": [], "dm_devices": {}, "sd_devices": []}
-# hostagent/reconcile.py's summary line, once per start-up.
+# hostagent/service/reconcile.py's summary line, once per start-up.
 SUMMARY = re.compile(r"reconciled (\d+) volume record\(s\) in [0-9.]+ s: (.*)")
 
 

@@ -85,7 +85,7 @@ class Lane:
         while (item := self._queue.get()) is not None:
             loop, future, fn, args = item
             # Read from this thread, cancelled() may be a moment late:
-            # the call then runs and its result is dropped in _settle.
+            # the call then runs and _succeed or _fail drops its result.
             if future.cancelled():
                 continue
             try:

@@ -1,0 +1,368 @@
+"""The managed-volume service: what the API calls.
+
+Rules (the project's DESIGN, "Flows"):
+* one operation per volume at a time; different volumes run in parallel
+  (:mod:`.locks`);
+* re-attach with the same connection info returns the existing attachment,
+  with different info it is error 929;
+* attach is a flow (:mod:`.steps`): record intent -> connect -> keep
+  os-brick's answer -> wait for the device -> record the attachment ->
+  managed symlink; a failing step undoes the done ones, disconnect
+  included (also of a connect that failed half-way), and nothing is left
+  behind;
+* detach: mark detaching -> remove symlink -> disconnect -> delete row; a
+  failing disconnect keeps the row (``detaching`` + ``last_error``) so the
+  next detach retries it;
+* at start-up, before serving, :mod:`.reconcile` finishes or rolls back
+  whatever a crash interrupted, with the same steps.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from hostagent import __version__, db, hosttools
+from hostagent.brick import Brick
+from hostagent.config import BackendConfig, Config, backend_options
+from hostagent.db import Database, StoredVolume, VolumeRecord
+from hostagent.errors import (
+    AgentError,
+    ConnectionInfoMismatch,
+    ConnectorFailed,
+    InvalidParams,
+    VolumeBusy,
+)
+from hostagent.events import Events
+from hostagent.failpoints import FailPoints
+from hostagent.redact import redact
+from hostagent.service import secrecy, steps
+from hostagent.service.backends import (
+    check_backend,
+    check_driver,
+    record_backend,
+)
+from hostagent.service.device import check_multipath, wait_for_device
+from hostagent.service.flow import Flow, FlowError
+from hostagent.service.host import Host
+from hostagent.service.lane import Lane
+from hostagent.service.reconcile import Reconciler
+from hostagent.udev import Udev
+
+log = logging.getLogger(__name__)
+
+# Where a stored row (Database.stored) holds the device.
+_PATH = StoredVolume._fields.index("path")
+_MULTIPATH_ID = StoredVolume._fields.index("multipath_id")
+
+
+class VolumeService:
+    """Attach, detach, extend and describe managed volumes."""
+
+    def __init__(
+        self,
+        config: Config,
+        database: Database,
+        brick: Brick,
+        udev: Udev,
+        failpoints: FailPoints | None = None,
+    ) -> None:
+        self.host = Host(config, database, brick, udev, failpoints)
+        self.config = config
+        self.db = database
+        self.brick = brick
+        self.udev = udev
+        # volumes_info's last entries, by row and presence.
+        self._shown: dict[tuple[tuple[Any, ...], bool], dict[str, Any]] = {}
+        self.events = Events(lambda: self.info(None))
+
+    @property
+    def _workers(self) -> ThreadPoolExecutor:
+        return self.host.workers
+
+    @property
+    def _db_thread(self) -> Lane:
+        return self.host.db_thread
+
+    @property
+    def device_wait(self) -> float:
+        """Seconds to wait for a connected device to show up."""
+        return self.host.device_wait
+
+    @device_wait.setter
+    def device_wait(self, seconds: float) -> None:
+        """Change the wait (tests shorten it)."""
+        self.host.device_wait = seconds
+
+    # -- life cycle --------------------------------------------------------
+
+    def start_brick_load(self) -> None:
+        """Begin importing os-brick in the background (off the READY path)."""
+        self.host.start_brick_load()
+
+    async def open(self) -> None:
+        """Open the database on its thread and prepare the directories."""
+        await self.host.open()
+
+    async def close(self) -> None:
+        """Close the database; called after all operations finished."""
+        await self.host.close()
+
+    async def reconcile(self) -> dict[str, int]:
+        """Finish or roll back what a crash left; run before serving.
+
+        See :mod:`hostagent.service.reconcile`.  Counts by decision.
+        """
+        return await Reconciler(self.host).run()
+
+    def keep_secrets(self, vol_id: str) -> None:
+        """Have the scrubber hold the secrets of ``vol_id``'s row, if any.
+
+        See :func:`hostagent.service.secrecy.keep`.
+        """
+        secrecy.keep(self.db, vol_id)
+
+    # -- capabilities ------------------------------------------------------
+
+    async def capabilities(self) -> dict[str, Any]:
+        """``Host.getCapabilities``: connector info, version, drivers."""
+        caps: dict[str, Any] = {
+            "version": __version__,
+            "drivers": list(self.config.brick.drivers),
+        }
+        caps.update(await self.host.in_worker(self._tool_status))
+        try:
+            await self.host.brick_ready()
+            props = await self.host.in_worker(self.brick.connector_properties)
+        except AgentError as e:
+            # vdsm's rule: no os-brick means no connector_info, not an
+            # error, so the engine can still manage the host otherwise.
+            log.warning("connector_info left out: %s (%s)", e.message, e.data)
+        else:
+            caps["connector_info"] = props
+        return caps
+
+    def _tool_status(self) -> dict[str, Any]:
+        # The attach's own multipathd test, so ready agrees with its 928.
+        probe = self.brick.multipath_ready
+        backends = {}
+        for name, b in sorted(self.config.backend.items()):
+            backends[name] = backend_options(b) | hosttools.backend(b, probe)
+        return {
+            "driver_status": hosttools.drivers(self.config.brick, probe),
+            "backends": backends,
+        }
+
+    # -- attach ------------------------------------------------------------
+
+    async def attach(
+        self,
+        vol_id: str,
+        connection_info: dict[str, Any],
+        backend: str | None = None,
+    ) -> dict[str, Any]:
+        """Attach ``vol_id``; return path, attachment and managed path.
+
+        ``backend`` names a ``[backend.NAME]`` whose options to use;
+        without it the driver type's ``[brick]`` defaults apply.  The
+        caller holds the secrets of ``connection_info`` in the scrubber
+        for the call (:class:`hostagent.api.Api` does).
+        """
+        h = self.host
+        driver = check_driver(self.config, connection_info)
+        options = check_backend(self.config, driver, backend)
+        await h.brick_ready()
+        async with h.locks.hold(vol_id):
+            existing = await h.record(vol_id)
+            if existing is not None:
+                return self._reattach(existing, connection_info, backend)
+            await check_multipath(h, driver, options)
+            attempt = steps.Attempt(vol_id, driver, connection_info, options)
+            started = time.monotonic()
+            try:
+                await Flow("attach", h.failpoints, f"volume {vol_id}").run(
+                    steps.attach_steps(h, attempt)
+                )
+            except FlowError as e:
+                await steps.record_leak(h, vol_id, e)
+                raise e.error from e
+            self.events.track(vol_id, True, attempt.path)
+            log.info(
+                "attached volume %s at %s in %.3f s",
+                vol_id,
+                attempt.path,
+                time.monotonic() - started,
+                extra={"VOL_ID": vol_id},
+            )
+            return self._attach_result(vol_id, attempt.path, attempt.info)
+
+    def _reattach(
+        self,
+        rec: VolumeRecord,
+        connection_info: dict[str, Any],
+        backend: str | None = None,
+    ) -> dict[str, Any]:
+        if rec.state != db.ATTACHED:
+            raise VolumeBusy(
+                f"volume {rec.vol_id} is {rec.state}"
+                + (
+                    f" (last error: {rec.last_error})"
+                    if rec.last_error
+                    else ""
+                )
+                + "; detach it first",
+                {"vol_id": rec.vol_id, "state": rec.state},
+            )
+        if rec.connection_info != connection_info:
+            raise ConnectionInfoMismatch(
+                f"volume {rec.vol_id} is already attached with different "
+                "connection info; detach it first",
+                {"vol_id": rec.vol_id},
+            )
+        if rec.backend != backend:
+            raise ConnectionInfoMismatch(
+                f"volume {rec.vol_id} is already attached with backend "
+                f"{rec.backend!r}, not {backend!r}; detach it first",
+                {"vol_id": rec.vol_id, "backend": rec.backend},
+            )
+        assert rec.path is not None
+        # The symlink lives on tmpfs; a reboot without a detach loses it.
+        self.host.links.make(rec.vol_id, rec.path)
+        log.info("volume %s already attached; returning it", rec.vol_id)
+        return self._attach_result(rec.vol_id, rec.path, rec.attachment)
+
+    def _attach_result(
+        self, vol_id: str, path: str, attachment: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        return {
+            "vol_id": vol_id,
+            "path": path,
+            "attachment": redact(attachment),
+            "managed_path": str(self.host.links.path(vol_id)),
+        }
+
+    async def wait_for_device(
+        self,
+        driver: str,
+        info: dict[str, Any],
+        backend: BackendConfig | None = None,
+    ) -> str:
+        """Wait for a connected device; see :mod:`.device`."""
+        return await wait_for_device(self.host, driver, info, backend)
+
+    # -- detach ------------------------------------------------------------
+
+    async def detach(self, vol_id: str) -> None:
+        """Detach ``vol_id``; an unknown volume is already detached."""
+        h = self.host
+        async with h.locks.hold(vol_id):
+            rec = await h.record(vol_id)
+            if rec is None:
+                log.info("detach of unknown volume %s: nothing to do", vol_id)
+                return
+            await h.brick_ready()
+            started = time.monotonic()
+            await steps.teardown(h, rec, "detach", rec.last_error)
+            self.events.forget(vol_id)
+            log.info(
+                "detached volume %s in %.3f s",
+                vol_id,
+                time.monotonic() - started,
+                extra={"VOL_ID": vol_id},
+            )
+
+    # -- extend ------------------------------------------------------------
+
+    async def extend(self, vol_id: str) -> int:
+        """Have the connector pick up a grown volume; its size in bytes."""
+        h = self.host
+        async with h.locks.hold(vol_id):
+            rec = await h.record(vol_id)
+            if rec is None:
+                raise InvalidParams(
+                    f"volume {vol_id} is not attached on this host",
+                    {"param": "vol_id", "vol_id": vol_id},
+                )
+            if rec.state != db.ATTACHED:
+                raise VolumeBusy(
+                    f"volume {vol_id} is {rec.state}; cannot extend it",
+                    {"vol_id": vol_id, "state": rec.state},
+                )
+            await h.brick_ready()
+            driver = rec.connection_info["driver_volume_type"]
+            # A connector asked about a device with no media answers 0
+            # (the local one) or a stale size; neither is the new size.
+            if not await h.in_worker(
+                self.udev.exists, rec.path, rec.multipath_id
+            ):
+                raise ConnectorFailed(
+                    f"volume {vol_id}: device {rec.path} is not present; "
+                    "cannot extend it",
+                    {
+                        "driver": driver,
+                        "operation": "extend_volume",
+                        "error_class": "VolumeDeviceNotFound",
+                    },
+                )
+            backend = record_backend(self.config, rec)
+            size = await h.in_worker(
+                lambda: self.brick.extend(
+                    driver, rec.connection_info["data"], backend=backend
+                )
+            )
+            log.info(
+                "volume %s extended: %d bytes",
+                vol_id,
+                size,
+                extra={"VOL_ID": vol_id},
+            )
+            return size
+
+    # -- info --------------------------------------------------------------
+
+    async def info(self, vol_ids: list[str] | None) -> list[dict[str, Any]]:
+        """``volumes_info``: the records, with ``exists`` checked now."""
+        return await self.host.in_db(self._info, vol_ids)
+
+    def _info(self, vol_ids: list[str] | None) -> list[dict[str, Any]]:
+        rows = self.db.stored(vol_ids)
+        present = self.udev.exists_many(
+            (row[_PATH], row[_MULTIPATH_ID]) for row in rows
+        )
+        # Decoding, masking and building a volume's entry are most of
+        # the cost of volumes_info, and its answer changes little from one
+        # call to the next: the entries of the last answer are kept, by
+        # row and presence (secrets are masked by key alone, so nothing
+        # else changes an entry).  They are shared, never modified.
+        last = self._shown
+        shown: dict[tuple[tuple[Any, ...], bool], dict[str, Any]] = {}
+        for key in zip(rows, present, strict=True):
+            entry = last.get(key)
+            if entry is None:
+                entry = _entry(StoredVolume._make(key[0]), key[1])
+            shown[key] = entry
+        # Only this answer's entries are kept: the memo stays its size.
+        self._shown = shown
+        return list(shown.values())
+
+
+def _entry(row: StoredVolume, exists: bool) -> dict[str, Any]:
+    """One volume as volumes_info shows it, secrets masked."""
+    return {
+        "vol_id": row.vol_id,
+        "connection_info": _shown_json(row.connection_info),
+        "path": row.path,
+        "attachment": _shown_json(row.attachment),
+        "exists": exists,
+        "state": row.state,
+        "last_error": row.last_error,
+        "backend": row.backend,
+    }
+
+
+def _shown_json(text: str | None) -> Any:
+    """A stored JSON column, decoded and masked, as results show it."""
+    return None if text is None else redact(json.loads(text))
