@@ -679,3 +679,13 @@ def _explain_bind_error(name: str, error: dict[str, Any]) -> None:
         error["message"] = f"bad params for {name}: {detail}"
         if "data" in error:
             error["data"] = detail
+
+
+# -- the transport's own errors ---------------------------------------------
+
+
+def connection_error(message: str, data: dict[str, Any]) -> bytes:
+    """The -32600 line (id null) the transport sends before it closes a
+    connection: a message too large or incomplete, too many connections,
+    a certificate subject not allowed."""
+    return dumps(error_response(InvalidRequest(message, data)))

@@ -36,9 +36,7 @@ _parser = cmdline.client_parser
 _EXAMPLES = {
     "vol_id": "vol_id=UUID",
     "vol_ids": "vol_ids='[\"UUID\", ...]'",
-    "connection_info": (
-        'connection_info=\'{"driver_volume_type": "iscsi", "data": {...}}\''
-    ),
+    "connection_info": f"connection_info='{schema.EXAMPLE_CONNECTION}'",
     "backend": "backend=NAME",
 }
 

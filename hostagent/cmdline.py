@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from hostagent import __version__, config
+from hostagent import __version__, config, schema
 
 DEFAULT_SOCKET = "/run/hostagent/hostagent.sock"
 DEFAULT_PORT = 54322
@@ -170,10 +170,7 @@ MAN_SECTIONS: dict[str, list[tuple[str, list[tuple[str, str]]]]] = {
                 (
                     f"hostagent-client ManagedVolume attach_volume "
                     f"vol_id={_VID} "
-                    """connection_info='{"driver_volume_type": "iscsi", """
-                    """"data": {"target_portal": "192.0.2.10:3260", """
-                    """"target_iqn": "iqn.2026-01.example:lun1", """
-                    """"target_lun": 1}}'""",
+                    f"connection_info='{schema.EXAMPLE_CONNECTION_FULL}'",
                     "Attach an iSCSI LUN; prints the device path.",
                 ),
                 (

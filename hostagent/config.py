@@ -52,11 +52,17 @@ class ServerConfig:
     tls_allowed_subjects: list[str] = field(default_factory=list)
     max_message_bytes: int = 1048576
     max_connections: int = 1024
-    max_handshakes: int = 64
+    # Of max_connections, kept for root's Unix clients.
+    reserved_connections: int = 16
+    max_connections_per_uid: int = 256
+    max_connections_per_subject: int = 1024
+    # TLS handshakes in progress from one source address.
+    max_handshakes: int = 16
     max_in_flight: int = 64
     max_batch: int = 100
     idle_timeout: float = 300.0
     read_timeout: float = 30.0
+    handshake_timeout: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -267,6 +273,12 @@ def _check(c: Config) -> None:
     _positive("server.max_message_bytes", s.max_message_bytes, minimum=1024)
     _positive("server.max_connections", s.max_connections)
     _positive("server.max_handshakes", s.max_handshakes)
+    _positive("server.max_connections_per_uid", s.max_connections_per_uid)
+    _positive(
+        "server.max_connections_per_subject", s.max_connections_per_subject
+    )
+    # (At most half of max_connections is ever kept back: see limits.)
+    _positive("server.reserved_connections", s.reserved_connections, 0)
     _positive("server.max_in_flight", s.max_in_flight)
     _positive("server.max_batch", s.max_batch)
     if not s.unix_socket and not s.tls_listen:
@@ -288,6 +300,8 @@ def _check(c: Config) -> None:
         raise ConfigError("server.idle_timeout must be >= 0 (0 = no limit)")
     if s.read_timeout <= 0:
         raise ConfigError("server.read_timeout must be > 0")
+    if s.handshake_timeout <= 0:
+        raise ConfigError("server.handshake_timeout must be > 0")
     for key in ("state_dir", "run_dir"):
         if not os.path.isabs(getattr(c.storage, key)):
             raise ConfigError(f"storage.{key} must be an absolute path")

@@ -26,12 +26,19 @@ VOL_ID: dict[str, Any] = {
     "description": "a UUID in canonical lower-case form",
 }
 
+# The connection info that help texts and man pages show: an iSCSI LUN,
+# the case most operators know (the one place outside hostagent/drivers/
+# that names the driver).
+EXAMPLE_CONNECTION = '{"driver_volume_type": "iscsi", "data": {...}}'
+EXAMPLE_CONNECTION_FULL = (
+    '{"driver_volume_type": "iscsi", '
+    '"data": {"target_portal": "192.0.2.10:3260", '
+    '"target_iqn": "iqn.2026-01.example:lun1", "target_lun": 1}}'
+)
+
 CONNECTION_INFO: dict[str, Any] = {
     "type": "object",
-    "description": (
-        "os-brick/Cinder connection info: "
-        '{"driver_volume_type": "iscsi", "data": {...}}.'
-    ),
+    "description": f"os-brick/Cinder connection info: {EXAMPLE_CONNECTION}.",
     "required": ["driver_volume_type", "data"],
     "properties": {
         "driver_volume_type": {"type": "string", "maxLength": 64},

@@ -137,6 +137,19 @@ def test_contrib_config_is_the_defaults() -> None:
         ("[server]\nidle_timeout = -1\n", "server.idle_timeout"),
         ("[server]\nread_timeout = 0\n", "server.read_timeout"),
         ("[server]\nread_timeout = 'x'\n", "server.read_timeout"),
+        ("[server]\nhandshake_timeout = 0\n", "server.handshake_timeout"),
+        (
+            "[server]\nmax_connections_per_uid = 0\n",
+            "server.max_connections_per_uid",
+        ),
+        (
+            "[server]\nmax_connections_per_subject = 0\n",
+            "server.max_connections_per_subject",
+        ),
+        (
+            "[server]\nreserved_connections = -1\n",
+            "server.reserved_connections",
+        ),
         ("[server]\ntls_allowed_subjects = 'a'\n", "tls_allowed_subjects"),
         ("[server]\ntls_allowed_subjects = ['']\n", "tls_allowed_subjects[0]"),
         ("[server]\ntls_allowed_subjects = [1]\n", "tls_allowed_subjects[0]"),

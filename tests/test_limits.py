@@ -7,6 +7,7 @@ import grp
 import json
 import os
 import resource
+import select
 import signal
 import socket
 import ssl
@@ -98,9 +99,9 @@ def test_tcp_peers_in_their_handshake_never_lock_out_local_clients(
     agent_factory: Any, pki: Pki
 ) -> None:
     """13 TCP connections that never start TLS, against max_connections=4
-    and max_handshakes=3: the agent takes 3 into a handshake, leaves 10
-    in the backlog, and local clients (and an engine already connected)
-    are served as if nothing happened."""
+    and max_handshakes=3: the agent accepts them all (silent peers hold
+    no handshake slot), and local clients (and an engine already
+    connected) are served as if nothing happened."""
     tls = start_tls_agent(
         agent_factory, pki, max_connections=4, max_handshakes=3
     )
@@ -126,17 +127,19 @@ def test_tcp_peers_in_their_handshake_never_lock_out_local_clients(
             refusal = extra.recv()
         assert refusal["error"]["code"] == -32600
         assert "max_connections=4" in refusal["error"]["message"]
-        # 3 handshakes at once: the other 10 are left in the backlog.
-        assert _accept_queue(tls.port) == 10
+        # No gate left any of them in the backlog.  (Until the split
+        # of handshake_timeout, max_handshakes was a global gate of 3
+        # and 10 waited here.)
+        assert _accept_queue(tls.port) == 0
     finally:
         for c in (engine, *local):
             c.close()
         for s in raw:
             s.close()
-    # The peers gave up: their handshakes end, the backlog drains and a
-    # new engine gets in.
-    with tls.client() as late:
-        assert late.call("Host.ping") is True
+    # The peers gave up: their handshakes end, and a new engine gets in
+    # (once the agent saw the EOFs of the clients above: nothing waits
+    # in the backlog any more for them to be counted out).
+    _engine_gets_in(tls)
     assert _accept_queue(tls.port) == 0
     # Each went: its handshake failed at the EOF, or (accepted before
     # the agent saw the other clients leave) it was refused before one.
@@ -175,17 +178,23 @@ def test_tcp_connection_beyond_max_connections_gets_no_handshake(
     finally:
         local.pop().close()
     # A slot came back (once the agent saw the EOF): engines get in.
+    _engine_gets_in(tls)
+    for c in local:
+        c.close()
+
+
+def _engine_gets_in(tls: Any) -> None:
+    """An engine's ping answers, once a slot freed by a closed
+    connection came back (the agent saw its EOF a moment later)."""
     deadline = time.monotonic() + 10
     while True:
         try:
             with tls.client() as c:
                 assert c.call("Host.ping") is True
-            break
+            return
         except (ssl.SSLError, OSError):
             assert time.monotonic() < deadline, "the slot never came back"
             time.sleep(0.05)
-    for c in local:
-        c.close()
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "'8'", "true"])
@@ -546,3 +555,242 @@ def test_peer_uid_and_pid_are_logged_with_mutating_calls(
     (line,) = [x for x in log.splitlines() if theirs in x and " by " in x]
     assert f"detach_volume by unix uid={NOBODY} pid=" in line
     assert "volumes_info by" not in log
+
+
+# -- fairness: one client can only exhaust its own share --------------------
+
+# The first bytes of a TLS ClientHello record announcing 512 bytes that
+# never come: a peer that began its handshake and stalls.
+PARTIAL_HELLO = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"
+
+
+def _closed_by_agent(s: socket.socket) -> bool:
+    """Whether the agent closed ``s`` (before our own timeout)."""
+    try:
+        return s.recv(100) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_idle_tcp_peers_never_delay_an_engines_handshake(
+    agent_factory: Any, pki: Pki
+) -> None:
+    """80 unauthenticated TCP peers from another address hold
+    connections open (half silent, half stalled inside a ClientHello);
+    the engine's TLS ping still answers within 2 s, and the peers are
+    dropped after handshake_timeout, not read_timeout."""
+    tls = start_tls_agent(
+        agent_factory, pki, handshake_timeout=2.0, read_timeout=60.0
+    )
+    peers: list[socket.socket] = []
+    try:
+        for i in range(80):
+            s = socket.socket()
+            s.settimeout(30)
+            s.bind(("127.0.0.2", 0))
+            s.connect(("127.0.0.1", tls.port))
+            if i % 2:
+                s.sendall(PARTIAL_HELLO)
+            peers.append(s)
+        _wait_for(
+            "the agent accepts every peer",
+            lambda: _accept_queue(tls.port) == 0,
+        )
+        started = time.monotonic()
+        with tls.client() as engine:
+            assert engine.call("Host.ping") is True
+        took = time.monotonic() - started
+        assert took < 2.0, f"the engine waited {took:.1f} s"
+        # Silent or stalled, each is closed by the agent well before
+        # read_timeout (60 s) and our own 30 s.
+        started = time.monotonic()
+        assert all(_closed_by_agent(s) for s in peers)
+        assert time.monotonic() - started < 30
+    finally:
+        for s in peers:
+            s.close()
+    log = tls.agent.log()
+    assert log.count("no handshake within server.handshake_timeout") == 80
+    with tls.client() as engine:
+        assert engine.call("Host.ping") is True
+
+
+# Run as user nobody: open N connections to the socket, then (once told
+# on stdin) count those the agent kept (no refusal waiting in them).
+HOG = """
+import resource, socket, sys
+path, n = sys.argv[1], int(sys.argv[2])
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+socks = []
+for _ in range(n):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(path)
+    socks.append(s)
+print("open", flush=True)
+sys.stdin.readline()
+held = 0
+for s in socks:
+    s.setblocking(False)
+    try:
+        s.recv(1, socket.MSG_PEEK)
+    except BlockingIOError:
+        held += 1
+print(held, flush=True)
+sys.stdin.readline()
+"""
+
+
+def _python_for_nobody() -> str:
+    """A Python user nobody can run (ours may live under /root)."""
+    for path in ("/usr/bin/python3", "/usr/local/bin/python3"):
+        if os.access(path, os.X_OK):
+            return path
+    pytest.fail("no system python3 for user nobody")
+
+
+def _hog(agent: Agent, gid: int, n: int) -> subprocess.Popen[str]:
+    """User nobody (in group ``gid``) with ``n`` connections open."""
+    hog = subprocess.Popen(
+        [_python_for_nobody(), "-I", "-c", HOG, agent.socket, str(n)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        user=NOBODY,
+        group=NOBODY,
+        extra_groups=[gid],
+    )
+    assert hog.stdout is not None
+    assert hog.stdout.readline() == "open\n"
+    return hog
+
+
+def _held(hog: subprocess.Popen[str]) -> int:
+    """How many of its connections the agent kept for ``hog``."""
+    assert hog.stdin is not None and hog.stdout is not None
+    hog.stdin.write("count\n")
+    hog.stdin.flush()
+    return int(hog.stdout.readline())
+
+
+def test_another_uid_cannot_take_roots_connections(
+    agent_factory: Any, test_group: tuple[str, int]
+) -> None:
+    """User nobody opens 1,100 connections to the socket: it keeps
+    max_connections_per_uid of them, root's ping answers, and the
+    refusals are logged a few at a time plus one summary with a count."""
+    name, gid = test_group
+    agent = group_agent(agent_factory, name)
+    per_uid = config.ServerConfig().max_connections_per_uid
+    hog = _hog(agent, gid, 1100)
+    try:
+        with agent.client(timeout=10) as root:
+            assert root.call("Host.ping") is True
+        assert _held(hog) == per_uid
+        # Still served while nobody holds its share.
+        assert agent.call("Host.ping") is True
+    finally:
+        hog.kill()
+        hog.wait(30)
+    summary = agent.wait_log("more refused in the last", timeout=30)
+    log = agent.log()
+    single = [
+        x
+        for x in log.splitlines()
+        if "refusing a connection: " in x and f"uid={NOBODY}" in x
+    ]
+    assert 1 <= len(single) <= 3
+    assert f"max_connections_per_uid={per_uid}" in single[0]
+    counted = sum(
+        int(x.split("refusing connections: ")[1].split()[0])
+        for x in log.splitlines()
+        if "more refused in the last" in x
+    )
+    assert "refusing connections: " in summary
+    assert len(single) + counted == 1100 - per_uid
+
+
+def test_a_uid_other_than_root_leaves_the_reserved_slots(
+    agent_factory: Any, test_group: tuple[str, int]
+) -> None:
+    """max_connections=8, reserved_connections=3: nobody gets 5 even
+    with a per-uid cap of 100; root still gets the other 3."""
+    name, gid = test_group
+    need("socat")
+    agent: Agent = agent_factory()
+    agent.configure(
+        server={
+            "socket_group": name,
+            "max_connections": 8,
+            "reserved_connections": 3,
+            "max_connections_per_uid": 100,
+        }
+    )
+    os.chmod(agent.sock_dir, 0o755)
+    agent.start()
+    hog = _hog(agent, gid, 8)
+    roots: list[Client] = []
+    try:
+        for _ in range(3):
+            roots.append(agent.client(timeout=10))
+            assert roots[-1].call("Host.ping") is True
+        assert _held(hog) == 5
+        with agent.client(timeout=10) as extra:
+            refusal = extra.recv()
+        assert "max_connections=8" in refusal["error"]["message"]
+    finally:
+        for c in roots:
+            c.close()
+        hog.kill()
+        hog.wait(30)
+    assert "are kept for root (reserved_connections)" in agent.log()
+
+
+def test_one_certificate_subject_cannot_take_anothers_connections(
+    agent_factory: Any, pki: Pki
+) -> None:
+    tls = start_tls_agent(agent_factory, pki, max_connections_per_subject=2)
+    mine = [tls.client(), tls.client()]
+    try:
+        for c in mine:
+            assert c.call("Host.ping") is True
+        with tls.client() as third:
+            refusal = third.recv()
+            assert refusal["error"]["code"] == -32600
+            assert (
+                "max_connections_per_subject=2" in refusal["error"]["message"]
+            )
+        with tls.client("intruder") as other:  # another CN
+            assert other.call("Host.ping") is True
+    finally:
+        for c in mine:
+            c.close()
+
+
+def test_a_trickled_line_is_cut_at_read_timeout(agent_factory: Any) -> None:
+    """One byte every 0.1 s never lets the gap reach read_timeout, but
+    the whole line must arrive within it."""
+    agent: Agent = agent_factory()
+    agent.configure(server={"read_timeout": 1.5, "idle_timeout": 60.0})
+    agent.start()
+    data = b""
+    sent = 0
+    with socket.socket(socket.AF_UNIX) as loris:
+        loris.settimeout(30)
+        loris.connect(agent.socket)
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            for byte in PING:
+                loris.sendall(bytes([byte]))
+                sent += 1
+                readable, _, _ = select.select([loris], [], [], 0.1)
+                if readable:
+                    break
+        while chunk := loris.recv(4096):
+            data += chunk
+    assert sent < len(PING)  # cut before the line was done
+    (answer,) = [json.loads(x) for x in data.splitlines()]
+    assert answer["error"]["code"] == -32600
+    assert (
+        "did not arrive within 1.5 s (read_timeout)"
+        in (answer["error"]["message"])
+    )

@@ -233,13 +233,14 @@ def test_message_over_the_limit_over_tls(tls: TlsAgent) -> None:
 
 
 def test_stalled_handshake_times_out(agent_factory: Any, pki: Pki) -> None:
-    """A TCP client that never starts TLS is dropped after read_timeout."""
-    tls = start_tls_agent(agent_factory, pki, read_timeout=1.0)
+    """A TCP client that never starts TLS is dropped after
+    handshake_timeout (before its own key, read_timeout bounded it)."""
+    tls = start_tls_agent(agent_factory, pki, handshake_timeout=1.0)
     with socket.create_connection(("127.0.0.1", tls.port), timeout=20) as s:
         with tls.client() as c:
             assert c.call("Host.ping") is True
         assert s.recv(100) == b""  # closed by the agent, not our timeout
-    tls.agent.wait_log("no handshake within server.read_timeout")
+    tls.agent.wait_log("no handshake within server.handshake_timeout")
 
 
 @pytest.mark.parametrize(
