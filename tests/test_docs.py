@@ -7,12 +7,15 @@ Anchors are checked the way GitHub makes them from headings.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
 from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
+
+from hostagent import config
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -186,3 +189,18 @@ def test_link_check_finds_a_dead_link(tmp_path: Path) -> None:
     )
     assert links(page) == ["#a-section", "#nowhere", "missing.md"]
     assert anchors(page) == {"title", "a-section"}
+
+
+def test_configuration_page_names_every_key() -> None:
+    """A key the config accepts is documented where operators look."""
+    page = (ROOT / "docs" / "configuration.md").read_text()
+    missing = []
+    for section in dataclasses.fields(config.Config):
+        if section.name == "backend":
+            cls: type = config.BackendConfig
+        else:
+            cls = type(getattr(config.Config(), section.name))
+        for f in dataclasses.fields(cls):
+            if f.name != "name" and f"`{f.name}`" not in page:
+                missing.append(f"{section.name}.{f.name}")
+    assert not missing, f"not in docs/configuration.md: {missing}"
