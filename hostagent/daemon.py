@@ -19,6 +19,7 @@ from hostagent.brick import Brick
 from hostagent.config import Config, ConfigError
 from hostagent.db import Database, DatabaseError, DatabaseNeedsOperator
 from hostagent.lognoise import LibraryNoiseFilter
+from hostagent.logtext import EscapeFilter
 from hostagent.redact import ScrubFilter
 from hostagent.service import VolumeService
 from hostagent.transport import (
@@ -66,7 +67,7 @@ def use_journal(cfg: Config) -> bool:
 
 
 def setup_logging(cfg: Config, stream: TextIO | None = None) -> str:
-    """Log to journald or to stderr, secrets scrubbed on both paths.
+    """Log to journald or to stderr, scrubbed and escaped on both paths.
 
     Returns ``"journal"`` or ``"stderr"``.
     """
@@ -82,6 +83,8 @@ def setup_logging(cfg: Config, stream: TextIO | None = None) -> str:
     handler.addFilter(LibraryNoiseFilter())
     handler.addFilter(RequestIdFilter())
     handler.addFilter(ScrubFilter())
+    # Last: secrets are found in the raw text, then it is made one line.
+    handler.addFilter(EscapeFilter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -18,6 +18,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from hostagent.redact import redact
 from hostagent.udev import BlockMonitor
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,11 @@ class Events:
 
     def publish(self, params: dict[str, Any]) -> None:
         """Send one notification to every open subscribed connection."""
-        message = {"jsonrpc": "2.0", "method": METHOD, "params": params}
+        message = {
+            "jsonrpc": "2.0",
+            "method": METHOD,
+            "params": redact(params),  # the rule results follow
+        }
         for key, peer in list(self._subscribers.items()):
             notify = peer.notify
             if notify is None:  # the connection ended

@@ -19,6 +19,7 @@ import logging
 import re
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from typing import Any
 
@@ -37,15 +38,34 @@ MIN_SCRUB_LENGTH = 6
 # How long after a change the main pattern is recompiled (on a thread).
 MERGE_DELAY = 0.2
 
-# Matched case-insensitively against the whole key, so "auth_password",
-# "discovery_auth_password", "AUTH_USERNAME" and "keyring" are caught but
-# "secret_type" (a harmless enum in Cinder's RBD data) is not hidden.
+# Matched against the whole key, once normalized (see normalize_key):
+# "auth_password", "discovery_auth_password", "AUTH_USERNAME", "keyring",
+# "AuthPassword", "privateKey", "auth-password" and "Password " are all
+# caught, but "secret_type" (a harmless enum in Cinder's RBD data) and
+# "auth_method" are not hidden.  The keys that name a whole subtree of
+# credentials ("credentials", "auth", "secrets", "keys") match too: what
+# is under them is masked whole, whatever its own keys are called.
 _SECRET_KEY = re.compile(
-    r"(.*_)?(password|passwd|secret|token|keyring|key|auth_username"
-    r"|username|private_key|secret_uuid)",
-    re.IGNORECASE,
+    r"(.*_)?(pass_?(word|wd|phrase)|secrets?|tokens?|key_?ring|keys?"
+    r"|user_?name|private_?key|secret_?uuid|credentials?|creds|auth)"
 )
 _NOT_SECRET = frozenset({"secret_type", "key_id"})
+
+# Where camelCase turns into snake_case: "authPassword", "CHAPSecret".
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+_SEPARATORS = re.compile(r"[^0-9a-z]+")
+
+
+def normalize_key(key: str) -> str:
+    """``key`` as the secret rule sees it: snake_case, lower case.
+
+    "AuthPassword", "auth-password", "AUTH PASSWORD" and " auth_password"
+    all read "auth_password"; full-width and other compatibility forms
+    of letters read as the plain ones.
+    """
+    text = unicodedata.normalize("NFKC", key)
+    text = _CAMEL.sub("_", text).lower()
+    return _SEPARATORS.sub("_", text).strip("_")
 
 
 # Results carry the same few key names over and over (every volume's
@@ -53,8 +73,12 @@ _NOT_SECRET = frozenset({"secret_type", "key_id"})
 # keys come from clients.
 @functools.lru_cache(maxsize=4096)
 def is_secret_key(key: str) -> bool:
-    """True when values under ``key`` must never be shown."""
-    return key.lower() not in _NOT_SECRET and bool(_SECRET_KEY.fullmatch(key))
+    """True when values under ``key`` must never be shown.
+
+    The one rule for results, error data, log text and events.
+    """
+    name = normalize_key(key)
+    return name not in _NOT_SECRET and bool(_SECRET_KEY.fullmatch(name))
 
 
 def redact(value: Any) -> Any:

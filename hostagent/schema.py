@@ -16,6 +16,7 @@ from typing import Any
 
 from hostagent import __version__
 from hostagent.errors import InvalidParams
+from hostagent.redact import is_secret_key
 
 UUID_PATTERN = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 
@@ -321,6 +322,53 @@ def validate(schema: dict[str, Any], value: Any, where: str) -> None:
         if items is not None:
             for i, v in enumerate(value):
                 validate(items, v, f"{where}[{i}]")
+
+
+# C0, DEL and C1: no param has a use for one, and each is a way to forge
+# a log line (a newline), to cut a path short in C (a NUL: Python
+# refuses it only deep inside os.stat, as a ValueError) or to move a
+# terminal's cursor.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+# Under a secret key (a Ceph keyring is lines of text) tab and newline
+# are allowed: such values are masked in results and erased from logs.
+_CONTROL_IN_SECRET = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def check_text(value: Any, where: str) -> None:
+    """Refuse a control character in any string of ``value``, keys too.
+
+    :class:`InvalidParams` names the path and the character, never the
+    value.
+    """
+    stack: list[tuple[Any, str, bool]] = [(value, where, False)]
+    while stack:
+        item, path, secret = stack.pop()
+        if isinstance(item, str):
+            found = (_CONTROL_IN_SECRET if secret else _CONTROL).search(item)
+            if found is not None:
+                raise InvalidParams(
+                    f"{path} holds control character "
+                    f"U+{ord(found.group()):04X} at offset {found.start()}; "
+                    "text params must not hold NUL, newline or other "
+                    "C0/C1 control characters",
+                    {"param": path, "offset": found.start()},
+                )
+        elif isinstance(item, dict):
+            for key, sub in item.items():
+                if _CONTROL.search(key) is not None:
+                    raise InvalidParams(
+                        f"a key in {path} holds a control character; keys "
+                        "must not hold NUL, newline or other C0/C1 control "
+                        "characters",
+                        {"param": path},
+                    )
+                stack.append(
+                    (sub, f"{path}.{key[:64]}", secret or is_secret_key(key))
+                )
+        elif isinstance(item, list):
+            stack.extend(
+                (sub, f"{path}[{i}]", secret) for i, sub in enumerate(item)
+            )
 
 
 def _check_string(schema: dict[str, Any], value: str, where: str) -> None:

@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import Agent, agent_with_loops, release
 from fuzzing import (
     POOL,
+    SECRET_MARK,
     Stats,
     db_problems,
     run_stream,
@@ -184,7 +185,11 @@ def main() -> int:
     # The log stays (under tmp) when something was wrong; the loop
     # devices and the socket go either way.
     release(agent, loops, POOL)
-    tracebacks = agent.log().count("Traceback")
+    log_text = agent.log()
+    tracebacks = log_text.count("Traceback")
+    # Secrets the traffic carried, and raw NULs (request values reach the
+    # log escaped): both findings.
+    leaked = log_text.count(SECRET_MARK) + log_text.count("\x00")
     codes: Counter[Any] = total.codes
     print(f"fuzz campaign: {seconds:.0f} s, {args.workers} workers")
     print(f"  connections: {total.streams}")
@@ -196,6 +201,7 @@ def main() -> int:
     for d in deaths:
         print(f"    {d}")
     print(f"  tracebacks in the daemon log: {tracebacks}")
+    print(f"  secrets or NULs in the daemon log: {leaked}")
     print(f"  problems:    {len(total.failures)}")
     print(f"  DB at the end: {'; '.join(final) or 'integrity ok'}")
     print(
@@ -208,7 +214,7 @@ def main() -> int:
     for p in shown[:20]:
         print("  !", p)
     lost = reported < len(procs)
-    if crashes or tracebacks or total.failures or final or lost:
+    if crashes or tracebacks or leaked or total.failures or final or lost:
         print(f"  daemon log: {agent.log_path}")
         return 1
     shutil.rmtree(tmp, ignore_errors=True)

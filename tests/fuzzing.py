@@ -12,10 +12,18 @@ numbers JSON cannot hold, or replaced by noise).  Valid attaches use real
 loop devices, so the fuzz also drives the database through attach,
 re-attach, conflicts and detach.
 
+Hostile shapes (issue 17) are generated too: one key twice in an
+object at any depth, control characters (NUL, newline, C0/C1) in
+params, and secrets under camelCase, dashed, spaced keys and inside
+credential subtrees, with values marked :data:`SECRET_MARK`.
+
 The oracle is JSON-RPC 2.0 restated independently of ``hostagent.api``:
 for each line sent it says how many answers must come (0 or 1), with
-which id, and which error code where the spec fixes one.  Every answer
-must be well formed and never be error 100 (an unexpected exception).
+which id, and which error code where the spec fixes one, plus the
+agent's own rules: a duplicate key anywhere makes the line -32600, a
+control character anywhere in a known method's params makes it -32602.
+Every answer must be well formed, never be error 100 (an unexpected
+exception) and never carry a marked secret.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from hypothesis import strategies as st
 from support import exchange
 
 from hostagent import schema
+from hostagent.redact import is_secret_key
 
 MAX_BATCH = 5  # the fuzzed daemon's server.max_batch: cheap to exceed
 MAX_DEPTH = 64  # hostagent.api.MAX_DEPTH, restated: it is the contract
@@ -49,6 +58,12 @@ KNOWN_CODES = frozenset(
     {-32700, -32600, -32601, -32602, 925, 926, 927, 928, 929, 2009}
 )
 ANY = None  # the oracle accepts a result or any known error
+# Every secret value generated starts with this: no answer, and no line
+# of the daemon's log, may hold it.
+SECRET_MARK = "fuzzSecret-"
+# C0, DEL and C1: refused in any string of params (and escaped in logs).
+CONTROLS = ("\x00", "\n", "\r", "\t", "\x1b", "\x7f", "\x85", "\x9f")
+CONTROL_CHARS = frozenset(map(chr, (*range(0x20), *range(0x7F, 0xA0))))
 
 
 # -- generation -------------------------------------------------------------
@@ -83,12 +98,23 @@ vol_ids = st.one_of(
 
 def connection_infos(devices: Sequence[str]) -> st.SearchStrategy[Any]:
     """Connection infos: attachable, not allowed, malformed, junk."""
+    marked = st.text(min_size=1, max_size=8).map(SECRET_MARK.__add__)
     secrets = st.fixed_dictionaries(
         {},
         optional={
             "auth_password": st.text(min_size=1, max_size=10),
             "auth_username": st.text(min_size=1, max_size=10),
             "Token": json_values,
+            # Spellings and subtrees the secret rule must see through.
+            "AuthPassword": marked,
+            "privateKey": marked,
+            "auth-password": marked,
+            "Password ": marked,
+            "credentials": st.fixed_dictionaries(
+                {"pw": marked}, optional={"user": marked}
+            ),
+            "auth": st.fixed_dictionaries({"value": marked}),
+            "secrets": st.lists(marked, min_size=1, max_size=2),
         },
     )
     local = st.builds(
@@ -97,8 +123,18 @@ def connection_infos(devices: Sequence[str]) -> st.SearchStrategy[Any]:
             "data": {"device_path": dev, **extra},
         },
         # Only real devices or None: a path that does not exist costs the
-        # 10 s device wait and would only slow the fuzz down.
-        st.one_of(st.sampled_from(list(devices)), st.none()),
+        # 10 s device wait and would only slow the fuzz down.  A control
+        # character makes it refused before any wait.
+        st.one_of(
+            st.sampled_from(list(devices)),
+            st.none(),
+            st.builds(
+                lambda dev, c, tail: dev + c + tail,
+                st.sampled_from(list(devices)),
+                st.sampled_from(CONTROLS),
+                st.sampled_from(["", "x", "2026-12-07 CRITICAL forged"]),
+            ),
+        ),
         secrets,
     )
     other_driver = st.builds(
@@ -218,8 +254,13 @@ def serialized(draw: st.DrawFn, devices: Sequence[str]) -> bytes:
         separators=draw(st.sampled_from([(",", ":"), (", ", ": ")])),
     )
     data = text.encode("utf-8", "surrogatepass")
-    mutation = draw(st.integers(0, 19)) - 13  # draws 0..12: unchanged
-    if mutation == 0 and data:
+    mutation = draw(st.integers(0, 20)) - 13  # draws 0..12: unchanged
+    if mutation == 7:
+        twice = with_duplicate_key(
+            value, draw(st.integers(0, 99)), draw(scalars)
+        )
+        data = data if twice is None else twice
+    elif mutation == 0 and data:
         data = data[: draw(st.integers(0, len(data) - 1))]
     elif mutation == 1:
         at = draw(st.integers(0, len(data)))
@@ -242,6 +283,41 @@ def serialized(draw: st.DrawFn, devices: Sequence[str]) -> bytes:
     elif mutation == 6:
         data = draw(st.sampled_from([b"\xef\xbb\xbf", b" \t", b"\r"])) + data
     return data
+
+
+def with_duplicate_key(value: Any, pick: int, first: Any) -> bytes | None:
+    """``value`` as JSON text where one object holds one key twice.
+
+    The object is the ``pick``-th non-empty one, at any depth; the extra
+    pair (its first key, ``first``) comes before the real one, so a
+    parser where the last one wins would see the request as generated.
+    None when ``value`` holds no object with a key.
+    """
+    objects = []
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if item:
+                objects.append(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    if not objects:
+        return None
+    target = objects[pick % len(objects)]
+
+    def dump(v: Any) -> str:
+        if isinstance(v, dict):
+            pairs = [f"{json.dumps(k)}:{dump(x)}" for k, x in v.items()]
+            if v is target:
+                pairs.insert(0, f"{json.dumps(next(iter(v)))}:{dump(first)}")
+            return "{" + ",".join(pairs) + "}"
+        if isinstance(v, list):
+            return "[" + ",".join(map(dump, v)) + "]"
+        return json.dumps(v)
+
+    return dump(value).encode("utf-8", "surrogatepass")
 
 
 @st.composite
@@ -284,15 +360,51 @@ def _too_deep(value: Any) -> bool:
     return False
 
 
-def parse(line: bytes) -> tuple[bool, Any]:
-    """(True, value) for acceptable JSON, (False, None) for a parse error."""
+class _Duplicate(Exception):
+    pass
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    if len({k for k, _ in pairs}) != len(pairs):
+        raise _Duplicate()
+    return dict(pairs)
+
+
+def parse(line: bytes) -> tuple[bool | None, Any]:
+    """(True, value) for acceptable JSON, (False, None) for a parse error,
+    (None, None) for JSON with a key twice in one object."""
     try:
         value = json.loads(
-            line.decode("utf-8"), parse_constant=_constant, parse_float=_float
+            line.decode("utf-8"),
+            parse_constant=_constant,
+            parse_float=_float,
+            object_pairs_hook=_unique,
         )
+    except _Duplicate:
+        return None, None
     except (ValueError, RecursionError, _Reject):
         return False, None
     return (False, None) if _too_deep(value) else (True, value)
+
+
+def has_control(value: Any) -> bool:
+    """Whether a string anywhere in ``value`` (keys too) holds a C0/C1."""
+    stack = [(value, False)]
+    while stack:
+        item, secret = stack.pop()
+        if isinstance(item, str):
+            # A secret's value may hold tab and newline (keyrings).
+            bad = CONTROL_CHARS - set("\t\n\r") if secret else CONTROL_CHARS
+            if not bad.isdisjoint(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend((k, False) for k in item)
+            stack.extend(
+                (v, secret or is_secret_key(k)) for k, v in item.items()
+            )
+        elif isinstance(item, list):
+            stack.extend((v, secret) for v in item)
+    return False
 
 
 def _valid_id(value: Any) -> bool:
@@ -327,6 +439,8 @@ def _expect_one(request: Any) -> tuple[str, int | None] | None:
         return None
     if request["method"] not in METHODS:
         return rid_key, -32601
+    if has_control(request.get("params")):
+        return rid_key, -32602
     return rid_key, ANY
 
 
@@ -348,6 +462,9 @@ def expect(stream: bytes) -> Expected:
             continue
         out.messages += 1
         ok, value = parse(line)
+        if ok is None:
+            out.singles.append((_key(None), -32600))
+            continue
         if not ok:
             out.singles.append((_key(None), -32700))
             continue
@@ -432,6 +549,8 @@ def check(
     singles: list[tuple[str, Any]] = []
     batches: list[list[tuple[str, Any]]] = []
     for raw in answers:
+        if SECRET_MARK.encode() in raw:
+            problems.append(f"a secret came back: {raw[:300]!r}")
         try:
             value = json.loads(raw)
         except ValueError:

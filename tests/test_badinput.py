@@ -93,6 +93,8 @@ def uuids(n: int) -> list[str]:
 
 DEEP = 100_000
 OTHER_DEV = "/dev/null"  # only used where validation must stop first
+NEW = "0d6c4c53-51b7-4f0e-9d8e-6b1f0f7e3a21"  # a volume never attached
+FORGED = "2026-12-07 13:00:00,000 CRITICAL hostagent: FORGED root pwned"
 
 # (name, payload, expected): expected is a list of (code, fragment) for
 # each answer, [] when no answer may come at all.
@@ -305,6 +307,113 @@ CASES: list[tuple[str, bytes, list[tuple[int, str]]]] = [
         line(msg(DETACH, [SEEDED + "\n"])),
         [(-32602, "vol_id")],
     ),
+    # -- control characters in any string param (issue 17) -----------
+    (
+        "NUL in device_path",
+        line(msg(ATTACH, [NEW, local_info("/dev/loop0\x00/etc/passwd")])),
+        [
+            (
+                -32602,
+                "connection_info.data.device_path holds control "
+                "character U+0000 at offset 10",
+            )
+        ],
+    ),
+    (
+        "newline in device_path",
+        line(msg(ATTACH, [NEW, local_info(f"/dev/x\n{FORGED}")])),
+        [(-32602, "device_path holds control character U+000A")],
+    ),
+    (
+        "C1 control character deep in connection info",
+        line(
+            msg(
+                ATTACH,
+                [NEW, local_info(OTHER_DEV, extra={"list": ["ok", "a\x85b"]})],
+            )
+        ),
+        [
+            (
+                -32602,
+                "connection_info.data.extra.list[1] holds control "
+                "character U+0085",
+            )
+        ],
+    ),
+    (
+        "DEL in the driver name",
+        line(
+            msg(
+                ATTACH,
+                [NEW, {"driver_volume_type": "local\x7f", "data": {}}],
+            )
+        ),
+        [(-32602, "connection_info.driver_volume_type holds control")],
+    ),
+    (
+        "control character in a key",
+        line(msg(ATTACH, [NEW, local_info(OTHER_DEV, **{"a\tb": 1})])),
+        [(-32602, "a key in connection_info.data holds a control")],
+    ),
+    (
+        "tab in a detach's vol_id",
+        line(msg(DETACH, {"vol_id": SEEDED + "\t"})),
+        [(-32602, "vol_id")],
+    ),
+    # -- one key twice in an object (issue 17) -------------------------
+    (
+        "duplicate method: the later one must not run",
+        b'{"jsonrpc":"2.0","id":1,"method":"Host.ping","method":"'
+        + DETACH.encode()
+        + b'","params":["'
+        + SEEDED.encode()
+        + b'"]}\n',
+        [(-32600, "key 'method' appears twice in one JSON object")],
+    ),
+    (
+        "duplicate method: the earlier one must not run",
+        b'{"jsonrpc":"2.0","id":1,"method":"'
+        + DETACH.encode()
+        + b'", "method" : "Host.ping","params":["'
+        + SEEDED.encode()
+        + b'"]}\n',
+        [(-32600, "key 'method' appears twice")],
+    ),
+    (
+        "duplicate key spelled with an escape",
+        b'{"jsonrpc":"2.0","id":1,"method":"Host.ping",'
+        b'"\\u006dethod":"No.such"}\n',
+        [(-32600, "key 'method' appears twice")],
+    ),
+    (
+        "duplicate params",
+        b'{"jsonrpc":"2.0","id":1,"method":"'
+        + DETACH.encode()
+        + b'","params":["'
+        + SEEDED.encode()
+        + b'"],"params":[]}\n',
+        [(-32600, "key 'params' appears twice")],
+    ),
+    (
+        "duplicate key deep in connection info",
+        envelope(
+            b'["' + NEW.encode() + b'",{"driver_volume_type":"local",'
+            b'"data":{"device_path":"/dev/null","x":{"a":[{"k":1,"k":2}]}}}]',
+            ATTACH,
+        ),
+        [(-32600, "key 'k' appears twice")],
+    ),
+    (
+        "duplicate id in a batch member",
+        b'[{"jsonrpc":"2.0","id":1,"id":2,"method":"Host.ping"}]\n',
+        [(-32600, "key 'id' appears twice")],
+    ),
+    (
+        "duplicate keys in a notification",
+        b'{"jsonrpc":"2.0","method":"' + DETACH.encode() + b'",'
+        b'"params":{"vol_id":"' + SEEDED.encode() + b'","vol_id":"x"}}\n',
+        [(-32600, "key 'vol_id' appears twice")],
+    ),
     # -- the seeded volume itself -------------------------------------
     (
         "attach the seeded volume with other info",
@@ -439,3 +548,35 @@ def test_refused_mutating_calls_are_logged_with_their_peer(
     assert audit[-1].endswith("vol_id=(invalid)\n")
     assert marker not in log
     assert password not in log
+
+
+def test_a_request_cannot_forge_a_log_line(seeded: Seeded) -> None:
+    """Request values reach the log escaped: one request, its own lines.
+
+    A newline or NUL in a param is refused before anything logs it; a
+    Unicode line separator (not a control character, so a valid path)
+    reaches the log, escaped; no line of the log starts with the forged
+    text, whatever a reader counts as a line break.
+    """
+    agent = seeded.agent
+    forged_paths = [
+        f"/dev/x\n{FORGED}",
+        f"/dev/x\r{FORGED}",
+        f"/dev/x\x00\n{FORGED}",
+        f"/dev/x\x85{FORGED}",
+    ]
+    for path in forged_paths:
+        err = agent.error(ATTACH, [NEW, local_info(path)])
+        assert err.code == -32602, err
+    # Accepted as a path (no such device): logged, escaped.
+    vid = str(uuid.uuid4())
+    err = agent.error(ATTACH, [vid, local_info(f"/dev/x\u2028{FORGED}")])
+    assert err.code not in (-32602, 100), err
+    line_of_it = agent.wait_log(f"vol_id={vid}")  # the audit line
+    assert "FORGED" not in line_of_it
+    log = agent.log()
+    assert "\\u2028" + FORGED in log  # the failing attach said where
+    assert "\x00" not in log
+    for text in log.splitlines():
+        assert not text.startswith(FORGED[:30]), text
+    assert agent.call(INFO, [[vid]]) == []

@@ -25,11 +25,13 @@ from conftest import Agent, agent_with_loops, release
 from fuzzing import (
     MAX_BATCH,
     POOL,
+    SECRET_MARK,
     Stats,
     check,
     db_problems,
     run_stream,
     streams,
+    with_duplicate_key,
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -97,7 +99,10 @@ def test_fuzz_totals(fuzzed: Fuzzed) -> None:
     assert fuzzed.agent.alive()
     assert fuzzed.agent.call("Host.ping") is True
     assert db_problems(str(fuzzed.agent.db_path)) == []
-    assert "Traceback" not in fuzzed.agent.log()
+    log = fuzzed.agent.log()
+    assert "Traceback" not in log
+    assert SECRET_MARK not in log
+    assert "\x00" not in log
 
 
 # -- make fuzz: the long campaign, in short -----------------------------------
@@ -136,6 +141,7 @@ def test_make_fuzz_runs_a_short_campaign() -> None:
     assert fields["crashes"] == "0"
     assert fields["problems"] == "0"
     assert fields["tracebacks in the daemon log"] == "0"
+    assert fields["secrets or NULs in the daemon log"] == "0"
     assert fields["DB at the end"] == "integrity ok"
     codes = _codes(fields)
     assert codes.pop("result") > 0
@@ -187,6 +193,38 @@ RESULT_1 = b'{"jsonrpc":"2.0","result":true,"id":1}'
 INVALID_1 = b'{"jsonrpc":"2.0","error":{"code":-32600,"message":"x"},"id":1}'
 
 
+DUP_METHOD = (
+    b'{"jsonrpc":"2.0","method":"No.such","method":"Host.ping","id":1}'
+)
+NULL_INVALID = (
+    b'{"jsonrpc":"2.0","error":{"code":-32600,"message":"x"},"id":null}'
+)
+CONTROL_PARAM = (
+    b'{"jsonrpc":"2.0","method":"ManagedVolume.detach_volume",'
+    b'"params":["\\u0000"],"id":1}'
+)
+INVALID_PARAMS_1 = (
+    b'{"jsonrpc":"2.0","error":{"code":-32602,"message":"x"},"id":1}'
+)
+SECRET_RESULT = b'"' + SECRET_MARK.encode() + b'x"'
+
+
+def test_oracle_knows_the_hostile_shapes() -> None:
+    """Duplicate keys, control characters, secrets (issue 17)."""
+    assert check(DUP_METHOD + b"\n", [NULL_INVALID])[0] == []
+    nested = with_duplicate_key({"a": [{"b": 1, "c": 2}]}, 1, None)
+    assert nested == b'{"a":[{"b":null,"b":1,"c":2}]}'
+    assert (
+        check(b"[" + PING_1 + b"," + nested + b"]\n", [NULL_INVALID])[0] == []
+    )
+    assert check(CONTROL_PARAM + b"\n", [INVALID_PARAMS_1])[0] == []
+    ping_with = PING_1.replace(b"}", b',"params":["\\n"]}')
+    assert check(ping_with + b"\n", [INVALID_PARAMS_1])[0] == []
+    # A notification gets nothing, control character or not.
+    notif = CONTROL_PARAM.replace(b',"id":1', b"")
+    assert check(notif + b"\n", [])[0] == []
+
+
 def test_oracle_accepts_answers_in_any_order() -> None:
     stream = b"[" + PING_1 + b"]\n[" + BAD_1 + b"]\n" + PING_1 + b"\n"
     a, b = b"[" + INVALID_1 + b"]", b"[" + RESULT_1 + b"]"
@@ -209,6 +247,14 @@ def test_oracle_accepts_answers_in_any_order() -> None:
         ),
         (b"[" + BAD_1 + b"]\n", [b"[" + RESULT_1 + b"]"]),
         (b"{\n", [RESULT_1]),  # a parse error needs -32700, id null
+        # one key twice: the line is -32600 (id null), never run
+        (DUP_METHOD + b"\n", [RESULT_1]),
+        (DUP_METHOD + b"\n", [NULL_INVALID.replace(b"-32600", b"-32601")]),
+        (b"[" + DUP_METHOD + b"]\n", [b"[" + RESULT_1 + b"]"]),
+        # a control character in params: -32602, not a result
+        (CONTROL_PARAM + b"\n", [RESULT_1]),
+        # a marked secret came back
+        (PING_1 + b"\n", [RESULT_1.replace(b"true", SECRET_RESULT)]),
     ],
 )
 def test_oracle_catches_wrong_answers(stream: bytes, answers: Any) -> None:

@@ -324,3 +324,24 @@ def test_journal_yes_without_journald(
     assert a.stop() == 0
     assert "does not exist; logging to stderr" in a.log()
     assert " INFO hostagent: stopped" in a.log()
+
+
+def test_request_values_reach_the_journal_escaped(
+    agent_factory: Any, journald: FakeJournald
+) -> None:
+    """A request id is the client's text: in the journal's REQUEST_ID=
+    and MESSAGE=, its control characters are escapes, never raw."""
+    a: Agent = agent_factory()
+    a.configure(log={"journal": "yes", "level": "debug"})
+    a.start(prefix=in_namespace(journald))
+    vid = new_vol_id()
+    rid = "r1\nMESSAGE=forged\x00\x85\u2028"
+    out = request(a, rid, "ManagedVolume.detach_volume", {"vol_id": vid})
+    assert out == {"jsonrpc": "2.0", "result": None, "id": rid}
+    e = journald.wait(MESSAGE=f"detach of unknown volume {vid}: nothing to do")
+    assert e["REQUEST_ID"] == "r1\\nMESSAGE=forged\\x00\\x85\\u2028"
+    for entry in journald.where():
+        for key, value in entry.items():
+            assert "\x00" not in value and "forged\n" not in value, key
+    assert not journald.where(MESSAGE="forged")
+    a.stop()

@@ -98,6 +98,23 @@ def test_batch(agent: Agent) -> None:
     assert by_id['"x"']["error"]["code"] == -32601
 
 
+def test_batch_mixing_plain_and_waiting_methods(agent: Agent) -> None:
+    """A batch with a ping and a method that waits: both run, in order."""
+    batch = [
+        req("Host.ping", 1),
+        req("Host.getCapabilities", 2),
+        req("ManagedVolume.volumes_info", 3, {"vol_ids": []}),
+        req("Host.ping", 4, ["extra"]),
+    ]
+    (responses,) = agent.exchange(line(batch))
+    assert [r["id"] for r in responses] == [1, 2, 3, 4]
+    assert responses[0]["result"] is True
+    assert "version" in responses[1]["result"], responses[1]
+    assert responses[2]["result"] == []
+    assert responses[3]["error"]["code"] == -32602
+    assert "bad params for Host.ping" in responses[3]["error"]["message"]
+
+
 def test_batch_of_notifications_gets_no_answer(agent: Agent) -> None:
     batch = [{"jsonrpc": "2.0", "method": "Host.ping"}] * 3
     assert agent.exchange(line(batch, req("Host.ping", 9))) == [

@@ -19,6 +19,7 @@ from hostagent.redact import (
     ScrubFilter,
     is_secret_key,
     redact,
+    secret_values,
 )
 
 
@@ -38,6 +39,86 @@ def test_secret_keys() -> None:
         assert is_secret_key(key), key
     for key in ("target_iqn", "target_lun", "device_path", "secret_type"):
         assert not is_secret_key(key), key
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "AuthPassword",
+        "authPassword",
+        "privateKey",
+        "PrivateKey",
+        "auth-password",
+        "auth.password",
+        "AUTH PASSWORD",
+        "Password ",
+        " password",
+        "\tpassword\n",
+        "CHAPSecret",
+        "chapSecret",
+        "KeyRing",
+        "secretUuid",
+        "passwd",
+        "passPhrase",
+        "apiKey",
+        "userName",
+        "credentials",
+        "Credentials",
+        "creds",
+        "auth",
+        "AUTH",
+        "secrets",
+        "keys",
+        "\uff50\uff41\uff53\uff53\uff57\uff4f\uff52\uff44",  # full-width
+    ],
+)
+def test_secret_keys_in_any_spelling(key: str) -> None:
+    assert is_secret_key(key), key
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "secretType",
+        "SECRET_TYPE",
+        "keyId",
+        "auth_method",
+        "authMethod",
+        "auth_enabled",
+        "encryption_key_id",
+        "monkey",
+        "volume_name",
+        "cluster_name",
+        "driver_volume_type",
+        "hosts",
+        "pw",
+    ],
+)
+def test_keys_that_are_not_secrets(key: str) -> None:
+    assert not is_secret_key(key), key
+
+
+def test_credential_subtrees_are_masked_whole() -> None:
+    data = {
+        "data": {
+            "target_iqn": "iqn",
+            "credentials": {"pw": "p1", "user": "u1"},
+            "auth": {"method": "chap", "value": "v1"},
+            "secrets": ["s1", "s2"],
+            "nested": [{"Password ": "p2", "privateKey": "k1"}],
+        }
+    }
+    assert redact(data) == {
+        "data": {
+            "target_iqn": "iqn",
+            "credentials": MASK,
+            "auth": MASK,
+            "secrets": MASK,
+            "nested": [{"Password ": MASK, "privateKey": MASK}],
+        }
+    }
+    long = {"credentials": {"pw": "subtreePw-123", "n": 7}}
+    assert secret_values(long) == {"subtreePw-123"}
 
 
 def test_redact_nested() -> None:

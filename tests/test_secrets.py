@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from conftest import Agent, Loops, local_info, new_vol_id
+from test_events import next_notification
 from test_rbd import FakeCeph, rbd_info
 
 from hostagent.client import RpcError
@@ -321,3 +322,82 @@ def test_an_os_brick_error_carrying_a_secret_is_scrubbed(
     assert user not in "".join(seen.texts)
     assert "--id ***" in a.log()
     assert user not in a.log()
+
+
+# Spellings of secret keys a client may use, and subtrees of credentials
+# whose own keys say nothing (issue 17).  Distinct values again.
+SPELLED = {
+    "AuthPassword": "camelPass-Hq83kd",
+    "privateKey": "privKey-Tm27vx",
+    "auth-password": "dashPass-Wd64pz",
+    "Password ": "spacedPass-Nb52rq",
+    "CHAPSecret": "chapSecret-Yc93mf",
+}
+NESTED = {
+    "credentials": {"pw": "credPw-Kv81ts", "user": "credUser-Ja46wn"},
+    "auth": {"method": "chap", "value": "authValue-Ge15xo"},
+    "secrets": ["listSecret-Fp72lu"],
+}
+SPELLED_VALUES = [
+    *SPELLED.values(),
+    "credPw-Kv81ts",
+    "credUser-Ja46wn",
+    "authValue-Ge15xo",
+    "listSecret-Fp72lu",
+]
+
+
+def spelled_leaks(text: str) -> list[str]:
+    """The secret values of :data:`SPELLED` and :data:`NESTED` in ``text``."""
+    return [v for v in SPELLED_VALUES if v in text]
+
+
+def test_secrets_under_any_spelling_or_subtree(
+    agent: Agent, loops: Loops
+) -> None:
+    """camelCase, dashed and spaced secret keys and credential subtrees
+    are masked in results, kept out of errors, logs and events."""
+    seen = Seen()
+    dev = loops.create()
+    vid = new_vol_id()
+    info = local_info(dev, auth_method="CHAP", **SPELLED, extra=NESTED)
+    seen.call(agent, ATTACH, {"vol_id": vid, "connection_info": info})
+    (got,) = seen.call(agent, INFO)
+    data = got["connection_info"]["data"]
+    assert data["auth_method"] == "CHAP"  # not a secret
+    assert {k: data[k] for k in SPELLED} == dict.fromkeys(SPELLED, "***")
+    assert data["extra"] == dict.fromkeys(NESTED, "***")
+    # Other secrets for the same volume: refused, neither set echoed.
+    changed = copy.deepcopy(info)
+    changed["data"]["extra"]["credentials"]["pw"] = "credPw-other-Xs90"
+    err = seen.error(agent, ATTACH, [vid, changed])
+    assert err.code == 929
+    # An error raised while the values are in use carries none of them.
+    err = seen.error(
+        agent,
+        ATTACH,
+        [new_vol_id(), local_info(dev, **SPELLED, extra=NESTED)],
+    )
+    assert err.code == 927
+
+    with agent.client() as sub:
+        assert sub.call("Host.subscribe") is True
+        loops.detach(dev)
+        event = next_notification(sub)
+        loops.reattach(dev)
+        back = next_notification(sub)
+    assert event["params"]["vol_id"] == back["params"]["vol_id"] == vid
+    seen.texts += [json.dumps(event), json.dumps(back)]
+
+    agent.restart()  # known again from the database only
+    assert seen.call(agent, INFO)[0]["connection_info"]["data"]["extra"] == (
+        dict.fromkeys(NESTED, "***")
+    )
+    seen.call(agent, DETACH, [vid])
+    for text in seen.texts:
+        assert spelled_leaks(text) == [], text
+        assert "credPw-other-Xs90" not in text
+    log = agent.log()
+    assert "DEBUG" in log
+    assert spelled_leaks(log) == []
+    assert "credPw-other-Xs90" not in log
