@@ -126,7 +126,7 @@ class Brick:
             )
         except Exception as e:
             raise _failed("get_connector_properties", None, e) from e
-        # The agent always maps RBD images on this host (see _connector).
+        # The agent always maps RBD images on this host (see connector).
         props["do_local_attach"] = True
         return props
 
@@ -141,7 +141,7 @@ class Brick:
         ``backend`` (a ``[backend.NAME]`` section) picks the connector
         options; without it the driver type's ``[brick]`` defaults apply.
         """
-        conn = self._connector(driver, backend)
+        conn = self.connector(driver, backend)
         try:
             self._failpoint("brick.before_connect_volume")
             drivers.get(driver).check_data(data)
@@ -171,7 +171,7 @@ class Brick:
         does not exist, or the ``rbd`` tool is missing and the kernel
         maps no such image (see :func:`_nothing_attached`).
         """
-        conn = self._connector(driver, backend)
+        conn = self.connector(driver, backend)
         info = dict(attachment or {})
         try:
             self._failpoint("brick.before_disconnect_volume")
@@ -212,7 +212,7 @@ class Brick:
         """
         if not drivers.get(driver).shares:
             return
-        conn = self._connector(driver, backend)
+        conn = self.connector(driver, backend)
         mount_point = conn._remotefsclient.get_mount_point(data["export"])
         if mount_point not in _mount_points():
             return
@@ -229,7 +229,7 @@ class Brick:
         backend: BackendConfig | None = None,
     ) -> int:
         """Run the connector's ``extend_volume``; the new size in bytes."""
-        conn = self._connector(driver, backend)
+        conn = self.connector(driver, backend)
         try:
             size = conn.extend_volume(data)
         except NotImplementedError as e:
@@ -286,19 +286,19 @@ class Brick:
         self, driver: str, backend: BackendConfig | None = None
     ) -> bool:
         """Whether multipathd runs (os-brick's ``supports_multipath``)."""
-        conn = self._connector(driver, backend)
+        conn = self.connector(driver, backend)
         try:
             return bool(conn.supports_multipath())
         except Exception as e:
             log.warning("cannot tell whether multipathd runs: %s", e)
             return False
 
-    def _connector(
+    def connector(
         self, driver: str, backend: BackendConfig | None = None
     ) -> Any:
+        """The os-brick connector of ``backend``, else of ``driver`` with
+        the [brick] defaults; made once ("@" starts no backend name)."""
         self.load()
-        # One connector per backend (its options differ), one per driver
-        # type for the [brick] defaults; "@" cannot start a backend name.
         key = backend.name if backend else f"@{driver}"
         conn = self._connectors.get(key)
         if conn is not None:
@@ -390,14 +390,14 @@ def _nothing_attached(
     if driver == "rbd" and data.get(
         "do_local_attach", getattr(conn, "do_local_attach", False)
     ):
-        return _rbd_nothing_mapped(conn, data)
+        return rbd_nothing_mapped(conn, data)
     return None
 
 
 # -- RBD --------------------------------------------------------------------
 
 
-def _rbd_nothing_mapped(
+def rbd_nothing_mapped(
     conn: Any, data: dict[str, Any], sysfs: Path = RBD_SYSFS
 ) -> str | None:
     """Why nothing of ``data``'s image is mapped, when the tool is gone.

@@ -148,11 +148,20 @@ class Events:
         if not events:
             return
         log.debug("uevents: %s", events[:10])
-        # An event during a check must cause another check: the one
+        self.device_changed()
+
+    def device_changed(self) -> asyncio.Task[None]:
+        """Check the devices soon: once for a burst of changes.
+
+        Returns the task of that check, which runs again while changes
+        keep coming.
+        """
+        # A change during a check must cause another check: the one
         # running may have looked at that device before it changed.
         self._dirty = True
         if self._pending is None or self._pending.done():
             self._pending = asyncio.create_task(self._coalesced())
+        return self._pending
 
     async def _coalesced(self) -> None:
         while self._dirty:

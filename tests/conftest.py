@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import config_text, create_loop, detach_loop, exchange
+from support import DETACH, config_text, create_loop, detach_loop, exchange
 
 from hostagent import config
 from hostagent.client import Client, RpcError
@@ -39,6 +39,13 @@ def local_info(device: str, **extra: Any) -> dict[str, Any]:
         "driver_volume_type": "local",
         "data": {"device_path": device, **extra},
     }
+
+
+def local_info_file(directory: Path, device: str) -> Path:
+    """``directory/conn.json`` holding :func:`local_info` of ``device``."""
+    path = directory / "conn.json"
+    path.write_text(json.dumps(local_info(device)))
+    return path
 
 
 def short_dir() -> Path:
@@ -193,12 +200,16 @@ class Agent:
             self.call(method, params)
         return e.value
 
-    def exchange(self, data: bytes, timeout: float = 30) -> list[Any]:
-        """Send raw ``data`` on a new connection, half-close; the answers.
+    def exchange(
+        self, data: bytes, timeout: float = 30, expect: int | None = None
+    ) -> list[Any]:
+        """Send raw ``data`` on a new connection; the answers.
 
         Every answer line is parsed as JSON (see :func:`support.exchange`).
         """
-        return [json.loads(x) for x in exchange(self.socket, data, timeout)]
+        return [
+            json.loads(x) for x in exchange(self.socket, data, timeout, expect)
+        ]
 
     def cli(
         self, *args: str, stdin: str | None = None
@@ -358,7 +369,7 @@ def release(agent: Agent, loops: Loops, vol_ids: Iterable[str]) -> None:
     try:
         if agent.alive():
             for vid in vol_ids:
-                agent.call("ManagedVolume.detach_volume", [vid])
+                agent.call(DETACH, [vid])
             agent.stop()
     finally:
         loops.cleanup()

@@ -41,14 +41,13 @@ from fuzzing import (
     streams,
 )
 from hypothesis import HealthCheck, Phase, given, settings
-from support import exchange
+from support import PING, exchange
 from test_fuzz import fuzz_config
 
 ROUND = 500  # examples per Hypothesis run; each run reseeds
 # How long a worker waits for a daemon that stopped answering (the
 # campaign restarts a dead one) before it gives up.
 COMEBACK = 60.0
-PING = b'{"jsonrpc":"2.0","id":1,"method":"Host.ping"}\n'
 
 
 def answers_again(socket_path: str, timeout: float = COMEBACK) -> bool:

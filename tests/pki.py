@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from conftest import Agent
+from support import ROOT
 
 from hostagent.client import Client
 
-REPO = Path(__file__).resolve().parent.parent
-MAKE_CERTS = REPO / "contrib" / "make-certs.sh"
+MAKE_CERTS = ROOT / "contrib" / "make-certs.sh"
 ENGINE = "hostagent-engine"
 
 

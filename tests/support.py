@@ -11,9 +11,19 @@ from __future__ import annotations
 import json
 import os
 import socket
+import struct
 import subprocess
 from pathlib import Path
 from typing import Any
+
+# The repository's top directory.
+ROOT = Path(__file__).resolve().parent.parent
+# The environment variable of hostagent.failpoints.
+FAILPOINTS = "HOSTAGENT_FAILPOINTS"
+# One ping, as a client writes it.
+PING = b'{"jsonrpc":"2.0","id":1,"method":"Host.ping"}\n'
+# struct ucred (pid, uid, gid): the payload of SCM_CREDENTIALS.
+UCRED = struct.Struct("3i")
 
 
 def create_loop(backing: Path, size_mb: int = 16) -> str:
@@ -71,20 +81,57 @@ def config_text(sections: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def exchange(path: str, data: bytes, timeout: float = 30) -> list[bytes]:
-    """Send ``data`` on a new Unix connection, half-close, read to EOF.
+ATTACH = "ManagedVolume.attach_volume"
+DETACH = "ManagedVolume.detach_volume"
+EXTEND = "ManagedVolume.extend_volume"
+INFO = "ManagedVolume.volumes_info"
 
-    Returns every answer line; each must end with a newline, and a blank
+
+def req(method: str, rid: Any = 1, params: Any = None) -> dict[str, Any]:
+    """A JSON-RPC 2.0 request object; ``params`` left out when None."""
+    message: dict[str, Any] = {"jsonrpc": "2.0", "id": rid, "method": method}
+    if params is not None:
+        message["params"] = params
+    return message
+
+
+def notification(method: str, params: Any = None) -> dict[str, Any]:
+    """A JSON-RPC 2.0 notification (no id, no answer)."""
+    message: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
+    if params is not None:
+        message["params"] = params
+    return message
+
+
+def line(*messages: Any) -> bytes:
+    """``messages`` as NDJSON: one JSON text and a newline each."""
+    return b"".join(json.dumps(m).encode() + b"\n" for m in messages)
+
+
+def exchange(
+    path: str, data: bytes, timeout: float = 30, expect: int | None = None
+) -> list[bytes]:
+    """Send ``data`` on a new Unix connection; the answer lines.
+
+    Without ``expect``: half-close, read to EOF.  With it: keep the
+    connection open and read until ``expect`` lines came (the peer must
+    not close first).  Each answer must end with a newline, and a blank
     line is returned as it came (the agent never sends one).
     """
     with socket.socket(socket.AF_UNIX) as s:
         s.settimeout(timeout)
         s.connect(path)
         s.sendall(data)
-        s.shutdown(socket.SHUT_WR)
         buf = b""
-        while chunk := s.recv(65536):
-            buf += chunk
+        if expect is None:
+            s.shutdown(socket.SHUT_WR)
+            while chunk := s.recv(65536):
+                buf += chunk
+        else:
+            while buf.count(b"\n") < expect:
+                chunk = s.recv(65536)
+                assert chunk, "connection closed early"
+                buf += chunk
     if buf and not buf.endswith(b"\n"):
         raise AssertionError(f"answer without a newline: {buf[-200:]!r}")
     return buf.split(b"\n")[:-1]

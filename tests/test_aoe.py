@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from conftest import Agent, Loops, need, new_vol_id
+from support import ATTACH, INFO
 from test_fc import FakeHostAgent
 
 from hostagent.brick import Brick, os_brick_parts
@@ -150,7 +151,7 @@ def test_connect_discovers_and_returns_etherd_path(
     assert info == {"type": "block", "device": "e3.7", "path": path}
     assert os.path.realpath(path) == dev
     assert fake.calls() == ["aoe-discover "]
-    conn = brick._connector("aoe")
+    conn = brick.connector("aoe")
     assert conn.get_volume_paths(props(3, 7)) == [path]
     assert conn.get_search_path() == str(fake.etherd)
     # Connecting again revalidates the known device instead.
@@ -225,7 +226,7 @@ def test_flush_failure_is_reported_unless_forced(
     with pytest.raises(ConnectorFailed) as e:
         brick.disconnect("aoe", props(), info)
     assert "flush does not exist" in e.value.data["error"]
-    conn = brick._connector("aoe")
+    conn = brick.connector("aoe")
     with caplog.at_level(logging.WARNING, logger="hostagent.brick"):
         conn.disconnect_volume(props(), info, force=True, ignore_errors=True)
     assert "aoe-flush e1.1 failed; ignored (forced)" in caplog.text
@@ -239,7 +240,7 @@ def test_extend_revalidates_and_returns_new_size(
     fake.export("e2.0", dev)
     brick.connect("aoe", props(2, 0))
     os.truncate(loops.backing(dev), 48 * 1024 * 1024)
-    conn = brick._connector("aoe")
+    conn = brick.connector("aoe")
     assert conn.extend_volume(props(2, 0)) == 48 * 1024 * 1024
     assert fake.calls()[-1] == "aoe-revalidate e2.0"
 
@@ -261,18 +262,18 @@ def test_daemon_attach_with_real_aoetools_and_no_driver(
     a.configure(brick={"drivers": ["local", "aoe"]})
     a.start()
     err = a.error(
-        "ManagedVolume.attach_volume",
+        ATTACH,
         [new_vol_id(), {"driver_volume_type": "aoe", "data": props()}],
     )
     assert err.code == 926
     assert err.data["error_class"] == "ProcessExecutionError"
     assert "/dev/etherd/discover does not exist" in err.data["error"]
-    assert a.call("ManagedVolume.volumes_info") == []
+    assert a.call(INFO) == []
 
 
 def test_daemon_refuses_aoe_unless_enabled(agent: Agent) -> None:
     err = agent.error(
-        "ManagedVolume.attach_volume",
+        ATTACH,
         [new_vol_id(), {"driver_volume_type": "aoe", "data": props()}],
     )
     assert err.code == 2009

@@ -17,12 +17,10 @@ from conftest import (
     need,
     new_vol_id,
 )
+from support import ATTACH, DETACH, INFO, ROOT
 
 from hostagent import config
 
-ATTACH = "ManagedVolume.attach_volume"
-DETACH = "ManagedVolume.detach_volume"
-INFO = "ManagedVolume.volumes_info"
 ISCSI_INFO = {
     "driver_volume_type": "iscsi",
     "data": {
@@ -327,9 +325,7 @@ def test_cli_shows_capabilities_readably(bagent: Agent) -> None:
 
 def test_documented_backend_examples_load(tmp_path: Path) -> None:
     """contrib/hostagent.toml's commented backend examples are valid."""
-    text = (
-        Path(__file__).parent.parent / "contrib" / "hostagent.toml"
-    ).read_text()
+    text = (ROOT / "contrib" / "hostagent.toml").read_text()
     examples = text[text.index("# [backend.gold]") :]
     toml = "\n".join(line.removeprefix("# ") for line in examples.splitlines())
     drivers = '[brick]\ndrivers = ["fibre_channel", "rbd", "storpool"]\n'

@@ -18,10 +18,8 @@ from typing import Any
 
 import pytest
 from conftest import Agent, agent_with_loops, local_info, release
+from support import ATTACH, DETACH, EXTEND, INFO, notification, req
 
-ATTACH = "ManagedVolume.attach_volume"
-DETACH = "ManagedVolume.detach_volume"
-INFO = "ManagedVolume.volumes_info"
 SEEDED = "7f0e4c1a-2b3d-4e5f-8a9b-0c1d2e3f4a5b"
 
 
@@ -64,12 +62,10 @@ def snapshot(agent: Agent) -> list[Any]:
 
 
 def msg(method: str, params: Any = None, rid: Any = 1) -> dict[str, Any]:
-    m: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
-    if rid is not None:
-        m["id"] = rid
-    if params is not None:
-        m["params"] = params
-    return m
+    """A request; a notification when ``rid`` is None."""
+    if rid is None:
+        return notification(method, params)
+    return req(method, rid, params)
 
 
 def line(obj: Any) -> bytes:
@@ -490,9 +486,6 @@ def test_lone_surrogate_id_still_gets_its_answer(seeded: Seeded) -> None:
     )
     assert answer["id"] == "\ud800"
     assert answer["error"]["code"] == -32601
-
-
-EXTEND = "ManagedVolume.extend_volume"
 
 
 def test_refused_mutating_calls_are_logged_with_their_peer(

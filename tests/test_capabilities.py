@@ -7,13 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from conftest import Agent, Loops, local_info, new_vol_id
+from support import ATTACH, DETACH, INFO
 from test_fc import FakeHostAgent
 
 import hostagent
-
-ATTACH = "ManagedVolume.attach_volume"
-DETACH = "ManagedVolume.detach_volume"
-INFO = "ManagedVolume.volumes_info"
 
 
 def test_capabilities_report_connector_info(agent: Agent) -> None:
@@ -125,13 +122,13 @@ def test_without_os_brick(
     caps = a.call("Host.getCapabilities")
     assert "connector_info" not in caps
     err = a.error(
-        "ManagedVolume.attach_volume",
+        ATTACH,
         [new_vol_id(), local_info(loops.create())],
     )
     assert err.code == 925
     assert "os_brick" in err.data["reason"]
-    assert a.call("ManagedVolume.volumes_info") == []
-    assert a.call("ManagedVolume.detach_volume", [new_vol_id()]) is None
+    assert a.call(INFO) == []
+    assert a.call(DETACH, [new_vol_id()]) is None
     log = a.log()
     assert "os-brick is not usable" in log
     assert "connector_info left out" in log

@@ -15,6 +15,7 @@ from conftest import (
     Agent,
     Loops,
     local_info,
+    local_info_file,
     new_vol_id,
     run_client,
     short_dir,
@@ -52,8 +53,7 @@ def test_attach_with_file_and_detach(
 ) -> None:
     dev = loops.create()
     vid = new_vol_id()
-    conn = tmp_path / "conn.json"
-    conn.write_text(json.dumps(local_info(dev)))
+    conn = local_info_file(tmp_path, dev)
     out = agent.cli(
         "ManagedVolume",
         "attach_volume",

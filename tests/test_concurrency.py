@@ -17,13 +17,9 @@ import time
 from typing import Any
 
 from conftest import Agent, Loops, brick_calls, local_info, new_vol_id
+from support import ATTACH, DETACH, FAILPOINTS, INFO, line, req
 
 from hostagent.client import RpcError
-
-ATTACH = "ManagedVolume.attach_volume"
-DETACH = "ManagedVolume.detach_volume"
-INFO = "ManagedVolume.volumes_info"
-FAILPOINTS = "HOSTAGENT_FAILPOINTS"
 
 
 def db_rows(agent: Agent) -> list[tuple[str, str]]:
@@ -175,24 +171,18 @@ def test_later_request_on_one_connection_is_answered_first(
     dev = loops.create()
     vid = new_vol_id()
 
-    def request(rid: int, method: str, params: Any = None) -> bytes:
-        msg = {"jsonrpc": "2.0", "id": rid, "method": method}
-        if params is not None:
-            msg["params"] = params
-        return json.dumps(msg).encode() + b"\n"
-
     answers: list[tuple[float, dict[str, Any]]] = []
     with socket.socket(socket.AF_UNIX) as s:
         s.settimeout(30)
         s.connect(a.socket)
         reader = s.makefile("rb")
-        s.sendall(request(1, ATTACH, [vid, local_info(dev)]))
+        s.sendall(line(req(ATTACH, 1, [vid, local_info(dev)])))
         a.wait_log("fail point brick.after_connect_volume: sleep")
         sent = time.monotonic()
-        s.sendall(request(2, INFO, [[vid]]) + request(3, "Host.ping"))
+        s.sendall(line(req(INFO, 2, [[vid]]), req("Host.ping", 3)))
         for _ in range(3):
-            line = reader.readline()
-            answers.append((time.monotonic() - sent, json.loads(line)))
+            answer = reader.readline()
+            answers.append((time.monotonic() - sent, json.loads(answer)))
     # The ping is answered inline, the info from the database thread:
     # either may come first, both before the attach.
     by_id = {answer["id"]: answer for _, answer in answers}

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import HOSTAGENTD, load_config
+from support import ROOT
 
 from hostagent import config
 from hostagent.config import ConfigError
@@ -122,7 +123,7 @@ def test_check_config(tmp_path: Path) -> None:
 
 def test_contrib_config_is_the_defaults() -> None:
     """contrib/hostagent.toml documents every key with its default."""
-    path = Path(__file__).resolve().parent.parent / "contrib/hostagent.toml"
+    path = ROOT / "contrib/hostagent.toml"
     assert config.load(path) == config.Config()
     text = path.read_text()
     for section in ("server", "storage", "brick", "log"):

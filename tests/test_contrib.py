@@ -17,12 +17,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BIN, Agent, Loops, local_info, new_vol_id, run_client
+from conftest import (
+    BIN,
+    Agent,
+    Loops,
+    local_info,
+    local_info_file,
+    new_vol_id,
+    run_client,
+)
 from pki import ENGINE, Creds, Pki, start_tls_agent
+from support import ATTACH, DETACH, INFO, ROOT
 
 from hostagent import cmdline, config, schema
 
-CONTRIB = Path(__file__).resolve().parent.parent / "contrib"
+CONTRIB = ROOT / "contrib"
 
 
 # -- contrib/hostagent.toml ---------------------------------------------------
@@ -263,15 +272,14 @@ def test_engine_example_over_the_unix_socket(
 ) -> None:
     dev = loops.create()
     vid = new_vol_id()
-    conn = tmp_path / "conn.json"
-    conn.write_text(json.dumps(local_info(dev)))
+    conn = local_info_file(tmp_path, dev)
     # The connection info from a file, as the usage text shows it.
     argv = engine_argv(["--socket", agent.socket], vid, conn=str(conn))
     out = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
     for text in full_run(vid, dev):
         assert text in out.stdout, out.stdout
-    assert agent.call("ManagedVolume.volumes_info") == []
+    assert agent.call(INFO) == []
 
 
 def tls_options(port: int, creds: Creds) -> list[str]:
@@ -294,7 +302,7 @@ def test_engine_example_over_tls(
     assert out.returncode == 0, out.stdout + out.stderr
     for text in full_run(vid, dev):
         assert text in out.stdout, out.stdout
-    assert tls.agent.call("ManagedVolume.volumes_info") == []
+    assert tls.agent.call(INFO) == []
     # Every change came over TLS, from the engine's certificate.
     mutating = [
         x for x in tls.agent.log().splitlines() if "volume by tls " in x
@@ -338,7 +346,7 @@ def test_engine_example_with_a_refused_certificate(
     assert "attach" not in out.stdout
     assert reason in tls.agent.wait_log("TLS handshake with")
     assert "by tls" not in tls.agent.log()  # no request was ever run
-    assert tls.agent.call("ManagedVolume.volumes_info") == []
+    assert tls.agent.call(INFO) == []
     # The same engine with a good certificate gets through.
     good = engine(tls_options(tls.port, pki.client()), vid, local_info(dev))
     assert good.returncode == 0, good.stdout + good.stderr
@@ -356,14 +364,14 @@ def test_engine_example_reports_errors(
     assert "error 2009" in out.stderr
     # Attached by someone else with other info: 929, and left attached.
     agent.call(
-        "ManagedVolume.attach_volume",
+        ATTACH,
         {"vol_id": vid, "connection_info": local_info(dev)},
     )
     out = engine(local, vid, local_info(dev, extra="other"))
     assert out.returncode == 1
     assert "error 929" in out.stderr
     assert "leaving it alone" in out.stdout
-    [row] = agent.call("ManagedVolume.volumes_info")
+    [row] = agent.call(INFO)
     assert row["vol_id"] == vid and row["state"] == "attached"
     # No agent: exit 3.
     out = engine(["--socket", str(tmp_path / "none.sock")], vid, {})
@@ -381,9 +389,9 @@ def test_engine_example_keep(agent: Agent, loops: Loops) -> None:
     out = engine(["--socket", agent.socket], vid, local_info(dev), "--keep")
     assert out.returncode == 0, out.stderr
     assert "kept attached" in out.stdout
-    [row] = agent.call("ManagedVolume.volumes_info")
+    [row] = agent.call(INFO)
     assert row["vol_id"] == vid
-    agent.call("ManagedVolume.detach_volume", {"vol_id": vid})
+    agent.call(DETACH, {"vol_id": vid})
 
 
 def test_engine_example_retries_while_the_volume_is_busy(
@@ -405,14 +413,14 @@ def test_engine_example_retries_while_the_volume_is_busy(
 
     def hold() -> None:
         first["result"] = a.call(
-            "ManagedVolume.attach_volume",
+            ATTACH,
             {"vol_id": vid, "connection_info": info},
         )
 
     holder = threading.Thread(target=hold)
     holder.start()
     deadline = time.monotonic() + 10
-    while not a.call("ManagedVolume.volumes_info"):
+    while not a.call(INFO):
         assert time.monotonic() < deadline
         time.sleep(0.05)
     proc = subprocess.Popen(
@@ -437,4 +445,4 @@ def test_engine_example_retries_while_the_volume_is_busy(
     assert proc.wait(60) == 0, rest
     assert "state attached, exists True" in rest
     assert "detached" in rest
-    assert a.call("ManagedVolume.volumes_info") == []
+    assert a.call(INFO) == []

@@ -31,6 +31,7 @@ from conftest import (
     new_vol_id,
     private_config,
 )
+from support import ATTACH, DETACH, FAILPOINTS, INFO
 
 from hostagent import brick, db
 from hostagent.client import RpcError
@@ -39,11 +40,6 @@ from hostagent.redact import SCRUBBER
 from hostagent.service import VolumeService, steps
 from hostagent.service.reconcile import completion_steps
 from hostagent.udev import Udev
-
-ATTACH = "ManagedVolume.attach_volume"
-DETACH = "ManagedVolume.detach_volume"
-INFO = "ManagedVolume.volumes_info"
-FAILPOINTS = "HOSTAGENT_FAILPOINTS"
 
 
 def db_rows(agent: Agent) -> dict[str, tuple[str, str | None, str | None]]:

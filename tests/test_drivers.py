@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 from os_brick import initiator
+from support import ROOT
 
 from hostagent import config, drivers
 from hostagent.drivers.base import Driver
 
-PACKAGE = Path(__file__).resolve().parent.parent / "hostagent"
+PACKAGE = ROOT / "hostagent"
 MODULES = sorted(
     m.name
     for m in pkgutil.iter_modules([str(PACKAGE / "drivers")])

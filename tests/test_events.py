@@ -14,13 +14,10 @@ from typing import Any
 
 import pytest
 from conftest import Agent, Loops, local_info, new_vol_id
+from support import ATTACH, DETACH, EXTEND, INFO
 
 from hostagent.client import Client
 
-ATTACH = "ManagedVolume.attach_volume"
-DETACH = "ManagedVolume.detach_volume"
-EXTEND = "ManagedVolume.extend_volume"
-INFO = "ManagedVolume.volumes_info"
 MiB = 1024 * 1024
 
 
@@ -220,11 +217,10 @@ def test_events_state_machine_in_process() -> None:
         e.subscribe(closed)
         closed.notify = None  # its connection ended
         e.track("v1", True, "/dev/v1")
-        e._dirty = True
-        task = asyncio.create_task(e._coalesced())
+        task = e.device_changed()
         await checking.wait()  # the first check is listing
         state["v1"] = False  # the device goes meanwhile...
-        e._dirty = True  # ...and its uevent arrives
+        assert e.device_changed() is task  # ...its uevent: checked again
         release.set()
         await task
         assert e.subscribers == 1  # the closed one was dropped

@@ -1,13 +1,16 @@
 """The code paths that exist for speed give the same answers as the slow
 ones: orjson with its fallbacks, the client's buffer, answers of one read
-sent together, the database Lane, reads on the event loop, the cached
-table of volumes_info, and owner checks folded into database writes."""
+sent together, requests answered inline (no task) like every other,
+the database Lane, reads on the event loop, the cached
+table of volumes_info, and owner checks folded into database writes,
+``exists`` of many volumes from one /proc/partitions read."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import json
+import os
 import socket
 import sqlite3
 import threading
@@ -19,12 +22,13 @@ import pytest
 from conftest import Agent, Loops, local_info, new_vol_id
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support import exchange
+from support import ATTACH, DETACH, INFO
 
 from hostagent import api
 from hostagent.client import Client, decode
 from hostagent.db import ATTACHED, Database, DatabaseBusy, VolumeRecord
 from hostagent.service.lane import Lane
+from hostagent.udev import devices_with_media
 
 
 def same(a: Any, b: Any) -> bool:
@@ -169,11 +173,6 @@ def test_recv_splits_lines_whatever_the_chunks(
 # -- answers of one read, one write -----------------------------------------
 
 
-def answers(agent: Agent, data: bytes) -> list[Any]:
-    """Send ``data`` at once, half-close; every answer, parsed."""
-    return [json.loads(line) for line in exchange(agent.socket, data)]
-
-
 def ping(i: int) -> bytes:
     return b'{"jsonrpc":"2.0","id":%d,"method":"Host.ping"}\n' % i
 
@@ -183,7 +182,7 @@ def test_inline_answers_around_a_waiting_request(agent: Agent) -> None:
         b'{"jsonrpc":"2.0","id":"i","method":"ManagedVolume.volumes_info"}\n'
     )
     data = ping(1) + ping(2) + info + ping(3) + b"\n" + ping(4)
-    got = {a["id"]: a.get("result") for a in answers(agent, data)}
+    got = {a["id"]: a.get("result") for a in agent.exchange(data)}
     assert got == {1: True, 2: True, 3: True, 4: True, "i": []}
 
 
@@ -192,15 +191,63 @@ def test_answers_held_for_one_write_go_before_a_too_large_error(
 ) -> None:
     huge = b'{"jsonrpc":"2.0","id":9,"method":"Host.ping","params":["'
     huge += b"x" * (1024 * 1024 + 10) + b'"]}\n'
-    got = answers(agent, ping(1) + ping(2) + huge)
+    got = agent.exchange(ping(1) + ping(2) + huge)
     assert [a.get("id") for a in got[:2]] == [1, 2]
     assert got[2]["error"]["code"] == -32600
     assert len(got) == 3
 
 
 def test_inline_answers_of_a_last_read_without_newline(agent: Agent) -> None:
-    got = answers(agent, ping(1) + ping(2) + ping(3).rstrip(b"\n"))
+    got = agent.exchange(ping(1) + ping(2) + ping(3).rstrip(b"\n"))
     assert [a["id"] for a in got] == [1, 2, 3]
+
+
+# -- requests answered inline (no task) --------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "fragment"),
+    [
+        ("Host.ping", {"x": 1}, "unexpected keyword argument 'x'"),
+        ("Host.ping", [1, 2], "too many positional arguments"),
+        ("rpc.discover", {"all": True}, "unexpected keyword argument"),
+    ],
+)
+def test_bad_params_of_an_immediate_method(
+    agent: Agent, method: str, params: Any, fragment: str
+) -> None:
+    err = agent.error(method, params)
+    assert err.code == -32602
+    assert err.message.startswith(f"bad params for {method}: ")
+    assert fragment in err.message
+
+
+def test_ping_params_may_be_empty_either_way(agent: Agent) -> None:
+    assert agent.call("Host.ping", []) is True
+    assert agent.call("Host.ping", {}) is True
+
+
+def test_many_pipelined_pings_in_one_write(agent: Agent) -> None:
+    n = 500
+    data = b"".join(ping(i) for i in range(n))
+    responses = agent.exchange(data, expect=n)
+    assert [r["id"] for r in responses] == list(range(n))
+    assert all(r["result"] is True for r in responses)
+
+
+def test_ping_does_not_wait_for_an_in_flight_slot(
+    agent_factory: Any,
+) -> None:
+    """With one slot taken by a slow request, a ping still gets through."""
+    agent = agent_factory()
+    agent.configure(server={"max_in_flight": 1})
+    agent.start()
+    responses = agent.exchange(
+        b'{"jsonrpc":"2.0","id":"caps","method":"Host.getCapabilities"}\n'
+        b'{"jsonrpc":"2.0","id":"ping","method":"Host.ping"}\n',
+        expect=2,
+    )
+    assert [r["id"] for r in responses] == ["ping", "caps"]
 
 
 # -- the Lane ----------------------------------------------------------------
@@ -376,7 +423,7 @@ def test_detach_keeps_a_device_another_row_uses(
     disconnect the device of the other."""
     dev = loops.create()
     first, second = sorted([new_vol_id(), new_vol_id()])
-    agent.call("ManagedVolume.attach_volume", [first, local_info(dev)])
+    agent.call(ATTACH, [first, local_info(dev)])
     agent.stop()
     with sqlite3.connect(agent.db_path) as con:
         con.execute(
@@ -387,10 +434,68 @@ def test_detach_keeps_a_device_another_row_uses(
             (second, first),
         )
     agent.start()
-    assert agent.call("ManagedVolume.detach_volume", [first]) is None
+    assert agent.call(DETACH, [first]) is None
     agent.wait_log(
         f"device {dev} is also volume {second}'s; not disconnecting"
     )
-    info = agent.call("ManagedVolume.volumes_info")
+    info = agent.call(INFO)
     assert [(v["vol_id"], v["exists"]) for v in info] == [(second, True)]
     assert agent.links() == [second]
+
+
+# -- exists of many volumes: one /proc/partitions read ---------------------
+
+
+def test_devices_with_media_follows_the_loop_device(loops: Loops) -> None:
+    dev = loops.create()
+    number = os.stat(dev).st_rdev
+    assert number in devices_with_media()
+    loops.detach(dev)
+    assert number not in devices_with_media()
+
+
+def test_exists_of_several_volumes(agent: Agent, loops: Loops) -> None:
+    devs = [loops.create() for _ in range(3)]
+    vids = [new_vol_id() for _ in devs]
+    for vid, dev in zip(vids, devs, strict=True):
+        agent.call(
+            ATTACH,
+            {"vol_id": vid, "connection_info": local_info(dev)},
+        )
+    loops.detach(devs[1])
+    exists = {v["vol_id"]: v["exists"] for v in agent.call(INFO)}
+    assert exists == {vids[0]: True, vids[1]: False, vids[2]: True}
+
+
+def test_another_volumes_secret_changes_no_entry(
+    agent: Agent, loops: Loops
+) -> None:
+    """Results are masked by key alone: a string that one caller uses as
+    a secret is shown as it is under another volume's plain keys (else a
+    caller could rewrite everyone's volumes_info), also by the entries
+    volumes_info keeps between calls."""
+    first, second = new_vol_id(), new_vol_id()
+    agent.call(
+        ATTACH,
+        {
+            "vol_id": first,
+            "connection_info": local_info(loops.create(), note="s3cret-xyz"),
+        },
+    )
+    (info,) = agent.call(INFO)
+    assert info["connection_info"]["data"]["note"] == "s3cret-xyz"
+    agent.call(
+        ATTACH,
+        {
+            "vol_id": second,
+            "connection_info": local_info(
+                loops.create(), auth_password="s3cret-xyz"
+            ),
+        },
+    )
+    for _ in range(2):  # the first answer builds entries, the next keeps
+        shown = {
+            v["vol_id"]: v["connection_info"]["data"] for v in agent.call(INFO)
+        }
+        assert shown[first]["note"] == "s3cret-xyz"
+        assert shown[second]["auth_password"] == "***"

@@ -23,11 +23,9 @@ from typing import Any
 import fakehost
 import pytest
 from conftest import Agent, Loops, need, new_vol_id
+from support import ATTACH, DETACH, INFO
 
 FAKEHOST = str(Path(__file__).with_name("fakehost.py"))
-ATTACH = "ManagedVolume.attach_volume"
-DETACH = "ManagedVolume.detach_volume"
-INFO = "ManagedVolume.volumes_info"
 
 TARGET_WWPN = "500a0981891b8dc5"
 LUN_WWN = "3600a098038303053753f4a6f5a4d6e31"

@@ -35,6 +35,7 @@ from fuzzing import (
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import ROOT
 
 # About 30 s on the 2-core reference machine.
 EXAMPLES = int(os.environ.get("HOSTAGENT_FUZZ_EXAMPLES", "1500"))
@@ -107,7 +108,6 @@ def test_fuzz_totals(fuzzed: Fuzzed) -> None:
 
 # -- make fuzz: the long campaign, in short -----------------------------------
 
-ROOT = Path(__file__).resolve().parent.parent
 KNOWN_CODES = {-32700, -32600, -32601, -32602, 925, 926, 927, 928, 929, 2009}
 
 

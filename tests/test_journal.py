@@ -12,7 +12,6 @@ the sender's pid from SCM_CREDENTIALS.
 from __future__ import annotations
 
 import array
-import json
 import os
 import shutil
 import socket
@@ -26,8 +25,8 @@ from typing import Any
 
 import pytest
 from conftest import Agent, local_info, new_vol_id, short_dir
+from support import ATTACH, DETACH, UCRED, line, req
 
-_UCRED = struct.Struct("3i")
 Entry = dict[str, str]
 
 
@@ -78,7 +77,7 @@ class FakeJournald:
             try:
                 data, anc, _, _ = self.sock.recvmsg(
                     1 << 20,
-                    socket.CMSG_SPACE(_UCRED.size)
+                    socket.CMSG_SPACE(UCRED.size)
                     + socket.CMSG_SPACE(4 * fd_size),
                 )
             except TimeoutError:
@@ -88,7 +87,7 @@ class FakeJournald:
             pid = -1
             for _, kind, payload in anc:
                 if kind == socket.SCM_CREDENTIALS:
-                    pid = _UCRED.unpack(payload[: _UCRED.size])[0]
+                    pid = UCRED.unpack(payload[: UCRED.size])[0]
                 elif kind == socket.SCM_RIGHTS:
                     # A large entry comes as a sealed memfd.
                     [fd] = array.array("i", payload[:fd_size])
@@ -170,17 +169,9 @@ def in_namespace(journald: FakeJournald) -> list[str]:
 
 
 def request(agent: Agent, rid: str, method: str, params: Any) -> Any:
-    with socket.socket(socket.AF_UNIX) as s:
-        s.settimeout(30)
-        s.connect(agent.socket)
-        message = {"jsonrpc": "2.0", "id": rid, "method": method}
-        s.sendall(json.dumps(message | {"params": params}).encode() + b"\n")
-        buf = b""
-        while not buf.endswith(b"\n"):
-            chunk = s.recv(65536)
-            assert chunk
-            buf += chunk
-    return json.loads(buf)
+    """One request with this id on a new connection; its answer."""
+    (answer,) = agent.exchange(line(req(method, rid, params)), expect=1)
+    return answer
 
 
 def test_structured_fields_and_no_secrets(
@@ -196,11 +187,9 @@ def test_structured_fields_and_no_secrets(
     )
 
     vid = new_vol_id()
-    out = request(a, "req-42", "ManagedVolume.detach_volume", {"vol_id": vid})
+    out = request(a, "req-42", DETACH, {"vol_id": vid})
     assert out == {"jsonrpc": "2.0", "result": None, "id": "req-42"}
-    e = journald.wait(
-        METHOD="ManagedVolume.detach_volume", REQUEST_ID="req-42"
-    )
+    e = journald.wait(METHOD=DETACH, REQUEST_ID="req-42")
     assert e["VOL_ID"] == vid
     assert e["PEER_UID"] == str(os.getuid())
     assert e["PRIORITY"] == "6"
@@ -226,7 +215,7 @@ def test_structured_fields_and_no_secrets(
     out = request(
         a,
         "attach-1",
-        "ManagedVolume.attach_volume",
+        ATTACH,
         {"vol_id": vid2, "connection_info": info},
     )
     assert "result" in out, out
@@ -240,14 +229,14 @@ def test_structured_fields_and_no_secrets(
     ]
     assert brick, "os-brick's lines should carry the request id"
     assert any(masked in e["MESSAGE"] for e in brick)
-    request(a, "detach-1", "ManagedVolume.detach_volume", {"vol_id": vid2})
-    journald.wait(METHOD="ManagedVolume.detach_volume", REQUEST_ID="detach-1")
+    request(a, "detach-1", DETACH, {"vol_id": vid2})
+    journald.wait(METHOD=DETACH, REQUEST_ID="detach-1")
 
     # A failing call: WARNING priority, same fields.
     out = request(
         a,
         7,
-        "ManagedVolume.attach_volume",
+        ATTACH,
         {
             "vol_id": new_vol_id(),
             "connection_info": {
@@ -257,9 +246,7 @@ def test_structured_fields_and_no_secrets(
         },
     )
     assert "error" in out
-    e = journald.wait(
-        METHOD="ManagedVolume.attach_volume", REQUEST_ID="7", PRIORITY="4"
-    )
+    e = journald.wait(METHOD=ATTACH, REQUEST_ID="7", PRIORITY="4")
     assert "failed" in e["MESSAGE"]
 
     assert secret.encode() not in journald.raw
@@ -270,7 +257,7 @@ def test_structured_fields_and_no_secrets(
 
     # journald goes away: the lines are not lost, they go to stderr.
     journald.stop()
-    request(a, "late", "ManagedVolume.detach_volume", {"vol_id": vid})
+    request(a, "late", DETACH, {"vol_id": vid})
     deadline = time.monotonic() + 10
     while f"detach of unknown volume {vid}" not in a.log():
         assert time.monotonic() < deadline, a.log()

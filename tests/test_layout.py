@@ -6,8 +6,9 @@ import ast
 from pathlib import Path
 
 import pytest
+from support import ROOT
 
-PACKAGE = Path(__file__).resolve().parent.parent / "hostagent"
+PACKAGE = ROOT / "hostagent"
 
 ONLY = {
     "os_brick": {"brick.py"},

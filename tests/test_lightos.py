@@ -32,7 +32,7 @@ def lightos(
 ) -> Iterator[tuple[Brick, Any, FakeDiscoveryClient]]:
     fake = FakeDiscoveryClient(tmp_path / "discovery.d").start()
     brick = Brick(BrickConfig(), tmp_path / "locks", tmp_path / "mnt")
-    conn = brick._connector("lightos")
+    conn = brick.connector("lightos")
     # What os-brick reads from its [os_brick] options (see the driver
     # notes): where the service watches, where it answers.
     conn.discovery_dir_path = str(fake.directory)

@@ -21,11 +21,10 @@ from typing import Any
 import pytest
 from conftest import Agent, Loops, load_config, local_info, need, new_vol_id
 from pki import Pki, start_tls_agent
+from support import ATTACH, DETACH, INFO, PING, line, notification, req
 
 from hostagent import config
 from hostagent.client import Client
-
-PING = b'{"jsonrpc":"2.0","id":1,"method":"Host.ping"}\n'
 
 
 def test_max_connections_is_enforced_and_slots_come_back(
@@ -121,7 +120,7 @@ def test_tcp_peers_in_their_handshake_never_lock_out_local_clients(
         for _ in range(3):
             local.append(tls.agent.client(timeout=10))
             assert local[-1].call("Host.ping") is True
-        assert engine.call("ManagedVolume.volumes_info") == []
+        assert engine.call(INFO) == []
         # Engine + 3 local clients: max_connections counts those.
         with tls.agent.client(timeout=10) as extra:
             refusal = extra.recv()
@@ -349,15 +348,6 @@ def test_shutdown_with_clients_connected_is_clean(agent: Agent) -> None:
     assert "stopped" in log
 
 
-def _line(*messages: Any) -> bytes:
-    return b"".join(json.dumps(m).encode() + b"\n" for m in messages)
-
-
-def _req(method: str, rid: Any, params: Any = None) -> dict[str, Any]:
-    message = {"jsonrpc": "2.0", "id": rid, "method": method}
-    return message if params is None else message | {"params": params}
-
-
 def _shutting_down(answer: Any, rid: Any) -> bool:
     return bool(
         answer["id"] == rid
@@ -382,37 +372,37 @@ def test_requests_arriving_during_shutdown_get_an_answer(
     busy, idle = agent.client(timeout=30), agent.client(timeout=30)
     try:
         assert idle.call("Host.ping") is True
-        attach = _req(
-            "ManagedVolume.attach_volume",
+        attach = req(
+            ATTACH,
             "attach",
             {"vol_id": vid, "connection_info": local_info(dev)},
         )
         # With max_in_flight=1, "info" is read (and waits for the slot)
         # while the attach runs; "caps" is not read yet.
         busy.send_raw(
-            _line(
+            line(
                 attach,
-                _req("ManagedVolume.volumes_info", "info"),
-                _req("Host.getCapabilities", "caps"),
+                req(INFO, "info"),
+                req("Host.getCapabilities", "caps"),
             )
         )
         agent.wait_log("attach_volume by")
         assert agent.proc is not None
         agent.proc.send_signal(signal.SIGTERM)
         agent.wait_log("shutting down; 1 request(s) in flight")
-        idle.send_raw(_line(_req("Host.ping", "p1")))
+        idle.send_raw(line(req("Host.ping", "p1")))
         assert _shutting_down(idle.recv(), "p1")
         batch = [
-            _req("Host.ping", "b1"),
-            {"jsonrpc": "2.0", "method": "Host.ping"},  # notification
-            _req("ManagedVolume.detach_volume", "b2", [vid]),
+            req("Host.ping", "b1"),
+            notification("Host.ping"),
+            req(DETACH, "b2", [vid]),
         ]
-        idle.send_raw(_line(batch))
+        idle.send_raw(line(batch))
         b1, b2 = idle.recv()
         assert _shutting_down(b1, "b1") and _shutting_down(b2, "b2")
         # A notification gets nothing: the next answer is the ping's.
-        idle.send_raw(_line({"jsonrpc": "2.0", "method": "Host.ping"}))
-        idle.send_raw(_line(_req("Host.ping", "p2")))
+        idle.send_raw(line(notification("Host.ping")))
+        idle.send_raw(line(req("Host.ping", "p2")))
         assert _shutting_down(idle.recv(), "p2")
         idle.send_raw(b"{not json\n")
         assert idle.recv()["error"]["code"] == -32700
@@ -539,12 +529,12 @@ def test_peer_uid_and_pid_are_logged_with_mutating_calls(
     agent = group_agent(agent_factory, name)
     mine, theirs = new_vol_id(), new_vol_id()
     with Client(agent.socket) as c:
-        c.call("ManagedVolume.detach_volume", [mine])
-        c.call("ManagedVolume.volumes_info")  # not mutating: not logged
+        c.call(DETACH, [mine])
+        c.call(INFO)  # not mutating: not logged
     request = {
         "jsonrpc": "2.0",
         "id": 1,
-        "method": "ManagedVolume.detach_volume",
+        "method": DETACH,
         "params": [theirs],
     }
     out = _socat_as(agent, NOBODY, [gid], json.dumps(request).encode() + b"\n")

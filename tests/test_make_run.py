@@ -17,11 +17,9 @@ from pathlib import Path
 
 import pytest
 from conftest import CLIENT, need, run_client, short_dir
+from support import PING, ROOT
 
 from hostagent.client import Client
-
-ROOT = Path(__file__).resolve().parent.parent
-PING = b'{"jsonrpc":"2.0","id":1,"method":"Host.ping"}\n'
 
 
 @pytest.fixture

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 from conftest import need
+from support import ROOT
 
 from hostagent import mpathconf
 from hostagent.mpathconf import MultipathSettings
 
-CONTRIB = Path(__file__).resolve().parent.parent / "contrib"
+CONTRIB = ROOT / "contrib"
 DROPIN = CONTRIB / "multipath-hostagent.conf"
 
 GOOD = """\

@@ -33,11 +33,11 @@ from pathlib import Path
 
 import pytest
 from conftest import need, short_dir, write_config
+from support import ROOT
 
 from hostagent import __version__, cmdline
 from hostagent.client import Client
 
-ROOT = Path(__file__).resolve().parent.parent
 SITE = f"usr/lib/python{sys.version_info[0]}.{sys.version_info[1]}"
 UNITS = "usr/lib/systemd/system"
 

@@ -11,19 +11,9 @@ from typing import Any
 
 import pytest
 from conftest import Agent, need, new_vol_id
+from support import ATTACH, DETACH, INFO, line, notification, req
 
 from hostagent import schema
-
-
-def req(method: str, rid: Any = 1, params: Any = None) -> dict[str, Any]:
-    message: dict[str, Any] = {"jsonrpc": "2.0", "id": rid, "method": method}
-    if params is not None:
-        message["params"] = params
-    return message
-
-
-def line(*messages: Any) -> bytes:
-    return b"".join(json.dumps(m).encode() + b"\n" for m in messages)
 
 
 def test_ping(agent: Agent) -> None:
@@ -46,9 +36,7 @@ def test_rpc_discover_lists_every_method(agent: Agent) -> None:
     doc = agent.call("rpc.discover")
     names = [m["name"] for m in doc["methods"]]
     assert names == [m.name for m in schema.METHODS]
-    attach = next(
-        m for m in doc["methods"] if m["name"] == "ManagedVolume.attach_volume"
-    )
+    attach = next(m for m in doc["methods"] if m["name"] == ATTACH)
     assert [p["name"] for p in attach["params"]] == [
         "vol_id",
         "connection_info",
@@ -65,7 +53,7 @@ def test_persistent_connection_many_calls(agent: Agent) -> None:
 
 def test_pipelined_requests_are_all_answered_by_id(agent: Agent) -> None:
     messages = [req("Host.ping", i) for i in range(20)]
-    messages.append(req("ManagedVolume.volumes_info", "info", []))
+    messages.append(req(INFO, "info", []))
     responses = agent.exchange(line(*messages))
     assert sorted(map(str, (r["id"] for r in responses))) == sorted(
         map(str, [*range(20), "info"])
@@ -86,7 +74,7 @@ def test_slow_request_does_not_hold_up_a_later_one(agent: Agent) -> None:
 def test_batch(agent: Agent) -> None:
     batch = [
         req("Host.ping", 1),
-        {"jsonrpc": "2.0", "method": "Host.ping"},  # notification
+        notification("Host.ping"),
         5,
         req("No.such", "x"),
     ]
@@ -116,7 +104,7 @@ def test_batch_mixing_plain_and_waiting_methods(agent: Agent) -> None:
 
 
 def test_batch_of_notifications_gets_no_answer(agent: Agent) -> None:
-    batch = [{"jsonrpc": "2.0", "method": "Host.ping"}] * 3
+    batch = [notification("Host.ping")] * 3
     assert agent.exchange(line(batch, req("Host.ping", 9))) == [
         {"jsonrpc": "2.0", "result": True, "id": 9}
     ]
@@ -125,8 +113,8 @@ def test_batch_of_notifications_gets_no_answer(agent: Agent) -> None:
 def test_notification_gets_no_answer(agent: Agent) -> None:
     out = agent.exchange(
         line(
-            {"jsonrpc": "2.0", "method": "Host.ping"},
-            {"jsonrpc": "2.0", "method": "No.such"},
+            notification("Host.ping"),
+            notification("No.such"),
             req("Host.ping", 2),
         ),
     )
@@ -175,10 +163,10 @@ def test_bad_messages_get_clear_errors(
 
 def test_params_by_name_and_by_position(agent: Agent) -> None:
     vid = new_vol_id()
-    assert agent.call("ManagedVolume.volumes_info", {"vol_ids": [vid]}) == []
-    assert agent.call("ManagedVolume.volumes_info", [[vid]]) == []
-    assert agent.call("ManagedVolume.volumes_info", []) == []
-    assert agent.call("ManagedVolume.volumes_info", {}) == []
+    assert agent.call(INFO, {"vol_ids": [vid]}) == []
+    assert agent.call(INFO, [[vid]]) == []
+    assert agent.call(INFO, []) == []
+    assert agent.call(INFO, {}) == []
 
 
 @pytest.mark.parametrize(
@@ -200,7 +188,7 @@ def test_params_by_name_and_by_position(agent: Agent) -> None:
 def test_bad_vol_id_is_invalid_params(
     agent: Agent, params: dict[str, Any], fragment: str
 ) -> None:
-    err = agent.error("ManagedVolume.detach_volume", params)
+    err = agent.error(DETACH, params)
     assert err.code == -32602
     assert fragment in err.message
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from conftest import Agent, new_vol_id
+from support import ATTACH, INFO
 
 DEAD_PORTAL = {
     "driver_volume_type": "iscsi",
@@ -27,12 +28,12 @@ DEAD_PORTAL = {
 def _attach_dead_portal(agent: Agent) -> str:
     vid = new_vol_id()
     e = agent.error(
-        "ManagedVolume.attach_volume",
+        ATTACH,
         {"vol_id": vid, "connection_info": DEAD_PORTAL},
     )
     assert e.code == 926, e.message
     assert e.data["error_class"] == "TargetPortalNotFound"
-    assert agent.call("ManagedVolume.volumes_info") == []
+    assert agent.call(INFO) == []
     return vid
 
 

@@ -25,14 +25,11 @@ from typing import Any
 import fakehost
 import pytest
 from conftest import Loops, new_vol_id
+from support import ATTACH, DETACH, INFO
 from test_fc import FakeHostAgent
 
 from hostagent import brick
 from hostagent.drivers import rbd
-
-ATTACH = "ManagedVolume.attach_volume"
-DETACH = "ManagedVolume.detach_volume"
-INFO = "ManagedVolume.volumes_info"
 
 KEY = "AQBx3+9lAAAAABAAq2Vd4xjz0kTyYV0XuSkXQQ=="
 KEYRING = f"[client.cinder]\n\tkey = {KEY}\n"
@@ -340,12 +337,12 @@ def test_without_the_tool_an_image_the_kernel_maps_is_kept(
         "images/volume-1",
     }
     # The tool is there: a failed disconnect is a real failure.
-    assert brick._rbd_nothing_mapped(Which(True), {"name": "a/b"}) is None
+    assert brick.rbd_nothing_mapped(Which(True), {"name": "a/b"}) is None
     conn = Which(False)
     data = rbd_info()["data"]
-    assert brick._rbd_nothing_mapped(conn, data, sysfs) is None
+    assert brick.rbd_nothing_mapped(conn, data, sysfs) is None
     assert conn.calls == [("which", "rbd")]
-    why = brick._rbd_nothing_mapped(
+    why = brick.rbd_nothing_mapped(
         conn, rbd_info("volumes/other")["data"], sysfs
     )
     assert why == (

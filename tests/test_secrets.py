@@ -17,14 +17,11 @@ from typing import Any
 
 import pytest
 from conftest import Agent, Loops, local_info, new_vol_id
+from support import ATTACH, DETACH, INFO
 from test_events import next_notification
 from test_rbd import FakeCeph, rbd_info
 
 from hostagent.client import RpcError
-
-ATTACH = "ManagedVolume.attach_volume"
-DETACH = "ManagedVolume.detach_volume"
-INFO = "ManagedVolume.volumes_info"
 
 # Distinct values, so a hit names the key that leaked.
 SECRETS = {

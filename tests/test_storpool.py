@@ -29,12 +29,8 @@ from typing import Any
 
 import pytest
 from conftest import Loops, new_vol_id
+from support import ATTACH, DETACH, EXTEND, INFO
 from test_fc import FakeHostAgent
-
-ATTACH = "ManagedVolume.attach_volume"
-DETACH = "ManagedVolume.detach_volume"
-EXTEND = "ManagedVolume.extend_volume"
-INFO = "ManagedVolume.volumes_info"
 
 TOKEN = "9876543210123456789"
 OURID = "7"

@@ -21,7 +21,6 @@ import shutil
 import signal
 import socket
 import statistics
-import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,14 +30,13 @@ from typing import Any
 
 import pytest
 from conftest import Agent, local_info, new_vol_id, short_dir
+from support import ATTACH, DETACH, INFO, ROOT, UCRED
 
 from hostagent import config
 from hostagent.client import Client
 from hostagent.daemon import Daemon
 
-ATTACH = "ManagedVolume.attach_volume"
 PING = b'{"jsonrpc":"2.0","id":"early","method":"Host.ping"}\n'
-_UCRED = struct.Struct("3i")
 
 
 @dataclass
@@ -79,7 +77,7 @@ class NotifySocket:
         while not self._stop:
             try:
                 data, anc, _, _ = self.sock.recvmsg(
-                    4096, socket.CMSG_SPACE(_UCRED.size)
+                    4096, socket.CMSG_SPACE(UCRED.size)
                 )
             except TimeoutError:
                 continue
@@ -91,7 +89,7 @@ class NotifySocket:
                     socket.SOL_SOCKET,
                     socket.SCM_CREDENTIALS,
                 ):
-                    pid = _UCRED.unpack(payload[: _UCRED.size])[0]
+                    pid = UCRED.unpack(payload[: UCRED.size])[0]
             msg = Message(time.monotonic(), pid, data.decode().split("\n"))
             # Probe right as READY=1 arrives, before anything else the
             # daemon does: it must already answer on its socket.
@@ -283,8 +281,8 @@ def test_watchdog_pings_come_from_the_event_loop(
     assert len(gaps) >= 6, gaps
     assert max(gaps) >= 0.75, gaps  # nothing was sent while stuck
     assert statistics.median(gaps) < 0.3, gaps
-    daemon.service._workers.shutdown()
-    daemon.service._db_thread.shutdown()
+    daemon.service.host.workers.shutdown()
+    daemon.service.host.db_thread.shutdown()
 
 
 # -- signals ----------------------------------------------------------------
@@ -347,9 +345,9 @@ def test_sigterm_lets_the_attach_in_flight_finish(
 
     # The finished attach was recorded before the database closed.
     a.start()
-    [row] = a.call("ManagedVolume.volumes_info", {"vol_ids": [vid]})
+    [row] = a.call(INFO, {"vol_ids": [vid]})
     assert row["state"] == "attached" and row["exists"] is True
-    a.call("ManagedVolume.detach_volume", {"vol_id": vid})
+    a.call(DETACH, {"vol_id": vid})
 
 
 def test_sighup_reloads_the_log_level(
@@ -537,7 +535,7 @@ def test_unit_does_not_restart_what_needs_an_operator() -> None:
     """
     from hostagent import daemon
 
-    unit = Path(__file__).resolve().parent.parent / "systemd"
+    unit = ROOT / "systemd"
     lines = (unit / "hostagent.service").read_text().splitlines()
     values = [
         line.split("=", 1)[1].split()

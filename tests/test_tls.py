@@ -23,6 +23,7 @@ from pki import (
     tls_client,
     tls_server_config,
 )
+from support import DETACH, INFO
 
 from hostagent.client import Client, RpcError
 
@@ -36,7 +37,7 @@ def tls(agent_factory: Any, pki: Pki) -> TlsAgent:
 def test_good_client_certificate(tls: TlsAgent) -> None:
     with tls.client() as c:
         assert c.call("Host.ping") is True
-        assert c.call("ManagedVolume.volumes_info") == []
+        assert c.call(INFO) == []
         sock = c.sock
         assert isinstance(sock, ssl.SSLSocket)
         assert sock.version() in ("TLSv1.2", "TLSv1.3")
@@ -45,7 +46,7 @@ def test_good_client_certificate(tls: TlsAgent) -> None:
 def test_mutating_call_logs_the_tls_peer(tls: TlsAgent) -> None:
     vid = new_vol_id()
     with tls.client() as c:
-        assert c.call("ManagedVolume.detach_volume", [vid]) is None
+        assert c.call(DETACH, [vid]) is None
         local_port = c.sock.getsockname()[1]
     line = next(
         x for x in tls.agent.log().splitlines() if "detach_volume by" in x

@@ -21,6 +21,7 @@ from conftest import (
     new_vol_id,
     private_config,
 )
+from support import ATTACH, DETACH, INFO
 
 from hostagent import db
 from hostagent.brick import Brick
@@ -29,10 +30,6 @@ from hostagent.db import Database
 from hostagent.errors import AgentError
 from hostagent.service import VolumeService
 from hostagent.udev import Udev
-
-ATTACH = "ManagedVolume.attach_volume"
-DETACH = "ManagedVolume.detach_volume"
-INFO = "ManagedVolume.volumes_info"
 
 
 def attach(agent: Agent, vol_id: str, info: dict[str, Any]) -> Any:
@@ -383,7 +380,7 @@ def wait_for_device_error(
         with pytest.raises(AgentError) as e:
             asyncio.run(wait())
     finally:
-        service._workers.shutdown()
+        service.host.workers.shutdown()
     return e.value
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import pytest
 from lab import GuestRun
+from support import ATTACH, DETACH
 
 # The guest boots in the first test's setup: allow for it.
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(600)]
@@ -129,10 +130,7 @@ def test_journal_fields(run: GuestRun) -> None:
         assert e["_SYSTEMD_UNIT"] == "hostagent.service"
         assert e["SYSLOG_IDENTIFIER"] == "hostagentd"
     calls = {e["METHOD"]: e for e in entries if e["METHOD"]}
-    for method in (
-        "ManagedVolume.attach_volume",
-        "ManagedVolume.detach_volume",
-    ):
+    for method in (ATTACH, DETACH):
         assert method in calls, sorted(calls)
         assert calls[method]["PEER_UID"] == "0"
         assert calls[method]["REQUEST_ID"]
