@@ -249,11 +249,15 @@ class Api:
         ctx: Peer,
         vol_id: str,
         connection_info: dict[str, Any],
+        sd_id: str | None = None,
+        *,
         backend: str | None = None,
     ) -> dict[str, Any]:
-        """``ManagedVolume.attach_volume``."""
+        """``ManagedVolume.attach_volume``; ``backend`` by name only."""
         try:
-            return await self.service.attach(vol_id, connection_info, backend)
+            return await self.service.attach(
+                vol_id, connection_info, sd_id, backend
+            )
         finally:
             self.service.keep_secrets(vol_id)
 
@@ -261,12 +265,15 @@ class Api:
         """``ManagedVolume.extend_volume``."""
         return await self.service.extend(vol_id)
 
-    async def detach_volume(self, ctx: Peer, vol_id: str) -> None:
-        """``ManagedVolume.detach_volume``."""
+    async def detach_volume(
+        self, ctx: Peer, vol_id: str, sd_id: str | None = None
+    ) -> bool:
+        """``ManagedVolume.detach_volume``: ``true``, as vdsm answers."""
         try:
-            await self.service.detach(vol_id)
+            await self.service.detach(vol_id, sd_id)
         finally:
             self.service.keep_secrets(vol_id)
+        return True
 
     async def volumes_info(
         self, ctx: Peer, vol_ids: list[str] | None = None

@@ -305,11 +305,7 @@ class Brick:
             return conn
         from os_brick.initiator import connector
 
-        attempts = (
-            backend.device_scan_attempts
-            if backend
-            else self.config.device_scan_attempts
-        )
+        attempts = (backend or self.config).device_scan_attempts
         kwargs: dict[str, Any] = {}
         if driver == "nfs":
             self.mount_dir.mkdir(parents=True, exist_ok=True)
@@ -339,6 +335,9 @@ class Brick:
                     enforce_multipath=self.enforces_multipath(driver, backend),
                     **kwargs,
                 )
+            configure = drivers.get(driver).configure
+            if configure is not None:
+                configure(conn, self.config)
         except Exception as e:
             raise _failed("create connector", driver, e) from e
         with self._lock:

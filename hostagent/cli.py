@@ -38,6 +38,7 @@ _EXAMPLES = {
     "vol_ids": "vol_ids='[\"UUID\", ...]'",
     "connection_info": f"connection_info='{schema.EXAMPLE_CONNECTION}'",
     "backend": "backend=NAME",
+    "sd_id": "sd_id=UUID",
 }
 
 

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hostagent import drivers
+from hostagent import drivers, ownership
+from hostagent.drivers import lightos
 
 DEFAULT_PATH = "/etc/hostagent/hostagent.toml"
 
@@ -72,6 +73,13 @@ class StorageConfig:
     state_dir: str = "/var/lib/hostagent"
     run_dir: str = "/run/hostagent"
     lock_timeout: float = 30.0
+    # What an attached device node gets for qemu (vdsm: vdsm:qemu 0660),
+    # kept by a udev rule in udev_rules_dir; empty owner and group: the
+    # node is left as udev made it.  A name or a number each.
+    device_owner: str = ""
+    device_group: str = ""
+    device_mode: str = "0660"
+    udev_rules_dir: str = "/run/udev/rules.d"
 
 
 @dataclass(frozen=True)
@@ -84,6 +92,13 @@ class BrickConfig:
     my_ip: str = ""
     device_scan_attempts: int = 3
     workers: int = 16
+    # lightos: where Lightbits' discovery-client watches and answers,
+    # and how long its connector waits for the device (os-brick's
+    # [os_brick] lightos_discovery_client_* options).
+    lightos_discovery_dir: str = lightos.DEFAULT_DISCOVERY_DIR
+    lightos_discovery_address: str = lightos.DEFAULT_DISCOVERY_ADDRESS
+    lightos_discovery_port: int = lightos.DEFAULT_DISCOVERY_PORT
+    lightos_device_wait: float = lightos.DEFAULT_DEVICE_WAIT
 
 
 @dataclass(frozen=True)
@@ -142,6 +157,16 @@ class Config:
         """Where the managed ``<vol_id>`` symlinks live."""
         return Path(self.storage.run_dir) / "volumes"
 
+    @property
+    def managed_dir(self) -> Path:
+        """Where the ``<sd_id>_<vol_id>`` symlinks live (vdsm's naming)."""
+        return Path(self.storage.run_dir) / "managedvolumes"
+
+    @property
+    def owns_devices(self) -> bool:
+        """Whether attached device nodes get an owner or group."""
+        return bool(self.storage.device_owner or self.storage.device_group)
+
 
 def default_path() -> str:
     """The config path used when ``--config`` is not given."""
@@ -179,6 +204,8 @@ def from_dict(raw: dict[str, Any]) -> Config:
             raise ConfigError(f"[{name}] must be a table")
         if name == "backend":
             continue  # needs [brick] for its defaults; built below
+        if name == "storage":
+            value = _numbers_as_text(value)
         sections[name] = _build_section(name, hints[name], value)
     brick = sections.get("brick", BrickConfig())
     sections["backend"] = {
@@ -241,6 +268,21 @@ def _build_section(name: str, cls: type[Any], raw: dict[str, Any]) -> Any:
             raise ConfigError(f"unknown key {name}.{key}")
         values[key] = _coerce(f"{name}.{key}", hints[key], value)
     return cls(**values)
+
+
+# Keys that take a name or a number (a uid, a gid, an octal mode).
+_NAME_OR_NUMBER = ("device_owner", "device_group", "device_mode")
+
+
+def _numbers_as_text(raw: dict[str, Any]) -> dict[str, Any]:
+    """``device_group = 107`` as ``"107"``, ``device_mode = 0o640`` as
+    ``"0640"``: the keys' type is text."""
+    out = dict(raw)
+    for k in _NAME_OR_NUMBER:
+        v = raw.get(k)
+        if isinstance(v, int) and not isinstance(v, bool):
+            out[k] = f"{v:04o}" if k == "device_mode" else str(v)
+    return out
 
 
 def _coerce(key: str, hint: Any, value: Any) -> Any:
@@ -307,6 +349,7 @@ def _check(c: Config) -> None:
             raise ConfigError(f"storage.{key} must be an absolute path")
     if c.storage.lock_timeout < 0:
         raise ConfigError("storage.lock_timeout must be >= 0")
+    _check_ownership(c.storage)
     for i, d in enumerate(c.brick.drivers):
         if d not in KNOWN_DRIVERS:
             raise ConfigError(
@@ -320,6 +363,7 @@ def _check(c: Config) -> None:
             raise ConfigError(
                 "brick.my_ip must be an IP address or empty"
             ) from None
+    _check_lightos(c.brick)
     _positive("brick.device_scan_attempts", c.brick.device_scan_attempts)
     _positive("brick.workers", c.brick.workers)
     if c.log.level not in LOG_LEVELS:
@@ -328,6 +372,37 @@ def _check(c: Config) -> None:
         raise ConfigError(
             "log.journal must be one of " + ", ".join(JOURNAL_MODES)
         )
+
+
+def _check_lightos(b: BrickConfig) -> None:
+    if not os.path.isabs(b.lightos_discovery_dir):
+        raise ConfigError(
+            "brick.lightos_discovery_dir must be an absolute path"
+        )
+    if not b.lightos_discovery_address.strip() or any(
+        c.isspace() for c in b.lightos_discovery_address
+    ):
+        raise ConfigError(
+            "brick.lightos_discovery_address must be a host name or address"
+        )
+    if not 1 <= b.lightos_discovery_port <= 65535:
+        raise ConfigError("brick.lightos_discovery_port must be 1..65535")
+    if b.lightos_device_wait <= 0:
+        raise ConfigError("brick.lightos_device_wait must be > 0")
+
+
+def _check_ownership(s: StorageConfig) -> None:
+    """The owner, group and mode must mean something on this host."""
+    try:
+        if s.device_owner:
+            ownership.parse_owner(s.device_owner)
+        if s.device_group:
+            ownership.parse_group(s.device_group)
+        ownership.parse_mode(s.device_mode)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if not os.path.isabs(s.udev_rules_dir):
+        raise ConfigError("storage.udev_rules_dir must be an absolute path")
 
 
 def check_dirs(c: Config) -> None:

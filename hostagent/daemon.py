@@ -251,6 +251,8 @@ class Daemon:
         raise_nofile_limit(self.cfg.server.max_connections)
         self.status("listening")
         await self._listen()
+        # Off the start-up path: lvmconfig takes tens of milliseconds.
+        self.service.check_lvm()
 
     async def shutdown(self) -> None:
         """Stop accepting, let requests in flight finish, close the DB."""

@@ -69,6 +69,12 @@ class VolumeRecord:
     # The [backend.NAME] the volume was attached with (None: the driver
     # type's [brick] defaults); detach must use the same options.
     backend: str | None = None
+    # The storage domain (vdsm's sd_id) the engine attached it for; it
+    # names the managed link and the udev rule.
+    sd_id: str | None = None
+    # Owner, group and mode the device node had before the agent gave it
+    # the configured ones (ownership.NodeState.to_dict()); None: untouched.
+    owner_prev: dict[str, Any] | None = None
 
 
 class StoredVolume(NamedTuple):
@@ -82,6 +88,7 @@ class StoredVolume(NamedTuple):
     state: str
     last_error: str | None
     backend: str | None
+    sd_id: str | None
 
 
 _proxy = pw.DatabaseProxy()
@@ -110,6 +117,8 @@ class _Volume(_Base):
     created = pw.FloatField()
     updated = pw.FloatField()
     backend = pw.TextField(null=True)
+    sd_id = pw.TextField(null=True)
+    owner_prev = pw.TextField(null=True)
 
     class Meta:
         table_name = "volume"
@@ -139,8 +148,9 @@ _STORED = [_Volume._meta.fields[name] for name in StoredVolume._fields]
 # Ordered migrations: MIGRATIONS[i] brings a database from version i to
 # i + 1.  Version 1 is the table vdsm's managed-volume DB had; version 2
 # adds the flow state, so an interrupted attach or detach is visible;
-# version 3 records the backend a volume was attached with.  Their DDL
-# is SQL: each writes the table as it was at its version, which the
+# version 3 records the backend a volume was attached with; version 4
+# its storage domain (sd_id) and the device node's previous ownership.
+# Their DDL is SQL: each writes the table as it was at its version, which the
 # model (today's table) cannot describe.
 def _v1(db: pw.SqliteDatabase) -> None:
     _sql(
@@ -171,10 +181,17 @@ def _v3(db: pw.SqliteDatabase) -> None:
     _sql(db, "ALTER TABLE volume ADD COLUMN backend TEXT")
 
 
+def _v4(db: pw.SqliteDatabase) -> None:
+    # vdsm's storage domain id, and what device ownership replaced.
+    _sql(db, "ALTER TABLE volume ADD COLUMN sd_id TEXT")
+    _sql(db, "ALTER TABLE volume ADD COLUMN owner_prev TEXT")
+
+
 MIGRATIONS: tuple[Callable[[pw.SqliteDatabase], None], ...] = (
     _v1,
     _v2,
     _v3,
+    _v4,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -372,6 +389,7 @@ class Database:
         vol_id: str,
         connection_info: dict[str, Any],
         backend: str | None = None,
+        sd_id: str | None = None,
     ) -> None:
         """Record the intent to attach ``vol_id`` (state ``attaching``)."""
         now = time.time()
@@ -382,7 +400,14 @@ class Database:
             created=now,
             updated=now,
             backend=backend,
+            sd_id=sd_id,
         ).execute()
+
+    def set_owner_prev(
+        self, vol_id: str, previous: dict[str, Any] | None
+    ) -> None:
+        """Keep what the device node had before the agent changed it."""
+        self._update(vol_id, owner_prev=_dump(previous))
 
     def set_attachment(self, vol_id: str, attachment: dict[str, Any]) -> None:
         """Keep os-brick's answer on a row that is still ``attaching``.
@@ -455,6 +480,8 @@ class Database:
                 "created": r.created,
                 "updated": r.updated,
                 "backend": r.backend,
+                "sd_id": r.sd_id,
+                "owner_prev": _dump(r.owner_prev),
             }
             for r in records
         ]
@@ -540,4 +567,8 @@ def _decode(row: Any) -> VolumeRecord:
         created=float(row.created if row.created is not None else 0.0),
         updated=float(row.updated),
         backend=row.backend,
+        sd_id=row.sd_id,
+        owner_prev=(
+            None if row.owner_prev is None else json.loads(row.owner_prev)
+        ),
     )

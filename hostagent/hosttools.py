@@ -97,6 +97,7 @@ def drivers(
             d,
             brick.multipath,
             brick.enforce_multipath,
+            {o: str(getattr(brick, o)) for o in registry.get(d).brick_options},
             multipathd_running=_bind(probe, d, None),
         )
         for d in brick.drivers

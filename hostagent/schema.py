@@ -36,6 +36,14 @@ EXAMPLE_CONNECTION_FULL = (
     '"data": {"target_portal": "192.0.2.10:3260", '
     '"target_iqn": "iqn.2026-01.example:lun1", "target_lun": 1}}'
 )
+SD_ID: dict[str, Any] = {
+    **VOL_ID,
+    "type": ["string", "null"],
+    "description": (
+        "a UUID in canonical lower-case form (the storage domain's, as "
+        "ovirt-engine sends it)"
+    ),
+}
 
 CONNECTION_INFO: dict[str, Any] = {
     "type": "object",
@@ -82,6 +90,7 @@ VOLUME_INFO: dict[str, Any] = {
         "state": {"enum": ["attaching", "attached", "detaching"]},
         "last_error": {"type": ["string", "null"]},
         "backend": {"type": ["string", "null"]},
+        "sd_id": {"type": ["string", "null"]},
     },
 }
 
@@ -173,10 +182,12 @@ METHODS: tuple[Method, ...] = (
         params=(
             Param("vol_id", VOL_ID),
             Param("connection_info", CONNECTION_INFO),
+            Param("sd_id", SD_ID, required=False),
             Param(
                 "backend",
                 {**BACKEND, "type": ["string", "null"]},
                 required=False,
+                description="by name only (not by position)",
             ),
         ),
         result={
@@ -193,8 +204,11 @@ METHODS: tuple[Method, ...] = (
     Method(
         "ManagedVolume.detach_volume",
         "Detach a volume; detaching an unknown volume succeeds.",
-        params=(Param("vol_id", VOL_ID),),
-        result={"type": "null"},
+        params=(
+            Param("vol_id", VOL_ID),
+            Param("sd_id", SD_ID, required=False),
+        ),
+        result={"type": "boolean"},
         errors=(925, 926, 927),
     ),
     Method(
@@ -256,6 +270,7 @@ def document() -> dict[str, Any]:
                         "required": p.required,
                         "schema": copy.deepcopy(p.schema),
                     }
+                    | ({"description": p.description} if p.description else {})
                     for p in m.params
                 ],
                 "result": {"name": "result", "schema": m.result},

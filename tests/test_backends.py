@@ -159,15 +159,25 @@ def test_attach_with_backend_is_recorded_and_detached(
         assert con.execute("SELECT backend FROM volume").fetchall() == [
             ("fast",)
         ]
-    # Same info and backend: idempotent.  By position works too.
-    assert bagent.call(ATTACH, [vid, local_info(dev), "fast"]) == res
+    # Same info and backend: idempotent (backend is by name only).
+    assert (
+        bagent.call(
+            ATTACH,
+            {
+                "vol_id": vid,
+                "connection_info": local_info(dev),
+                "backend": "fast",
+            },
+        )
+        == res
+    )
     # The same volume without the backend (or with another) is 929.
     err = bagent.error(ATTACH, [vid, local_info(dev)])
     assert err.code == 929
     assert "'fast'" in err.message
     # Detach after a restart: the backend comes from the database.
     bagent.restart()
-    assert bagent.call(DETACH, [vid]) is None
+    assert bagent.call(DETACH, [vid]) is True
     assert bagent.call(INFO) == []
 
 
@@ -175,12 +185,26 @@ def test_unknown_backend_is_invalid_params(
     bagent: Agent, loops: Loops
 ) -> None:
     dev = loops.create()
-    err = bagent.error(ATTACH, [new_vol_id(), local_info(dev), "platinum"])
+    err = bagent.error(
+        ATTACH,
+        {
+            "vol_id": new_vol_id(),
+            "connection_info": local_info(dev),
+            "backend": "platinum",
+        },
+    )
     assert err.code == -32602
     assert "'platinum' is not configured" in err.message
     assert "fast, old, san" in err.message
     assert err.data == {"param": "backend", "backend": "platinum"}
-    err = bagent.error(ATTACH, [new_vol_id(), local_info(dev), "no spaces!"])
+    err = bagent.error(
+        ATTACH,
+        {
+            "vol_id": new_vol_id(),
+            "connection_info": local_info(dev),
+            "backend": "no spaces!",
+        },
+    )
     assert err.code == -32602
     assert bagent.call(INFO) == []
 
@@ -189,7 +213,12 @@ def test_backend_for_another_driver_is_refused(
     bagent: Agent, loops: Loops
 ) -> None:
     err = bagent.error(
-        ATTACH, [new_vol_id(), local_info(loops.create()), "san"]
+        ATTACH,
+        {
+            "vol_id": new_vol_id(),
+            "connection_info": local_info(loops.create()),
+            "backend": "san",
+        },
     )
     assert err.code == -32602
     assert (
@@ -290,7 +319,14 @@ def test_enforced_multipath_is_ready_only_when_multipathd_runs(
     # Not enforced: os-brick would fall back to one path.
     assert caps["backends"]["lax"]["ready"] is True
     assert caps["driver_status"]["iscsi"]["ready"] is True
-    err = a.error(ATTACH, [new_vol_id(), ISCSI_INFO, "mp"])
+    err = a.error(
+        ATTACH,
+        {
+            "vol_id": new_vol_id(),
+            "connection_info": ISCSI_INFO,
+            "backend": "mp",
+        },
+    )
     assert err.code == 928
     assert "multipathd is not running" in err.message
     assert a.call(INFO) == []

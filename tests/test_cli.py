@@ -67,7 +67,7 @@ def test_attach_with_file_and_detach(
     assert json.loads(out.stdout)[0]["exists"] is True
     out = agent.cli("ManagedVolume", "detach_volume", f"vol_id={vid}")
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout) is None
+    assert json.loads(out.stdout) is True
 
 
 def test_params_from_stdin(agent: Agent, loops: Loops) -> None:
@@ -247,7 +247,7 @@ def test_invalid_params_printed_once_with_an_example(agent: Agent) -> None:
     assert (
         "usage: hostagent-client ManagedVolume attach_volume vol_id=UUID "
         """connection_info='{"driver_volume_type": "iscsi", "data": {...}}'"""
-        " [backend=NAME]"
+        " [sd_id=UUID] [backend=NAME]"
     ) in out.stderr
     out = agent.cli("ManagedVolume", "detach_volume", "vol_id=../x")
     assert out.stderr.count("vol_id must be a UUID") == 1, out.stderr

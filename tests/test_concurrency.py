@@ -80,7 +80,7 @@ def test_many_clients_attach_and_detach_one_volume(
             assert result["path"] == dev
             assert result["vol_id"] == vid
         elif op == "detach":
-            assert result is None
+            assert result is True
         else:
             assert all(
                 v["state"] in ("attaching", "attached", "detaching")
@@ -150,8 +150,8 @@ def test_busy_volume_waits_then_927(agent_factory: Any, loops: Loops) -> None:
     # Now free: the same call that got 927 succeeds (idempotent).
     assert a.call(ATTACH, [vid, local_info(dev)]) == first["result"]
     assert brick_calls(a, vid) == ["connect"]
-    assert a.call(DETACH, [vid]) is None
-    assert a.call(DETACH, [other]) is None
+    assert a.call(DETACH, [vid]) is True
+    assert a.call(DETACH, [other]) is True
     assert db_rows(a) == []
 
 
@@ -194,4 +194,4 @@ def test_later_request_on_one_connection_is_answered_first(
     assert attach["result"]["path"] == dev
     assert attach["result"]["vol_id"] == vid
     assert brick_calls(a, vid) == ["connect"]
-    assert a.call(DETACH, [vid]) is None
+    assert a.call(DETACH, [vid]) is True

@@ -114,11 +114,13 @@ def test_completion_from_the_agent(agent: Agent) -> None:
     assert complete(f"{s} ManagedVolume attach_volume ") == [
         "vol_id=",
         "connection_info:=",
+        "sd_id=",
         "backend=",
     ]
     # A param already given is not offered again.
     assert complete(f"{s} ManagedVolume attach_volume vol_id=x ") == [
         "connection_info:=",
+        "sd_id=",
         "backend=",
     ]
     # bash completes only past the last ":" or "=" of a word.
@@ -148,7 +150,10 @@ def test_completion_without_agent_uses_built_in_schema(
 ) -> None:
     s = f"hostagent-client --socket {tmp_path / 'none.sock'}"
     assert complete(f"{s} ManagedVolume de") == ["detach_volume"]
-    assert complete(f"{s} ManagedVolume detach_volume ") == ["vol_id="]
+    assert complete(f"{s} ManagedVolume detach_volume ") == [
+        "vol_id=",
+        "sd_id=",
+    ]
 
 
 def test_completion_of_options_and_files(tmp_path: Path) -> None:
@@ -175,7 +180,10 @@ def test_completion_after_short_options(agent: Agent) -> None:
     """-a/-p take a value (not a namespace); NS.METHOD gets its params."""
     s = f"hostagent-client --socket {agent.socket}"
     assert complete(f"{s} -p 54322 ") == ["Host", "ManagedVolume", "rpc"]
-    assert complete(f"{s} ManagedVolume.detach_volume ") == ["vol_id="]
+    assert complete(f"{s} ManagedVolume.detach_volume ") == [
+        "vol_id=",
+        "sd_id=",
+    ]
     env = dict(os.environ, HOSTAGENT_SOCKET=agent.socket)
     assert complete("hostagent-client ManagedVolume ", env=env) == [
         "attach_volume",

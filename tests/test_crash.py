@@ -161,13 +161,13 @@ def assert_no_double_connect(seq: list[str]) -> None:
 def check_reusable(agent: Agent, vid: str, dev: str) -> None:
     """The next detach / attach / detach of ``vid`` work."""
     if vid in db_rows(agent):
-        assert agent.call(DETACH, [vid]) is None
+        assert agent.call(DETACH, [vid]) is True
         assert_consistent(agent)
         assert vid not in db_rows(agent)
     result = agent.call(ATTACH, [vid, local_info(dev)])
     assert result["path"] == dev
     assert assert_consistent(agent) == {vid: dev}
-    assert agent.call(DETACH, [vid]) is None
+    assert agent.call(DETACH, [vid]) is True
     assert assert_consistent(agent) == {}
 
 
@@ -190,6 +190,10 @@ ATTACH_KILLS = [
     ("attach.after_connected", "attached"),
     ("attach.before_wait", "attached"),
     ("attach.after_wait", "attached"),
+    ("attach.before_own", "attached"),
+    ("attach.after_own", "attached"),
+    ("attach.before_owned", "attached"),
+    ("attach.after_owned", "attached"),
     ("attach.before_attached", "attached"),
     ("attach.after_attached", "attached"),
     ("attach.before_link", "attached"),
@@ -201,6 +205,8 @@ DETACH_KILLS = [
     ("detach.after_mark", "gone"),
     ("detach.before_unlink", "gone"),
     ("detach.after_unlink", "gone"),
+    ("detach.before_disown", "gone"),
+    ("detach.after_disown", "gone"),
     ("detach.before_disconnect", "gone"),
     ("brick.before_disconnect_volume", "gone"),
     ("brick.after_disconnect_volume", "gone"),
@@ -341,11 +347,17 @@ RECONCILE_KILLS = [
     ("attach.after_record", "reconcile.after_mark", "gone"),
     ("attach.after_connect", "reconcile.before_unlink", "gone"),
     ("detach.after_mark", "reconcile.after_unlink", "gone"),
+    ("detach.after_mark", "reconcile.before_disown", "gone"),
+    ("attach.after_connect", "reconcile.after_disown", "gone"),
     ("attach.after_connect", "reconcile.before_disconnect", "gone"),
     ("attach.after_connect", "brick.after_disconnect_volume", "gone"),
     ("detach.after_unlink", "reconcile.after_disconnect", "gone"),
     ("detach.after_mark", "reconcile.before_forget", "gone"),
     ("attach.after_record", "reconcile.after_forget", "gone"),
+    ("attach.after_connected", "reconcile.before_own", "attached"),
+    ("attach.after_wait", "reconcile.after_own", "attached"),
+    ("attach.after_connected", "reconcile.before_owned", "attached"),
+    ("attach.after_wait", "reconcile.after_owned", "attached"),
     ("attach.after_connected", "reconcile.before_attached", "attached"),
     ("attach.after_connected", "reconcile.after_attached", "attached"),
     ("attach.after_connected", "reconcile.before_link", "attached"),
@@ -408,7 +420,7 @@ def test_failing_disconnect_keeps_the_row_and_a_retry_finishes(
     assert "detaching" in busy.message
     assert "disconnect_volume failed" in busy.message
     # The retry runs the disconnect again and finishes.
-    assert a.call(DETACH, [vid]) is None
+    assert a.call(DETACH, [vid]) is True
     assert a.call(INFO) == []
     assert brick_calls(a, vid) == ["connect", "disconnect", "disconnect"]
     assert_consistent(a)
@@ -517,7 +529,7 @@ def test_failed_connect_whose_disconnect_fails_keeps_the_row(
     assert a.error(ATTACH, [vid, local_info(dev)]).code == 927
     assert brick_calls(a, vid) == ["connect", "disconnect"]
 
-    assert a.call(DETACH, [vid]) is None
+    assert a.call(DETACH, [vid]) is True
     assert a.call(INFO) == []
     assert brick_calls(a, vid) == ["connect", "disconnect", "disconnect"]
     assert_consistent(a)
@@ -672,7 +684,7 @@ def test_start_up_repairs_symlinks_and_keeps_missing_devices(
         gone: ("attached", False),
     }
     assert f"volume {gone} is attached but its device" in a.log()
-    assert a.call(DETACH, [gone]) is None
+    assert a.call(DETACH, [gone]) is True
 
 
 # -- random-kill soak --------------------------------------------------------
@@ -762,7 +774,7 @@ def test_random_kill_soak(agent_factory: Any, loops: Loops) -> None:
                             r = c.call(ATTACH, [vid, local_info(vols[vid])])
                             assert r["path"] == vols[vid]
                         else:
-                            assert c.call(DETACH, [vid]) is None
+                            assert c.call(DETACH, [vid]) is True
                         with lock:
                             done["ok"] += 1
             except OSError:
@@ -804,7 +816,7 @@ def test_random_kill_soak(agent_factory: Any, loops: Loops) -> None:
     assert set(assert_consistent(a)) <= set(vols)
     for vid in vols:
         assert_no_double_connect(brick_calls(a, vid))
-        assert a.call(DETACH, [vid]) is None
+        assert a.call(DETACH, [vid]) is True
     assert assert_consistent(a) == {}
 
     summaries = reconcile_lines(a)

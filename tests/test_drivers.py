@@ -49,20 +49,22 @@ def test_config_lists_come_from_the_registry() -> None:
     assert set(drivers.known()) - set(drivers.defaults()) == {
         "aoe",
         "storpool",
+        "lightos",
     }
     assert set(config.DRIVER_ONLY_OPTIONS) == {"ceph_conf", "storpool_conf"}
     for option in config.DRIVER_ONLY_OPTIONS:
         assert hasattr(config.BackendConfig(), option)
 
 
-def test_lightos_is_declared_but_not_allowed_yet(tmp_path: Path) -> None:
+def test_lightos_is_opt_in(tmp_path: Path) -> None:
+    """Implemented now (issue 18): allowed when the config says so."""
     lightos = drivers.get("lightos")
     assert lightos.protocol == "LIGHTOS"
     assert getattr(initiator, lightos.protocol) == "LIGHTOS"
-    assert "lightos" not in drivers.known()
+    assert "lightos" in drivers.known()
     assert "lightos" not in drivers.defaults()
-    with pytest.raises(config.ConfigError, match="unknown driver 'lightos'"):
-        config.from_dict({"brick": {"drivers": ["lightos"]}})
+    c = config.from_dict({"brick": {"drivers": ["lightos"]}})
+    assert c.brick.drivers == ["lightos"]
 
 
 def test_only_iscsi_and_fibre_channel_are_multipathed() -> None:

@@ -434,7 +434,7 @@ def test_detach_keeps_a_device_another_row_uses(
             (second, first),
         )
     agent.start()
-    assert agent.call(DETACH, [first]) is None
+    assert agent.call(DETACH, [first]) is True
     agent.wait_log(
         f"device {dev} is also volume {second}'s; not disconnecting"
     )

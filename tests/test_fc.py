@@ -230,7 +230,7 @@ def test_attach_scans_the_right_hba_target_and_lun(
     sd = fc_agent.disk_name(BY_PATH)
     fs = fc_agent.sysfs
     assert (fs.block / sd / "device" / "delete").exists()
-    assert fc_agent.call(DETACH, [vid]) is None
+    assert fc_agent.call(DETACH, [vid]) is True
     assert fc_agent.call(INFO) == []
     # os-brick flushed and deleted the SCSI device; the kernel (and
     # udev) took away its node, sysfs entry and by-path link.
@@ -243,7 +243,7 @@ def test_attach_scans_the_right_hba_target_and_lun(
         ATTACH, {"vol_id": vid, "connection_info": fc_info(), "backend": "san"}
     )
     assert res["path"] == BY_PATH
-    assert fc_agent.call(DETACH, [vid]) is None
+    assert fc_agent.call(DETACH, [vid]) is True
     assert len(fc_agent.deleted(2)) == 2
 
 
@@ -411,7 +411,7 @@ def test_multipath_attach_exists_only_with_its_dm_device(
     # Kernel state outlives the daemon: the same after a restart.
     a.restart()
     assert exists() is True
-    assert a.call(DETACH, [vid]) is None
+    assert a.call(DETACH, [vid]) is True
     # os-brick flushed the map (multipath -f removed it), then deleted
     # the path; nothing of either is left.
     assert f"multipath -f /dev/disk/by-id/dm-uuid-mpath-{LUN_WWN}" in (

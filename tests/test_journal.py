@@ -188,7 +188,7 @@ def test_structured_fields_and_no_secrets(
 
     vid = new_vol_id()
     out = request(a, "req-42", DETACH, {"vol_id": vid})
-    assert out == {"jsonrpc": "2.0", "result": None, "id": "req-42"}
+    assert out == {"jsonrpc": "2.0", "result": True, "id": "req-42"}
     e = journald.wait(METHOD=DETACH, REQUEST_ID="req-42")
     assert e["VOL_ID"] == vid
     assert e["PEER_UID"] == str(os.getuid())
@@ -324,7 +324,7 @@ def test_request_values_reach_the_journal_escaped(
     vid = new_vol_id()
     rid = "r1\nMESSAGE=forged\x00\x85\u2028"
     out = request(a, rid, "ManagedVolume.detach_volume", {"vol_id": vid})
-    assert out == {"jsonrpc": "2.0", "result": None, "id": rid}
+    assert out == {"jsonrpc": "2.0", "result": True, "id": rid}
     e = journald.wait(MESSAGE=f"detach of unknown volume {vid}: nothing to do")
     assert e["REQUEST_ID"] == "r1\\nMESSAGE=forged\\x00\\x85\\u2028"
     for entry in journald.where():

@@ -538,7 +538,7 @@ def test_peer_uid_and_pid_are_logged_with_mutating_calls(
         "params": [theirs],
     }
     out = _socat_as(agent, NOBODY, [gid], json.dumps(request).encode() + b"\n")
-    assert json.loads(out.stdout)["result"] is None
+    assert json.loads(out.stdout)["result"] is True
     log = agent.log()
     (line,) = [x for x in log.splitlines() if mine in x and " by " in x]
     assert f"detach_volume by unix uid=0 pid={os.getpid()}" in line

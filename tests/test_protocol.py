@@ -40,9 +40,15 @@ def test_rpc_discover_lists_every_method(agent: Agent) -> None:
     assert [p["name"] for p in attach["params"]] == [
         "vol_id",
         "connection_info",
+        "sd_id",
         "backend",
     ]
-    assert [p["required"] for p in attach["params"]] == [True, True, False]
+    assert [p["required"] for p in attach["params"]] == [
+        True,
+        True,
+        False,
+        False,
+    ]
 
 
 def test_persistent_connection_many_calls(agent: Agent) -> None:

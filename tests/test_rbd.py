@@ -187,7 +187,7 @@ def test_map_and_unmap_command_lines(
     assert fake.calls()[0]["CEPH_CONF"] is None  # no backend: defaults
     (info,) = a.call(INFO)
     assert info["exists"] is True
-    assert a.call(DETACH, [vid]) is None
+    assert a.call(DETACH, [vid]) is True
     assert [c["argv"] for c in fake.calls()[1:]] == [
         ["showmapped", "--format=json", *MON_ARGS],
         ["unmap", "/dev/rbd0", *MON_ARGS],

@@ -243,7 +243,7 @@ def test_attach_detach_through_the_api(
     assert sp.volumes[SP_NAME]["attached"] == {OURID: "rw"}
     (info,) = a.call(INFO)
     assert info["exists"] is True
-    assert a.call(DETACH, [vid]) is None
+    assert a.call(DETACH, [vid]) is True
     assert sp.calls[2:] == [
         (
             "POST",
@@ -269,7 +269,9 @@ def test_extend_asks_the_api_for_the_size(
 ) -> None:
     a, sp, dev = storpool
     vid = new_vol_id()
-    a.call(ATTACH, [vid, sp_info(), "sp"])
+    a.call(
+        ATTACH, {"vol_id": vid, "connection_info": sp_info(), "backend": "sp"}
+    )
     os.truncate(loops.backing(dev), 64 * 1024 * 1024)
     subprocess.run(["losetup", "-c", dev], check=True)
     sp.volumes[SP_NAME]["size"] = 64 * 1024 * 1024
@@ -295,7 +297,10 @@ def test_unknown_volume_is_926_with_the_api_error(
     a, sp, _ = storpool
     vid = new_vol_id()
     unknown = new_vol_id()
-    err = a.error(ATTACH, [vid, sp_info(unknown), "sp"])
+    err = a.error(
+        ATTACH,
+        {"vol_id": vid, "connection_info": sp_info(unknown), "backend": "sp"},
+    )
     assert err.code == 926
     assert "objectDoesNotExist" in err.message
     name = f"os--volume-{unknown}"
@@ -332,7 +337,9 @@ def test_failed_volume_info_detaches_the_reassigned_volume(
     a, sp, _dev = storpool
     sp.fail["VolumeGetInfo"] = (500, "busy", "the cluster is busy")
     vid = new_vol_id()
-    err = a.error(ATTACH, [vid, sp_info(), "sp"])
+    err = a.error(
+        ATTACH, {"vol_id": vid, "connection_info": sp_info(), "backend": "sp"}
+    )
     assert err.code == 926
     assert err.data["operation"] == "connect_volume"
     assert "busy: the cluster is busy" in err.message
@@ -357,7 +364,9 @@ def test_failed_volume_info_detaches_the_reassigned_volume(
     assert not (a.root / "dev" / "storpool" / SP_NAME).exists()
     assert a.call(INFO) == []
     del sp.fail["VolumeGetInfo"]
-    res = a.call(ATTACH, [vid, sp_info(), "sp"])
+    res = a.call(
+        ATTACH, {"vol_id": vid, "connection_info": sp_info(), "backend": "sp"}
+    )
     assert res["path"] == "/dev/storpool-byid/b7kz.b.c3f"
     assert sp.volumes[SP_NAME]["attached"] == {OURID: "rw"}
 
@@ -371,7 +380,14 @@ def test_bad_access_mode_is_926_before_any_call(
     it attached here; and no row is left behind.
     """
     a, sp, _ = storpool
-    err = a.error(ATTACH, [new_vol_id(), sp_info(mode="rwx"), "sp"])
+    err = a.error(
+        ATTACH,
+        {
+            "vol_id": new_vol_id(),
+            "connection_info": sp_info(mode="rwx"),
+            "backend": "sp",
+        },
+    )
     assert err.code == 926
     assert "Invalid access_mode" in err.message
     assert err.data["error_class"] == "ValueError"
@@ -387,7 +403,14 @@ def test_volume_name_outside_storpool_names_is_refused(
 ) -> None:
     """os-brick puts the name into a URL path: refused before any call."""
     a, sp, _ = storpool
-    err = a.error(ATTACH, [new_vol_id(), sp_info(volume=volume), "sp"])
+    err = a.error(
+        ATTACH,
+        {
+            "vol_id": new_vol_id(),
+            "connection_info": sp_info(volume=volume),
+            "backend": "sp",
+        },
+    )
     assert err.code == 926
     assert err.data["error_class"] == "ValueError"
     assert "may only hold letters, digits" in err.message
@@ -402,7 +425,14 @@ def test_wrong_token_is_926(
     conf = tmp_path / "storpool.conf"
     conf.write_text(conf.read_text().replace(TOKEN, "123"))
     a.restart()
-    err = a.error(ATTACH, [new_vol_id(), sp_info(), "sp"])
+    err = a.error(
+        ATTACH,
+        {
+            "vol_id": new_vol_id(),
+            "connection_info": sp_info(),
+            "backend": "sp",
+        },
+    )
     assert err.code == 926
     assert "authError" in err.message
 
@@ -436,7 +466,14 @@ def test_broken_config_names_the_file_not_its_lines(
     # quotes the line: the token must not travel with it.
     conf.write_text(f"SP_OURID=7\n={TOKEN}\n")
     a.restart()
-    err = a.error(ATTACH, [new_vol_id(), sp_info(), "sp"])
+    err = a.error(
+        ATTACH,
+        {
+            "vol_id": new_vol_id(),
+            "connection_info": sp_info(),
+            "backend": "sp",
+        },
+    )
     assert err.code == 926
     assert f"{conf} is not a valid StorPool config" in err.message
     assert TOKEN not in str(err.data)

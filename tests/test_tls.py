@@ -46,7 +46,7 @@ def test_good_client_certificate(tls: TlsAgent) -> None:
 def test_mutating_call_logs_the_tls_peer(tls: TlsAgent) -> None:
     vid = new_vol_id()
     with tls.client() as c:
-        assert c.call(DETACH, [vid]) is None
+        assert c.call(DETACH, [vid]) is True
         local_port = c.sock.getsockname()[1]
     line = next(
         x for x in tls.agent.log().splitlines() if "detach_volume by" in x

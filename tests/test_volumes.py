@@ -65,9 +65,10 @@ def test_attach_info_detach(agent: Agent, loops: Loops) -> None:
         "state": "attached",
         "last_error": None,
         "backend": None,
+        "sd_id": None,
     }
     assert rows(agent) == [(vid, "attached", dev)]
-    assert agent.call(DETACH, {"vol_id": vid}) is None
+    assert agent.call(DETACH, {"vol_id": vid}) is True
     assert agent.call(INFO) == []
     assert rows(agent) == []
     assert agent.links() == []
@@ -96,7 +97,7 @@ def test_exists_turns_false_when_the_device_goes(
     assert info["exists"] is False
     assert info["state"] == "attached"
     # Detaching a volume whose device is already gone is not an error.
-    assert agent.call(DETACH, [vid]) is None
+    assert agent.call(DETACH, [vid]) is True
     assert rows(agent) == []
 
 
@@ -136,7 +137,7 @@ def test_same_device_as_two_volumes_is_refused(
 
 
 def test_detach_unknown_volume_succeeds(agent: Agent) -> None:
-    assert agent.call(DETACH, {"vol_id": new_vol_id()}) is None
+    assert agent.call(DETACH, {"vol_id": new_vol_id()}) is True
 
 
 def test_data_survives_restart(agent: Agent, loops: Loops) -> None:
@@ -352,7 +353,7 @@ def test_ping_is_fast_while_attach_runs_in_os_brick(
     )
     pings = [i for i, x in enumerate(lines) if "Host.ping done" in x]
     assert len([i for i in pings if entered < i < done]) == len(latencies)
-    assert agent.call(DETACH, [vid]) is None
+    assert agent.call(DETACH, [vid]) is True
 
 
 # What os-brick's iSCSI connector answers for a multipath attach: the

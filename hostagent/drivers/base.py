@@ -46,3 +46,12 @@ class Driver:
     # For a driver os-brick has no connector for: builds ours from the
     # os-brick parts brick.py passes (brick.OsBrickParts).
     connector: Callable[[Any], type[Any]] | None = None
+    # [brick] keys that apply to this driver only (given to host_problems
+    # for the driver's own status, and to configure).
+    brick_options: tuple[str, ...] = ()
+    # Raises ValueError for connection data refused before anything
+    # runs: the attach answers -32602 with the message.
+    check_params: Callable[[dict[str, Any]], None] = no_check
+    # Gives an os-brick connector the [brick] options (the BrickConfig)
+    # it would read from os-brick's own config.
+    configure: Callable[[Any, Any], None] | None = None

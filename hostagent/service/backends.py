@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from hostagent import drivers
 from hostagent.config import BackendConfig, Config
 from hostagent.db import VolumeRecord
 from hostagent.errors import DriverNotSupported, InvalidParams
@@ -22,6 +23,14 @@ def check_driver(config: Config, connection_info: dict[str, Any]) -> str:
             {"driver_volume_type": driver},
         )
     return str(driver)
+
+
+def check_data(driver: str, data: dict[str, Any]) -> None:
+    """Connection data the driver refuses before anything runs (-32602)."""
+    try:
+        drivers.get(driver).check_params(data)
+    except ValueError as e:
+        raise InvalidParams(str(e), {"param": "connection_info.data"}) from e
 
 
 def check_backend(

@@ -51,7 +51,7 @@ class Host:
         self.brick = brick
         self.udev = udev
         self.failpoints = failpoints or FailPoints.from_env()
-        self.links = ManagedLinks(config.volumes_dir)
+        self.links = ManagedLinks(config.volumes_dir, config.managed_dir)
         self.locks = VolumeLocks(config.storage.lock_timeout)
         self.device_wait = DEVICE_WAIT
         self.db_thread = Lane("db")

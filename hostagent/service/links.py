@@ -1,5 +1,9 @@
 """Managed links: ``run_dir/volumes/<vol_id>`` -> the volume's device.
 
+A volume attached with a storage domain id (vdsm's ``sd_id``) has its
+link where vdsm puts it, ``run_dir/managedvolumes/<sd_id>_<vol_id>``;
+the row keeps the ``sd_id``, so detach and start-up find that name.
+
 The directory is on a tmpfs (/run): creating, replacing or removing a
 link takes microseconds, less than handing the call to a thread, so
 every link operation runs on the event loop, in live calls and at
@@ -21,44 +25,74 @@ log = logging.getLogger(__name__)
 
 
 class ManagedLinks:
-    """The symlinks in one directory, one per attached volume."""
+    """The symlinks, one per attached volume, in their two directories.
 
-    def __init__(self, directory: Path) -> None:
+    ``directory`` holds ``<vol_id>`` links, ``managed`` (when given)
+    the ``<sd_id>_<vol_id>`` ones of volumes attached with an sd_id.
+    """
+
+    def __init__(self, directory: Path, managed: Path | None = None) -> None:
         self.directory = directory
+        self.managed = managed or directory.parent / "managedvolumes"
 
-    def path(self, vol_id: str) -> Path:
+    def _where(self, vol_id: str, sd_id: str | None) -> tuple[Path, str]:
+        if sd_id:
+            return self.managed, f"{sd_id}_{vol_id}"
+        return self.directory, vol_id
+
+    def path(self, vol_id: str, sd_id: str | None = None) -> Path:
         """Where ``vol_id``'s link is."""
-        return self.directory / vol_id
+        directory, name = self._where(vol_id, sd_id)
+        return directory / name
 
     def create_directory(self) -> None:
-        """Make the directory (at start-up; /run is empty after a boot)."""
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o755)
+        """Make the directories (at start-up; /run is empty after a boot)."""
+        for d in (self.directory, self.managed):
+            d.mkdir(parents=True, exist_ok=True, mode=0o755)
 
-    def make(self, vol_id: str, target: str) -> None:
+    def make(self, vol_id: str, target: str, sd_id: str | None = None) -> None:
         """Point ``vol_id``'s link at ``target`` (atomically)."""
-        link = self.directory / vol_id
-        tmp = self.directory / f".{vol_id}.tmp"
+        directory, name = self._where(vol_id, sd_id)
+        link = directory / name
+        tmp = directory / f".{name}.tmp"
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         os.symlink(target, tmp)
         os.replace(tmp, link)
 
-    def remove(self, vol_id: str) -> None:
+    def remove(self, vol_id: str, sd_id: str | None = None) -> None:
         """Remove ``vol_id``'s link (no error if missing)."""
         with contextlib.suppress(FileNotFoundError):
-            (self.directory / vol_id).unlink()
+            self.path(vol_id, sd_id).unlink()
 
     def repair(
         self, records: Iterable[VolumeRecord], count: Callable[[str], None]
     ) -> None:
-        """Make the directory match the rows (start-up reconciliation).
+        """Make the directories match the rows (start-up reconciliation).
 
-        Links without a row go, links of ``attached`` rows are created
-        or pointed back at the row's path; ``count`` is told each.
+        Links without a row (or under a name the row does not give)
+        go, links of ``attached`` rows are created or pointed back at
+        the row's path; ``count`` is told each.
         """
-        rows = {r.vol_id: r for r in records}
+        records = list(records)
+        for directory in (self.directory, self.managed):
+            rows = {
+                self._where(r.vol_id, r.sd_id)[1]: r
+                for r in records
+                if self._where(r.vol_id, r.sd_id)[0] == directory
+            }
+            self._repair(directory, rows, count)
+
+    def _repair(
+        self,
+        directory: Path,
+        rows: dict[str, VolumeRecord],
+        count: Callable[[str], None],
+    ) -> None:
         seen: set[str] = set()
-        with os.scandir(self.directory) as entries:
+        if not directory.is_dir():
+            directory.mkdir(parents=True, exist_ok=True, mode=0o755)
+        with os.scandir(directory) as entries:
             for entry in entries:
                 name = entry.name
                 if name.startswith(".") and name.endswith(".tmp"):
@@ -74,16 +108,12 @@ class ManagedLinks:
                     )
                     continue
                 seen.add(name)
-                self._check(entry.path, rows.get(name), name, count)
-        for rec in rows.values():
-            if (
-                rec.state == db.ATTACHED
-                and rec.path
-                and rec.vol_id not in seen
-            ):
+                self._check(entry.path, rows.get(name), count)
+        for name, rec in rows.items():
+            if rec.state == db.ATTACHED and rec.path and name not in seen:
                 # /run is a tmpfs: a reboot or a crash before the link
                 # step leaves an attached volume without its link.
-                self.make(rec.vol_id, rec.path)
+                self.make(rec.vol_id, rec.path, rec.sd_id)
                 count("link_created")
                 log.info(
                     "reconcile: created symlink for attached volume %s -> %s",
@@ -96,7 +126,6 @@ class ManagedLinks:
         self,
         path: str,
         rec: VolumeRecord | None,
-        name: str,
         count: Callable[[str], None],
     ) -> None:
         target = os.readlink(path)
@@ -109,7 +138,8 @@ class ManagedLinks:
                 target,
             )
         elif rec.state == db.ATTACHED and rec.path and target != rec.path:
-            self.make(name, rec.path)
+            name = rec.vol_id
+            self.make(name, rec.path, rec.sd_id)
             count("link_repaired")
             log.warning(
                 "reconcile: symlink %s pointed to %s, not to volume %s's "

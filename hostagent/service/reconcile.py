@@ -31,7 +31,7 @@ from hostagent import db
 from hostagent.db import VolumeRecord
 from hostagent.errors import AgentError
 from hostagent.redact import SCRUBBER
-from hostagent.service import secrecy, steps
+from hostagent.service import lvm, secrecy, steps
 from hostagent.service.backends import record_backend
 from hostagent.service.device import device_path, unusable
 from hostagent.service.flow import Flow, Step
@@ -188,6 +188,8 @@ class Reconciler:
             ).run(completion_steps(self.h, rec, path))
         except Exception as e:
             return SCRUBBER.scrub(f"completing it failed: {e}")
+        assert rec.attachment is not None
+        await lvm.after_attach(self.h, rec.vol_id, rec.attachment)
         return None
 
     async def _completable(self, rec: VolumeRecord) -> tuple[str | None, str]:
@@ -222,4 +224,6 @@ def completion_steps(h: Host, rec: VolumeRecord, path: str) -> list[Step]:
     teardown at start-up runs the detach flow's steps, as ``reconcile``.
     """
     attachment = rec.attachment
-    return steps.attached_steps(h, rec.vol_id, lambda: (path, attachment))
+    return steps.attached_steps(
+        h, rec.vol_id, lambda: (path, attachment), rec.sd_id
+    )

@@ -1,10 +1,12 @@
 """The steps of the flows, as small functions shared by every caller.
 
-* attach: record -> connect -> connected -> wait -> attached -> link;
-* the tail of an attach, :func:`attached_steps` (attached -> link), is
-  the same for a live attach and for one completed at start-up;
+* attach: record -> connect -> connected -> wait -> own -> owned ->
+  attached -> link;
+* the tail of an attach, :func:`attached_steps` (own -> owned ->
+  attached -> link), is the same for a live attach and for one
+  completed at start-up (own/owned: :mod:`.owning`);
 * teardown (a detach, or a roll-back or a finished detach at start-up):
-  mark -> unlink -> disconnect -> forget.
+  mark -> unlink -> disown -> disconnect -> forget.
 
 Each step is a plain ``async`` function of the :class:`~.host.Host` and
 what the flow has learnt so far; ``*_steps`` put them in order, with
@@ -26,7 +28,7 @@ from hostagent.config import BackendConfig
 from hostagent.db import VolumeRecord
 from hostagent.errors import ConnectorFailed, VolumeBusy
 from hostagent.redact import SCRUBBER
-from hostagent.service import connection
+from hostagent.service import connection, owning
 from hostagent.service.device import wait_for_device
 from hostagent.service.flow import Flow, FlowError, Step
 from hostagent.service.host import Host
@@ -48,6 +50,7 @@ class Attempt:
     driver: str
     connection_info: dict[str, Any]
     backend: BackendConfig | None = None
+    sd_id: str | None = None
     # os-brick's answer, once connect returned.
     info: dict[str, Any] | None = None
     path: str = ""
@@ -67,6 +70,7 @@ class Attempt:
             created=0.0,
             updated=0.0,
             backend=self.backend.name if self.backend else None,
+            sd_id=self.sd_id,
         )
 
 
@@ -74,7 +78,7 @@ class Attempt:
 
 
 def attach_steps(h: Host, a: Attempt) -> list[Step]:
-    """record -> connect -> connected -> wait -> attached -> link."""
+    """record -> connect -> connected -> wait -> (attached_steps)."""
     p = functools.partial
     return [
         Step("record", p(record, h, a), p(forget, h, a.vol_id)),
@@ -83,14 +87,14 @@ def attach_steps(h: Host, a: Attempt) -> list[Step]:
         Step("connect", p(connect, h, a), p(disconnect, h, a), True),
         Step("connected", p(connected, h, a)),
         Step("wait", p(wait, h, a)),
-        *attached_steps(h, a.vol_id, lambda: (a.path, a.info)),
+        *attached_steps(h, a.vol_id, lambda: (a.path, a.info), a.sd_id),
     ]
 
 
 async def record(h: Host, a: Attempt) -> None:
     """Write the row in state ``attaching``."""
     backend = a.backend.name if a.backend else None
-    await h.in_db(h.db.insert, a.vol_id, a.connection_info, backend)
+    await h.in_db(h.db.insert, a.vol_id, a.connection_info, backend, a.sd_id)
 
 
 async def forget(h: Host, vol_id: str) -> None:
@@ -162,17 +166,40 @@ async def wait(h: Host, a: Attempt) -> None:
 Device = Callable[[], tuple[str, dict[str, Any] | None]]
 
 
-def attached_steps(h: Host, vol_id: str, device: Device) -> list[Step]:
-    """attached -> link: the device is there; record it and link it."""
+def attached_steps(
+    h: Host, vol_id: str, device: Device, sd_id: str | None = None
+) -> list[Step]:
+    """own -> owned -> attached -> link: the device is there.
+
+    Give it qemu's owner (and keep what it had), record it, link it.
+    """
     p = functools.partial
+    g = owning.Grant()
     return [
+        Step(
+            "own",
+            p(own, h, vol_id, sd_id, device, g),
+            p(owning.undo_own, h, vol_id, sd_id, g),
+        ),
+        Step("owned", p(owning.owned, h, vol_id, g)),
         Step(
             "attached",
             p(attached, h, vol_id, device),
             p(unattached, h, vol_id),
         ),
-        Step("link", p(link, h, vol_id, device), p(unlink, h, vol_id)),
+        Step(
+            "link",
+            p(link, h, vol_id, device, sd_id),
+            p(unlink, h, vol_id, sd_id),
+        ),
     ]
+
+
+async def own(
+    h: Host, vol_id: str, sd_id: str | None, device: Device, g: owning.Grant
+) -> None:
+    """Give the node the VM will use its configured owner."""
+    await owning.own(h, vol_id, sd_id, device()[0], g)
 
 
 async def attached(h: Host, vol_id: str, device: Device) -> None:
@@ -202,14 +229,16 @@ async def unattached(h: Host, vol_id: str) -> None:
     await h.in_db(h.db.set_state, vol_id, db.ATTACHING)
 
 
-async def link(h: Host, vol_id: str, device: Device) -> None:
+async def link(
+    h: Host, vol_id: str, device: Device, sd_id: str | None = None
+) -> None:
     """Create the managed symlink."""
-    h.links.make(vol_id, device()[0])
+    h.links.make(vol_id, device()[0], sd_id)
 
 
-async def unlink(h: Host, vol_id: str) -> None:
+async def unlink(h: Host, vol_id: str, sd_id: str | None = None) -> None:
     """Remove the managed symlink."""
-    h.links.remove(vol_id)
+    h.links.remove(vol_id, sd_id)
 
 
 async def record_leak(h: Host, vol_id: str, e: FlowError) -> None:
@@ -246,11 +275,12 @@ class Teardown:
 
 
 def teardown_steps(h: Host, t: Teardown) -> list[Step]:
-    """mark -> unlink -> disconnect -> forget (none has an undo)."""
+    """mark -> unlink -> disown -> disconnect -> forget (no undos)."""
     p = functools.partial
     return [
         Step("mark", p(mark, h, t)),
-        Step("unlink", p(unlink, h, t.rec.vol_id)),
+        Step("unlink", p(unlink, h, t.rec.vol_id, t.rec.sd_id)),
+        Step("disown", p(owning.disown, h, t.rec)),
         Step("disconnect", p(disconnect_unshared, h, t)),
         Step("forget", p(forget, h, t.rec.vol_id)),
     ]

@@ -31,7 +31,6 @@ from hostagent.config import BackendConfig, Config, backend_options
 from hostagent.db import Database, StoredVolume, VolumeRecord
 from hostagent.errors import (
     AgentError,
-    ConnectionInfoMismatch,
     ConnectorFailed,
     InvalidParams,
     VolumeBusy,
@@ -39,9 +38,10 @@ from hostagent.errors import (
 from hostagent.events import Events
 from hostagent.failpoints import FailPoints
 from hostagent.redact import redact
-from hostagent.service import secrecy, steps
+from hostagent.service import lvm, matching, secrecy, steps
 from hostagent.service.backends import (
     check_backend,
+    check_data,
     check_driver,
     record_backend,
 )
@@ -111,6 +111,10 @@ class VolumeService:
         """Close the database; called after all operations finished."""
         await self.host.close()
 
+    def check_lvm(self) -> None:
+        """Warn (in the background) when the host's LVM may scan volumes."""
+        lvm.warn_later(self.host)
+
     async def reconcile(self) -> dict[str, int]:
         """Finish or roll back what a crash left; run before serving.
 
@@ -128,12 +132,17 @@ class VolumeService:
     # -- capabilities ------------------------------------------------------
 
     async def capabilities(self) -> dict[str, Any]:
-        """``Host.getCapabilities``: connector info, version, drivers."""
+        """``Host.getCapabilities``: connector info, version, drivers.
+
+        Also ``lvm``: whether the host's LVM keeps managed volumes out
+        (see :mod:`hostagent.lvmcheck`).
+        """
         caps: dict[str, Any] = {
             "version": __version__,
             "drivers": list(self.config.brick.drivers),
         }
         caps.update(await self.host.in_worker(self._tool_status))
+        caps["lvm"] = await lvm.status(self.host)
         try:
             await self.host.brick_ready()
             props = await self.host.in_worker(self.brick.connector_properties)
@@ -162,25 +171,33 @@ class VolumeService:
         self,
         vol_id: str,
         connection_info: dict[str, Any],
+        sd_id: str | None = None,
         backend: str | None = None,
     ) -> dict[str, Any]:
         """Attach ``vol_id``; return path, attachment and managed path.
 
-        ``backend`` names a ``[backend.NAME]`` whose options to use;
-        without it the driver type's ``[brick]`` defaults apply.  The
+        ``sd_id`` is the storage domain vdsm's clients name (it names
+        the managed link and the udev rule).  ``backend`` names a
+        ``[backend.NAME]`` whose options to use; without it the driver
+        type's ``[brick]`` defaults apply.  The
         caller holds the secrets of ``connection_info`` in the scrubber
         for the call (:class:`hostagent.api.Api` does).
         """
         h = self.host
         driver = check_driver(self.config, connection_info)
+        check_data(driver, connection_info["data"])
         options = check_backend(self.config, driver, backend)
         await h.brick_ready()
         async with h.locks.hold(vol_id):
             existing = await h.record(vol_id)
             if existing is not None:
-                return self._reattach(existing, connection_info, backend)
+                return self._reattach(
+                    existing, connection_info, sd_id, backend
+                )
             await check_multipath(h, driver, options)
-            attempt = steps.Attempt(vol_id, driver, connection_info, options)
+            attempt = steps.Attempt(
+                vol_id, driver, connection_info, options, sd_id
+            )
             started = time.monotonic()
             try:
                 await Flow("attach", h.failpoints, f"volume {vol_id}").run(
@@ -190,6 +207,8 @@ class VolumeService:
                 await steps.record_leak(h, vol_id, e)
                 raise e.error from e
             self.events.track(vol_id, True, attempt.path)
+            assert attempt.info is not None
+            await lvm.after_attach(h, vol_id, attempt.info)
             log.info(
                 "attached volume %s at %s in %.3f s",
                 vol_id,
@@ -197,51 +216,38 @@ class VolumeService:
                 time.monotonic() - started,
                 extra={"VOL_ID": vol_id},
             )
-            return self._attach_result(vol_id, attempt.path, attempt.info)
+            return self._attach_result(
+                vol_id, attempt.path, attempt.info, sd_id
+            )
 
     def _reattach(
         self,
         rec: VolumeRecord,
         connection_info: dict[str, Any],
+        sd_id: str | None = None,
         backend: str | None = None,
     ) -> dict[str, Any]:
-        if rec.state != db.ATTACHED:
-            raise VolumeBusy(
-                f"volume {rec.vol_id} is {rec.state}"
-                + (
-                    f" (last error: {rec.last_error})"
-                    if rec.last_error
-                    else ""
-                )
-                + "; detach it first",
-                {"vol_id": rec.vol_id, "state": rec.state},
-            )
-        if rec.connection_info != connection_info:
-            raise ConnectionInfoMismatch(
-                f"volume {rec.vol_id} is already attached with different "
-                "connection info; detach it first",
-                {"vol_id": rec.vol_id},
-            )
-        if rec.backend != backend:
-            raise ConnectionInfoMismatch(
-                f"volume {rec.vol_id} is already attached with backend "
-                f"{rec.backend!r}, not {backend!r}; detach it first",
-                {"vol_id": rec.vol_id, "backend": rec.backend},
-            )
+        matching.check_reattach(rec, connection_info, sd_id, backend)
         assert rec.path is not None
         # The symlink lives on tmpfs; a reboot without a detach loses it.
-        self.host.links.make(rec.vol_id, rec.path)
+        self.host.links.make(rec.vol_id, rec.path, rec.sd_id)
         log.info("volume %s already attached; returning it", rec.vol_id)
-        return self._attach_result(rec.vol_id, rec.path, rec.attachment)
+        return self._attach_result(
+            rec.vol_id, rec.path, rec.attachment, rec.sd_id
+        )
 
     def _attach_result(
-        self, vol_id: str, path: str, attachment: dict[str, Any] | None
+        self,
+        vol_id: str,
+        path: str,
+        attachment: dict[str, Any] | None,
+        sd_id: str | None = None,
     ) -> dict[str, Any]:
         return {
             "vol_id": vol_id,
             "path": path,
             "attachment": redact(attachment),
-            "managed_path": str(self.host.links.path(vol_id)),
+            "managed_path": str(self.host.links.path(vol_id, sd_id)),
         }
 
     async def wait_for_device(
@@ -255,14 +261,19 @@ class VolumeService:
 
     # -- detach ------------------------------------------------------------
 
-    async def detach(self, vol_id: str) -> None:
-        """Detach ``vol_id``; an unknown volume is already detached."""
+    async def detach(self, vol_id: str, sd_id: str | None = None) -> None:
+        """Detach ``vol_id``; an unknown volume is already detached.
+
+        ``sd_id``, when given, must be the one it was attached with: a
+        client naming another storage domain means another volume.
+        """
         h = self.host
         async with h.locks.hold(vol_id):
             rec = await h.record(vol_id)
             if rec is None:
                 log.info("detach of unknown volume %s: nothing to do", vol_id)
                 return
+            matching.check_detach(rec, sd_id)
             await h.brick_ready()
             started = time.monotonic()
             await steps.teardown(h, rec, "detach", rec.last_error)
@@ -360,6 +371,7 @@ def _entry(row: StoredVolume, exists: bool) -> dict[str, Any]:
         "state": row.state,
         "last_error": row.last_error,
         "backend": row.backend,
+        "sd_id": row.sd_id,
     }
 
 

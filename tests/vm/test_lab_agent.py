@@ -78,6 +78,16 @@ def test_iscsi_multipath_attach(run: GuestRun) -> None:
     assert_info_matches(data)
 
 
+def test_iscsi_multipath_dm_node_owned_for_qemu(run: GuestRun) -> None:
+    """The dm node gets [storage] device_owner/group/mode, kept by the
+    udev rule across a change event; detach removes the rule."""
+    data = run.case_ok("agent_iscsi_multipath")
+    assert data["dm_state"] == [65534, 65534, 0o640]
+    assert data["dm_state_changed"] == [65534, 65534, 0o640]
+    assert data["rules"] == [f"99-hostagent-managed_{data['vol_id']}.rules"]
+    assert data["rules_after"] == []
+
+
 def test_iscsi_multipath_io(run: GuestRun) -> None:
     """O_DIRECT I/O through the agent's path reads back."""
     assert SHA256.fullmatch(run.case_ok("agent_iscsi_multipath")["io"])

@@ -20,6 +20,10 @@ from typing import Any
 import labguest as g
 
 CHAP = ("agent-user", "agent-secret-8642")
+# Attached nodes get these for qemu ([storage] device_owner/group/mode).
+OWNER = 65534
+MODE = "0640"
+RULES = "/run/udev/rules.d"
 WRONG = "agent-wrong-9753"
 
 
@@ -37,6 +41,19 @@ def links(agent: g.Agent) -> list[str]:
     """Managed symlinks present under the agent's run_dir."""
     root = Path(agent.socket).parent / "volumes"
     return sorted(p.name for p in root.iterdir()) if root.exists() else []
+
+
+def node_state(path: str) -> list[int]:
+    """uid, gid and permission bits of the node ``path`` leads to."""
+    st = os.stat(os.path.realpath(path))
+    return [st.st_uid, st.st_gid, st.st_mode & 0o7777]
+
+
+def agent_rules() -> list[str]:
+    """The agent's udev rules in /run/udev/rules.d."""
+    if not os.path.isdir(RULES):
+        return []
+    return sorted(n for n in os.listdir(RULES) if "hostagent" in n)
 
 
 def file_sha(path: Path | str, offset: int = 1 << 20) -> str:
@@ -129,6 +146,16 @@ def case_iscsi_multipath(agent: g.Agent) -> None:
             case.data["path_realpath"] = os.path.realpath(result["path"])
             case.data["info"] = info_of(c, vol_id)
             case.data["sessions_attached"] = g.iscsi_sessions()
+            case.data["dm_state"] = node_state(result["path"])
+            case.data["rules"] = agent_rules()
+            with case.step("udev_change"):
+                # udev's own rules put root:disk back on an event; the
+                # agent's rule must win.
+                g.sh(
+                    "udevadm", "trigger", "--action=change", "--settle",
+                    os.path.realpath(result["path"]),
+                )  # fmt: skip
+                case.data["dm_state_changed"] = node_state(result["path"])
             with case.step("io"):
                 case.data["io"] = io_within(result["path"], 60)
 
@@ -160,6 +187,7 @@ def case_iscsi_multipath(agent: g.Agent) -> None:
         case.data["after"] = g.iscsi_leftovers()
         case.data["links_after"] = links(agent)
         case.data["node_records_after"] = node_records()
+        case.data["rules_after"] = agent_rules()
 
 
 def case_iscsi_chap(agent: g.Agent, initiator: str) -> None:
@@ -354,7 +382,9 @@ def main() -> None:
     # AoE is opt-in (brick.drivers); the lab has the aoe driver and vblade.
     agent = g.Agent(
         extra_brick='drivers = ["iscsi", "fibre_channel", "nvmeof", '
-        '"rbd", "nfs", "local", "aoe"]\n'
+        '"rbd", "nfs", "local", "aoe"]\n',
+        extra_storage=f'device_owner = "{OWNER}"\n'
+        f'device_group = "{OWNER}"\ndevice_mode = "{MODE}"\n',
     )
     initiator = ""
     share = ""

@@ -662,6 +662,7 @@ class Agent:
         state_dir: str = "/var/lib/hostagent",
         run_dir: str = "/run/hostagent",
         extra_brick: str = "",
+        extra_storage: str = "",
     ) -> None:
         self.name = name
         self.socket = f"{run_dir}/hostagent.sock"
@@ -674,6 +675,7 @@ class Agent:
             "[storage]\n"
             f'state_dir = "{state_dir}"\n'
             f'run_dir = "{run_dir}"\n'
+            f"{extra_storage}"
             "[brick]\n"
             'my_ip = "127.0.0.1"\n'
             "device_scan_attempts = 5\n"
