@@ -10,7 +10,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench import attach, devchecks, info, ping, procs, start
+from bench import attach, devchecks, info, ping, procs, start, stomp_ping
 from bench.stats import Row, table, write_json
 from hostagent import __version__
 
@@ -71,6 +71,7 @@ def run(sizes: Sizes, only: frozenset[str] = frozenset(GROUPS)) -> list[Row]:
             rows += ping.run(
                 work.path, sizes.pings, sizes.connections, sizes.per_connection
             )
+            rows += stomp_ping.run(work.path, sizes.pings // 4)
         if "info" in only:
             rows += info.run(work, devices, sizes.volumes, sizes.info_calls)
         if "attach" in only:

@@ -134,6 +134,7 @@ class Daemon:
             cfg.server,
             self.api.answer,
             listening=self.service.events.is_subscribed,
+            events=self.service.events,
         )
         self.listeners: list[str] = []
         self.ready = False

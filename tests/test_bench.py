@@ -47,6 +47,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
         "daemon RSS": "70 MB",
         "check_local_device": "5 ms",
         "holders() scan": "100 ms",
+        "STOMP ping p50": "2.0x NDJSON",
     }
     targeted = [f for f in figures if f["target"]]
     assert len(targeted) == len(targets), names

@@ -13,12 +13,18 @@ Modules, one job each:
   implements; :mod:`~hostagent.transport.sniff` picks one per TLS
   connection from its first bytes;
 * :mod:`~hostagent.transport.ndjson`: newline-delimited JSON-RPC;
+* :mod:`~hostagent.transport.stomp`: STOMP 1.2 as vdsm speaks it, on the
+  TLS port (frames in :mod:`~hostagent.transport.stomp_frames`, their
+  meaning in :mod:`~hostagent.transport.stomp_session`);
 * :mod:`~hostagent.transport.output`: batching of outgoing answers.
 
 JSON-RPC error shapes are the API's (:mod:`hostagent.api`); the
 transport only frames them.
 """
 
+# Imported for its registration with sniff: TLS connections that open
+# with a STOMP frame are served by it.
+from hostagent.transport import stomp
 from hostagent.transport.framing import Endpoint, Framing, Session
 from hostagent.transport.listeners import raise_nofile_limit, unix_peer
 from hostagent.transport.server import Handler, Server
@@ -32,6 +38,7 @@ __all__ = [
     "Server",
     "Session",
     "raise_nofile_limit",
+    "stomp",
     "subject_cn",
     "tls_context",
     "unix_peer",

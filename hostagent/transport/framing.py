@@ -6,8 +6,8 @@ reader and writer, who the peer is, and the :class:`Endpoint` that
 answers) and serves it until the peer goes or the server closes; the
 listener that accepted the connection picks the framing (see
 :mod:`hostagent.transport.sniff`).  NDJSON is
-:mod:`hostagent.transport.ndjson`; a STOMP 1.2 framing is another module
-with the same signature.
+:mod:`hostagent.transport.ndjson`; STOMP 1.2 is
+:mod:`hostagent.transport.stomp`.
 """
 
 from __future__ import annotations
@@ -32,6 +32,10 @@ class Endpoint(Protocol):
 
     def listening(self, peer: Peer) -> bool:
         """Whether ``peer`` waits for notifications (so is never idle)."""
+
+    def subscribe(self, peer: Peer, wanted: bool) -> bool:
+        """Start (``wanted``) or stop sending ``peer`` the event
+        notifications; whether it gets them now."""
 
     def track_request(self, task: asyncio.Task[None]) -> None:
         """Count ``task`` as a request in flight until it is done, so

@@ -28,7 +28,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from hostagent.api import Answer, Peer, connection_error, shutting_down
 from hostagent.config import ServerConfig
@@ -61,6 +61,18 @@ Handler = Callable[[bytes, Peer], Answer]
 _READ_CHUNK = 65536
 
 
+class EventHub(Protocol):
+    """Where event subscriptions go: :class:`hostagent.events.Events`."""
+
+    def subscribe(self, peer: Peer) -> bool:
+        """Send ``peer`` notifications through ``peer.notify``."""
+        ...
+
+    def unsubscribe(self, peer: Peer) -> bool:
+        """Stop notifying ``peer``."""
+        ...
+
+
 class Server:
     """All listeners of the daemon and the connections they accepted."""
 
@@ -69,12 +81,16 @@ class Server:
         config: ServerConfig,
         handler: Handler,
         listening: Callable[[Peer], bool] | None = None,
+        events: EventHub | None = None,
     ) -> None:
         """``listening(peer)``: the client waits for notifications, so its
-        connection is never idle (``idle_timeout`` does not apply)."""
+        connection is never idle (``idle_timeout`` does not apply);
+        ``events``: where a framing subscribes a connection to them
+        (STOMP's ``jms.queue.events``)."""
         self.config = config
         self.handler = handler
         self._listening = listening or (lambda peer: False)
+        self._events = events
         self.limits = Limits(config)
         self.handshakes = Handshakes(config.max_handshakes)
         self.refusals = RefusalLog()
@@ -117,6 +133,15 @@ class Server:
     def listening(self, peer: Peer) -> bool:
         """Whether ``peer`` subscribed to events."""
         return self._listening(peer)
+
+    def subscribe(self, peer: Peer, wanted: bool) -> bool:
+        """Subscribe ``peer`` to events (or not); whether it is now."""
+        if self._events is None:
+            return False
+        if wanted:
+            return self._events.subscribe(peer)
+        self._events.unsubscribe(peer)
+        return False
 
     def track_request(self, task: asyncio.Task[None]) -> None:
         """Count ``task`` as in flight until done (close waits for it)."""
