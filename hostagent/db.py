@@ -1,9 +1,16 @@
 """The volume database: the only module that talks to peewee.
 
 One SQLite file keyed by volume ID.  It is the agent's memory of what it
-attached, so durability beats speed: WAL journal with ``synchronous=FULL``
-(a committed attach survives power loss), an integrity check at every
-start, and a refusal to start on a damaged file rather than an empty one.
+attached, so its durability is planned: WAL journal; the intent of an
+operation (a row moving to ``attaching`` or ``detaching``) is committed
+with ``synchronous=FULL``, so it is on the disk before the host is
+touched; every other write is committed with ``synchronous=NORMAL``,
+which in WAL mode does not fsync (the next durable commit, or a
+checkpoint, carries it to the disk).  A power loss can undo only what
+came after the last intent, and start-up reconciliation re-derives that
+from the row's intent and the devices: one fsync per operation.  Also
+an integrity check at every start, and a refusal to start on a damaged
+file rather than an empty one.
 
 All calls are synchronous and meant to run on one dedicated thread (see
 :class:`hostagent.service.host.Host`); peewee keeps one connection per
@@ -197,7 +204,8 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 PRAGMAS = (
     ("journal_mode", "wal"),
-    ("synchronous", "full"),
+    # Commits without an fsync; intents switch to FULL (see _durably).
+    ("synchronous", "normal"),
     ("foreign_keys", 1),
     ("busy_timeout", 5000),
 )
@@ -391,9 +399,9 @@ class Database:
         backend: str | None = None,
         sd_id: str | None = None,
     ) -> None:
-        """Record the intent to attach ``vol_id`` (state ``attaching``)."""
+        """Record the intent to attach ``vol_id`` (``attaching``), durably."""
         now = time.time()
-        _Volume.insert(
+        query = _Volume.insert(
             vol_id=vol_id,
             connection_info=_dump(connection_info),
             state=ATTACHING,
@@ -401,7 +409,8 @@ class Database:
             updated=now,
             backend=backend,
             sd_id=sd_id,
-        ).execute()
+        )
+        _durably(self._db, query.execute)
 
     def set_owner_prev(
         self, vol_id: str, previous: dict[str, Any] | None
@@ -457,10 +466,20 @@ class Database:
     def set_state(
         self, vol_id: str, state: str, last_error: str | None = None
     ) -> None:
-        """Move ``vol_id`` to ``state``, recording (or clearing) an error."""
+        """Move ``vol_id`` to ``state``, recording (or clearing) an error.
+
+        Only a move to ``detaching`` (a detach's intent, or a failed
+        clean-up kept for a retry) is durable before it returns.
+        """
         if state not in STATES:
             raise ValueError(f"unknown state {state!r}")
-        self._update(vol_id, state=state, last_error=last_error)
+        write = functools.partial(
+            self._update, vol_id, state=state, last_error=last_error
+        )
+        if state == DETACHING:
+            _durably(self._db, write)
+        else:
+            write()  # an attach's undo: "attaching" either way
 
     def delete(self, vol_id: str) -> None:
         """Forget ``vol_id`` (a no-op when it is unknown)."""
@@ -488,6 +507,8 @@ class Database:
         with self._db.atomic():
             for i in range(0, len(rows), 100):
                 _Volume.insert_many(rows[i : i + 100]).execute()
+        # Bulk imports are rare: a checkpoint makes them durable.
+        _sql(self._db, "PRAGMA wal_checkpoint(FULL)")
 
     def integrity_ok(self) -> bool:
         """Run ``PRAGMA integrity_check`` on the open database."""
@@ -534,6 +555,21 @@ def _changes(database: pw.SqliteDatabase) -> tuple[int, int]:
     con = cast(Any, database).connection()
     version = con.execute("PRAGMA data_version").fetchone()[0]
     return con.total_changes, int(version)
+
+
+def _durably(database: pw.SqliteDatabase, write: Callable[[], Any]) -> None:
+    """Run ``write`` (its own transaction) with an fsync at commit.
+
+    The connection commits with ``synchronous=NORMAL``; for this one
+    transaction it is FULL, which in WAL mode fsyncs the WAL at commit,
+    and with it every earlier commit not yet synced.  The two pragmas
+    cost microseconds and no I/O.
+    """
+    _sql(database, "PRAGMA synchronous = FULL")
+    try:
+        write()
+    finally:
+        _sql(database, "PRAGMA synchronous = NORMAL")
 
 
 def _sql(database: pw.SqliteDatabase, query: str) -> Any:

@@ -207,7 +207,7 @@ def test_configuration_page_names_every_key() -> None:
 
 
 # Written by a run, not kept in the repository.
-_GENERATED = {"bench/results.json"}
+_GENERATED = {"tests/bench/results.json"}
 _REPO_PATH = re.compile(
     r"`((?:hostagent|tests|contrib|systemd|bench|docs)/[\w./-]*\w)`"
 )
