@@ -21,7 +21,7 @@ from tests.bench import procs
 from tests.bench.ping import BLOCKS, placed
 from tests.bench.stats import Row, percentile
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 MAKE_CERTS = REPO / "contrib" / "make-certs.sh"
 CLIENT_CN = "hostagent-engine"
 
