@@ -1,12 +1,19 @@
 """Guest job: NVMe/TCP through os-brick's nvmeof connector and nvmet.
 
-Case: nvme_tcp (attach a file-backed namespace, I/O, detach, no
-controller left).
+Cases: nvme_tcp (attach a file-backed namespace, I/O, detach, no
+controller left); lightos_agent (the agent's lightos driver: os-brick's
+LightOS connector writes the discovery file, the fake discovery-client
+of tests/fakelightos.py connects the subsystem through
+/dev/nvme-fabrics as Lightbits' service does, and disconnects it when
+detach removes the file).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import sys
+from pathlib import Path
 from typing import Any
 
 import labguest as g
@@ -47,7 +54,110 @@ def main() -> None:
             conn.disconnect_volume(props, info)
         case.data["controllers_after"] = g.nvme_controllers()
         case.data["path_exists_after"] = os.path.exists(path)
+    case_lightos()
     g.save_artifacts("/tmp/brick.log")
+
+
+def subsys_nqns() -> list[str]:
+    """The subsystem NQN of every NVMe controller and subsystem present."""
+    found = []
+    for cls in ("nvme", "nvme-subsystem"):
+        for f in Path("/sys/class", cls).glob("*/subsysnqn"):
+            found.append(f.read_text().strip())
+    return found
+
+
+def case_lightos() -> None:
+    """The agent's lightos driver against nvmet and the fake service."""
+    # The fake service lives in tests/, beside the host tests using it.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from fakelightos import FakeDiscoveryClient
+
+    nqn = "nqn.2016-01.com.lightbitslabs:uuid:lab-lightos"
+    fake = FakeDiscoveryClient(Path("/run/lab/discovery.d"), 0.1)
+    agent = g.Agent(
+        name="hostagentd-lightos",
+        extra_brick='drivers = ["lightos"]\n'
+        f'lightos_discovery_dir = "{fake.directory}"\n'
+        'lightos_discovery_address = "127.0.0.1"\n'
+        f"lightos_discovery_port = {fake.port}\n"
+        "lightos_device_wait = 30\n",
+    )
+    with g.Case("lightos_agent") as case:
+        fake.start()
+        backing = g.backing_file("lightos.img")
+        target = g.NvmetTcpTarget(nqn, backing, port=4421, port_id=2)
+        case.data["ns_uuid"] = target.ns_uuid
+        hostnqn = Path("/etc/nvme/hostnqn").read_text().strip()
+        case.data["hostnqn"] = hostnqn
+        with case.step("hostagentd"):
+            agent.start()
+        conn_info = {
+            "driver_volume_type": "lightos",
+            "data": {
+                "uuid": target.ns_uuid,
+                "subsysnqn": nqn,
+                "hostnqn": hostnqn,
+                "lightos_nodes": {
+                    "127.0.0.1": {
+                        "transport_type": "tcp",
+                        "target_portal": "127.0.0.1",
+                        "target_port": 4421,
+                    }
+                },
+            },
+        }
+        name = f"{target.ns_uuid}.conf"
+        vol_id = "5b0f8a8e-5c43-4e0e-9d6b-0f0c0a11a0e5"
+        with agent.client() as c:
+            caps = c.call("Host.getCapabilities")
+            case.data["driver_status"] = caps["driver_status"]["lightos"]
+            with case.step("attach"):
+                result = c.call(
+                    "ManagedVolume.attach_volume", [vol_id, conn_info]
+                )
+            case.data["result"] = result
+            case.data["discovery_file"] = (fake.directory / name).read_text()
+            case.data["entries"] = [
+                [e.traddr, e.trsvcid, e.hostnqn, e.subsysnqn]
+                for e in fake.entries.get(name, [])
+            ]
+            case.data["fake_controllers"] = fake.controllers.get(name, [])
+            block = os.path.basename(os.path.realpath(result["path"]))
+            sysblock = Path("/sys/block") / block
+            case.data["block"] = block
+            case.data["wwid"] = (sysblock / "wwid").read_text().strip()
+            case.data["uuid"] = (sysblock / "uuid").read_text().strip()
+            case.data["subsysnqns"] = subsys_nqns()
+            with case.step("io"):
+                case.data["io_sha256"] = g.io_check(result["path"])
+            with open(backing, "rb") as f:
+                f.seek(1 << 20)
+                digest = hashlib.sha256(f.read(1 << 20)).hexdigest()
+            case.data["backing_sha256"] = digest
+            with case.step("detach"):
+                c.call("ManagedVolume.detach_volume", [vol_id])
+            with case.step("service_disconnect"):
+                # The service disconnects on its own, after the file went.
+                case.data["removed"] = fake.wait_for(("remove", name), 10)
+                g.wait_for(
+                    lambda: nqn not in subsys_nqns(),
+                    timeout=10,
+                    what=f"no controller or subsystem of {nqn}",
+                )
+            case.data["subsysnqns_after"] = subsys_nqns()
+            case.data["discovery_dir_after"] = sorted(
+                p.name for p in fake.directory.iterdir()
+            )
+            case.data["path_exists_after"] = os.path.exists(result["path"])
+            case.data["info_after"] = c.call("ManagedVolume.volumes_info")
+        case.data["events"] = fake.events
+        case.data["connect_errors"] = fake.connect_errors
+        case.data["warnings"] = fake.warnings
+        case.data["requests"] = fake.requests
+    agent.stop()
+    fake.stop()
+    g.save_artifacts(str(agent.log_path))
 
 
 if __name__ == "__main__":
