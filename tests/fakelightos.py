@@ -246,6 +246,8 @@ class FakeDiscoveryClient:
                 self._cond.notify_all()
             return
         errors: list[str] = []
+        # An entry taken out of a changed file is disconnected.
+        self._disconnect(name, keep=set(entries))
         for e in entries:
             if (name, e) in self._connected:
                 continue
@@ -268,14 +270,19 @@ class FakeDiscoveryClient:
             self.events.append(("add", name))
             self._cond.notify_all()
 
-    def _disconnect(self, name: str) -> None:
-        for key in [k for k in self._connected if k[0] == name]:
+    def _disconnect(self, name: str, keep: set[Entry] | None = None) -> None:
+        for key in [
+            k
+            for k in self._connected
+            if k[0] == name and (keep is None or k[1] not in keep)
+        ]:
             ctrl = self._connected.pop(key)
             # Already gone if the target dropped it.
             with contextlib.suppress(FileNotFoundError):
                 (NVME_CLASS / ctrl / "delete_controller").write_text("1")
-        with self._cond:
-            self.controllers.pop(name, None)
+        if keep is None:
+            with self._cond:
+                self.controllers.pop(name, None)
 
 
 def connect(e: Entry) -> str:
