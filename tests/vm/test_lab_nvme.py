@@ -76,7 +76,12 @@ def test_lightos_detach_leaves_nothing(run: GuestRun) -> None:
     data = run.case_ok("lightos_agent")
     name = f"{data['ns_uuid']}.conf"
     assert data["removed"]
-    assert data["events"] == [["add", name], ["remove", name]]
+    # os-brick moves the file in from /tmp: across file systems that is
+    # a copy, which the service may see half-written (an "add" with no
+    # entry) before the whole file, as the real one would.
+    *adds, last = data["events"]
+    assert adds and all(e == ["add", name] for e in adds)
+    assert last == ["remove", name]
     assert data["discovery_dir_after"] == []
     assert data["subsysnqn"] not in data["subsysnqns_after"]
     assert not data["path_exists_after"]
