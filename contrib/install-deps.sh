@@ -19,8 +19,10 @@ python3-venv python3-dev gcc pkg-config libsystemd-dev"
 # test; socat, openssl: the tests' clients and certificates; aoetools: the
 # AoE tests; groff-base: the man page check; lvm2: lvmconfig and
 # lvmdevices for the LVM checks (tests/test_lvmcheck.py); fdisk: sfdisk
-# writes partition tables in the device tests.
-TEST="$RUN socat openssl systemd rpm cpio aoetools groff-base lvm2 fdisk"
+# writes partition tables in the device tests; strace: the power-loss
+# test watches the daemon's fsyncs.
+TEST="$RUN socat openssl systemd rpm cpio aoetools groff-base lvm2 fdisk \
+strace"
 
 list=""
 if [ "${1-}" = "--list" ]; then

@@ -21,13 +21,9 @@ the rest of the answer (1.8 us in all, measured in-process).
 
 from __future__ import annotations
 
-import contextvars
 import inspect
 import logging
-import time
-import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from jsonrpcserver import (
@@ -39,15 +35,19 @@ from jsonrpcserver import (
 )
 
 from hostagent import schema
+from hostagent.apicall import (
+    REQUEST_ID,
+    Handler,
+    Method,
+    Peer,
+    current_request_id,
+    log_fields,
+)
+from hostagent.apidecode import Decoder
 from hostagent.errors import (
     AgentError,
-    InternalError,
-    InvalidParams,
-    InvalidRequest,
-    MethodNotFound,
 )
 from hostagent.jsoncodec import MAX_DEPTH, dumps, loads
-from hostagent.redact import SCRUBBER
 from hostagent.rpcshape import (
     REJECT,
     RID,
@@ -58,9 +58,6 @@ from hostagent.rpcshape import (
     connection_error,
     dispatchable,
     error_response,
-    id_text,
-    rejection,
-    request_id,
     response_line,
     shutting_down,
 )
@@ -91,47 +88,33 @@ MUTATING = frozenset(
 )
 
 
-# The JSON-RPC id of the request being handled in this task, so every log
-# line written while handling it (here, in the service, in os-brick's
-# wrappers on the loop) can carry REQUEST_ID= in the journal.
-_REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "hostagentrequest_id", default=None
-)
-
-
-def current_request_id() -> str | None:
-    """The id of the JSON-RPC request being handled, as text, or None."""
-    return _REQUEST_ID.get()
-
-
-@dataclass
-class Peer:
-    """Who is calling: what the transport knows about the connection."""
-
-    transport: str = "unix"
-    uid: int | None = None
-    pid: int | None = None
-    gid: int | None = None
-    address: str = ""
-    subject: str = ""
-    notify: Callable[[dict[str, Any]], None] | None = field(
-        default=None, repr=False
-    )
-
-    def describe(self) -> str:
-        """A short description for log lines."""
-        if self.transport == "unix":
-            return f"unix uid={self.uid} pid={self.pid}"
-        return f"{self.transport} {self.address} cn={self.subject!r}"
-
-
 # -- the methods ------------------------------------------------------------
-
-Handler = Callable[..., Any]
 
 # What :meth:`Api.answer` gives the transport: a response line, nothing
 # (a notification), or an awaitable of either for a request that waits.
 Answer = bytes | Awaitable[bytes | None] | None
+
+
+def awaitable_method(method: Callable[..., Result]) -> Callable[..., Any]:
+    """``method`` as a coroutine function, for the async dispatcher."""
+
+    async def awaitable(*args: Any, **kwargs: Any) -> Result:
+        return method(*args, **kwargs)
+
+    # jsonrpcserver checks params against the signature it finds.
+    awaitable.__signature__ = inspect.signature(  # type: ignore[attr-defined]
+        method
+    )
+    return awaitable
+
+
+def as_result(outcome: Any) -> Result:
+    """jsonrpcserver's Result for a method's outcome (value or error)."""
+    if not isinstance(outcome, AgentError):
+        return Success(outcome)
+    if outcome.data is None:
+        return Error(outcome.code, outcome.message)
+    return Error(outcome.code, outcome.message, outcome.data)
 
 
 class Api:
@@ -147,22 +130,16 @@ class Api:
         self.max_batch = max_batch
         # What clients can call: the name and the function behind it.
         self.methods: dict[str, Callable[..., Any]] = {}
-        self._published: dict[str, _Method] = {}
+        self._published: dict[str, Method] = {}
         # What jsonrpcserver dispatches to: the same, wrapped to return
         # its Result, plus REJECT; its async dispatcher awaits every
         # method, so it gets the plain ones wrapped in a coroutine.
         self.table: dict[str, Callable[..., Any]] = {REJECT: self._reject}
         self.async_table: dict[str, Callable[..., Any]] = {
-            REJECT: _awaitable(self._reject)
+            REJECT: awaitable_method(self._reject)
         }
         self.immediate: set[str] = {REJECT}
-        self._signatures: dict[str, inspect.Signature] = {}
-        # Methods whose params are all optional: a call without params
-        # fits them without a signature check.
-        self._no_required: set[str] = set()
-        # decode()'s last line and answer: answer() decodes a line to
-        # choose how to dispatch it, jsonrpcserver then asks again.
-        self._decoded: tuple[bytes, Decoded] | None = None
+        self.decoder = Decoder(max_batch, MUTATING)
         self._add("Host.ping", self.ping)
         self._add("Host.getCapabilities", self.get_capabilities)
         self._add("Host.subscribe", self.subscribe)
@@ -175,13 +152,9 @@ class Api:
 
     def _add(self, name: str, fn: Handler) -> None:
         """Publish ``fn`` as ``name``, wrapped with validation and errors."""
-        published = _Method(name, schema.BY_NAME[name], fn)
+        published = Method(name, schema.BY_NAME[name], fn)
         sig = inspect.signature(fn)
-        self._signatures[name] = sig
-        if all(
-            p.default is not p.empty for p in list(sig.parameters.values())[1:]
-        ):
-            self._no_required.add(name)
+        self.decoder.add(name, sig)
         self.methods[name] = fn
         self._published[name] = published
         method: Callable[..., Any]
@@ -191,24 +164,24 @@ class Api:
             async def method(
                 ctx: Peer, rpc_request_id: str | None = None, **params: Any
             ) -> Result:
-                token = _REQUEST_ID.set(rpc_request_id)
+                token = REQUEST_ID.set(rpc_request_id)
                 try:
                     if name in MUTATING:
                         self._audit(name, ctx, params.get("vol_id"))
-                    return await published.run_async(ctx, params)
+                    return as_result(await published.run_async(ctx, params))
                 finally:
-                    _REQUEST_ID.reset(token)
+                    REQUEST_ID.reset(token)
 
         else:
 
             def method(
                 ctx: Peer, rpc_request_id: str | None = None, **params: Any
             ) -> Result:
-                token = _REQUEST_ID.set(rpc_request_id)
+                token = REQUEST_ID.set(rpc_request_id)
                 try:
-                    return _as_result(published.run(ctx, params))
+                    return as_result(published.run(ctx, params))
                 finally:
-                    _REQUEST_ID.reset(token)
+                    REQUEST_ID.reset(token)
 
             self.immediate.add(name)
 
@@ -225,7 +198,7 @@ class Api:
         )
         self.table[name] = method
         self.async_table[name] = (
-            method if name not in self.immediate else _awaitable(method)
+            method if name not in self.immediate else awaitable_method(method)
         )
 
     def ping(self, ctx: Peer) -> bool:
@@ -339,7 +312,7 @@ class Api:
         is the cost alone.
         """
         params = dict(request["params"])
-        token = _REQUEST_ID.set(params.pop(RID))
+        token = REQUEST_ID.set(params.pop(RID))
         try:
             name = request["method"]
             if name == REJECT:
@@ -347,7 +320,7 @@ class Api:
             else:
                 outcome = self._published[name].run(peer, params)
         finally:
-            _REQUEST_ID.reset(token)
+            REQUEST_ID.reset(token)
         if "id" not in request:
             return None
         if isinstance(outcome, AgentError):
@@ -357,90 +330,8 @@ class Api:
         )
 
     def decode(self, line: bytes) -> Decoded:
-        """jsonrpcserver's deserializer: the line's checked requests.
-
-        Never raises: what is refused (a parse error, a bad request, an
-        unknown method, params that do not fit) becomes a call of REJECT
-        with the error, under the request's id when it has a valid one;
-        params are bound by name, with the request id added.
-        """
-        if self._decoded is not None and self._decoded[0] is line:
-            return self._decoded[1]
-        decoded: Decoded
-        try:
-            message = loads(line)
-        except AgentError as e:
-            decoded = rejection(Refusal(e), None)
-        else:
-            if not isinstance(message, list):
-                decoded = self._request(message)
-            elif not message:
-                decoded = rejection(
-                    Refusal(InvalidRequest("invalid request: empty batch")),
-                    None,
-                )
-            elif len(message) > self.max_batch:
-                decoded = rejection(
-                    Refusal(
-                        InvalidRequest(
-                            f"invalid request: batch of {len(message)} "
-                            f"requests; at most {self.max_batch} are "
-                            "allowed",
-                            {"max_batch": self.max_batch},
-                        )
-                    ),
-                    None,
-                )
-            else:
-                decoded = [self._request(m) for m in message]
-        self._decoded = (line, decoded)
-        return decoded
-
-    def _request(self, message: Any) -> Request:
-        """One request object, checked, as decode() gives it."""
-        try:
-            check_request(message)
-        except AgentError as e:
-            return rejection(Refusal(e), request_id(message))
-        name = message["method"]
-        has_id = "id" in message
-        rid = message.get("id")
-        if name not in self.methods:
-            if not has_id:
-                return rejection(Refusal(None))
-            return rejection(
-                Refusal(
-                    MethodNotFound(
-                        f"no such method {name[:100]!r}; rpc.discover "
-                        "lists the methods",
-                        {"method": name[:100]},
-                    )
-                ),
-                rid,
-            )
-        raw = message.get("params")
-        if not raw and name in self._no_required:
-            params: dict[str, Any] = {}
-        else:
-            args = raw if isinstance(raw, list) else []
-            kwargs = raw if isinstance(raw, dict) else {}
-            try:
-                bound = self._signatures[name].bind(None, *args, **kwargs)
-            except TypeError as exc:
-                detail = SCRUBBER.scrub(str(exc))
-                refusal = Refusal(
-                    InvalidParams(f"bad params for {name}: {detail}", detail),
-                    name if name in MUTATING else None,
-                    kwargs.get("vol_id") if kwargs else (args or [None])[0],
-                )
-                return rejection(refusal, rid, has_id)
-            params = dict(bound.arguments)
-            del params["ctx"]
-        params[RID] = id_text(rid) if has_id else None
-        request = {"jsonrpc": "2.0", "method": name, "params": params}
-        if has_id:
-            request["id"] = rid
-        return request
+        """jsonrpcserver's deserializer: the line's checked requests."""
+        return self.decoder.decode(line)
 
     def _reject(
         self,
@@ -449,11 +340,11 @@ class Api:
         rpc_request_id: str | None = None,
     ) -> Result:
         """REJECT: answer a refused request with its error."""
-        token = _REQUEST_ID.set(rpc_request_id)
+        token = REQUEST_ID.set(rpc_request_id)
         try:
-            return _as_result(self._refuse(refusal, ctx))
+            return as_result(self._refuse(refusal, ctx))
         finally:
-            _REQUEST_ID.reset(token)
+            REQUEST_ID.reset(token)
 
     def _refuse(self, refusal: Refusal, ctx: Peer) -> AgentError | None:
         """Log a refused mutating call; the error to answer with."""
@@ -475,7 +366,7 @@ class Api:
         not fit the method at all.  The vol_id is shown only when it is
         a valid one: a bad value is never written to the log.
         """
-        fields = _log_fields(name, peer, {"vol_id": value})
+        fields = log_fields(name, peer, {"vol_id": value})
         log.info(
             "%s by %s vol_id=%s%s",
             name,
@@ -484,141 +375,3 @@ class Api:
             refused,
             extra=fields,
         )
-
-
-def _awaitable(method: Callable[..., Result]) -> Callable[..., Any]:
-    """``method`` as a coroutine function, for the async dispatcher."""
-
-    async def awaitable(*args: Any, **kwargs: Any) -> Result:
-        return method(*args, **kwargs)
-
-    # jsonrpcserver checks params against the signature it finds.
-    awaitable.__signature__ = inspect.signature(  # type: ignore[attr-defined]
-        method
-    )
-    return awaitable
-
-
-def _as_result(outcome: Any) -> Result:
-    """jsonrpcserver's Result for what _Method.run() or _refuse() gave."""
-    if not isinstance(outcome, AgentError):
-        return Success(outcome)
-    if outcome.data is None:
-        return Error(outcome.code, outcome.message)
-    return Error(outcome.code, outcome.message, outcome.data)
-
-
-@dataclass(frozen=True)
-class _Method:
-    """One published method: its name, its schema, its function."""
-
-    name: str
-    spec: schema.Method
-    fn: Handler
-
-    def run(self, ctx: Peer, params: dict[str, Any]) -> Any:
-        """Call plain ``fn``: its value, or the AgentError to answer."""
-        started = time.monotonic()
-        try:
-            _check_params(self.spec, params)
-            value = self.fn(ctx, **params)
-        except Exception as e:
-            return _failure(self.name, _log_fields(self.name, ctx, params), e)
-        # The fields are only built for a line that is written.
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug(
-                "%s done in %.6f s",
-                self.name,
-                time.monotonic() - started,
-                extra=_log_fields(self.name, ctx, params),
-            )
-        return value
-
-    async def run_async(self, ctx: Peer, params: dict[str, Any]) -> Result:
-        """Call coroutine ``fn``; its Result."""
-        started = time.monotonic()
-        fields = _log_fields(self.name, ctx, params)
-        # An attach's secrets are erased from every line logged while it
-        # runs: os-brick logs a failing attach's too, and so does
-        # _failure(), after the service returned.
-        with SCRUBBER.holding(params.get("connection_info")):
-            try:
-                _check_params(self.spec, params)
-                value = await self.fn(ctx, **params)
-            except Exception as e:
-                return _as_result(_failure(self.name, fields, e))
-        log.debug(
-            "%s done in %.6f s",
-            self.name,
-            time.monotonic() - started,
-            extra=fields,
-        )
-        return Success(value)
-
-
-def _log_fields(
-    name: str, ctx: Peer, params: dict[str, Any]
-) -> dict[str, Any]:
-    """Structured fields for the journal, for the log lines of one call.
-
-    ``VOL_ID`` only when the call's vol_id is a valid one: the fields are
-    built before validation, and a bad value is never logged.
-    """
-    return {
-        "METHOD": name,
-        "VOL_ID": _valid_vol_id(params.get("vol_id")),
-        "PEER_UID": ctx.uid,
-        "REQUEST_ID": _REQUEST_ID.get(),
-    }
-
-
-def _valid_vol_id(value: Any) -> str | None:
-    """``value`` if it is a vol_id the schema accepts, else None."""
-    if value is None:
-        return None
-    try:
-        schema.validate(schema.VOL_ID, value, "vol_id")
-    except InvalidParams:
-        return None
-    return str(value)
-
-
-def _check_params(spec: schema.Method, params: dict[str, Any]) -> None:
-    """Validate params against the schema (InvalidParams if they fail)."""
-    for p in spec.params:
-        if p.name in params:
-            schema.validate(p.schema, params[p.name], p.name)
-            schema.check_text(params[p.name], p.name)
-
-
-def _failure(name: str, fields: dict[str, Any], e: Exception) -> AgentError:
-    """The error to answer for ``e``, raised by method ``name`` (logged).
-
-    Message and data are scrubbed here, whoever raised the error: an
-    os-brick exception's text can carry a secret anywhere in it.
-    """
-    if isinstance(e, AgentError):
-        message = SCRUBBER.scrub(e.message)
-        log.log(
-            logging.WARNING if e.code >= 0 else logging.INFO,
-            "%s failed: %d %s",
-            name,
-            e.code,
-            message,
-            extra=fields,
-        )
-        answer = AgentError(message, SCRUBBER.scrub_data(e.data))
-        answer.code = e.code
-        return answer
-    error_id = uuid.uuid4().hex[:12]
-    log.error(
-        "internal error %s in %s",
-        error_id,
-        name,
-        exc_info=(type(e), e, e.__traceback__),
-        extra=fields | {"ERROR_ID": error_id},
-    )
-    return InternalError(
-        f"internal error; see the agent log for error_id {error_id}",
-        {"error_id": error_id},
-    )

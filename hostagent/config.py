@@ -103,6 +103,9 @@ class BrickConfig:
     lightos_discovery_address: str = lightos.DEFAULT_DISCOVERY_ADDRESS
     lightos_discovery_port: int = lightos.DEFAULT_DISCOVERY_PORT
     lightos_device_wait: float = lightos.DEFAULT_DEVICE_WAIT
+    # Globs a ``local`` device path must match (the resolved device or
+    # the normal path as given); [] = any free block device.
+    local_allowed: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -376,6 +379,8 @@ def _check(c: Config) -> None:
     _check_lightos(c.brick)
     _positive("brick.device_scan_attempts", c.brick.device_scan_attempts)
     _positive("brick.workers", c.brick.workers)
+    for i, glob in enumerate(c.brick.local_allowed):
+        _check_local_glob(f"brick.local_allowed[{i}]", glob)
     if c.log.level not in LOG_LEVELS:
         raise ConfigError("log.level must be one of " + ", ".join(LOG_LEVELS))
     if c.log.journal not in JOURNAL_MODES:
@@ -413,6 +418,27 @@ def _check_ownership(s: StorageConfig) -> None:
         raise ConfigError(str(e)) from None
     if not os.path.isabs(s.udev_rules_dir):
         raise ConfigError("storage.udev_rules_dir must be an absolute path")
+
+
+def _check_local_glob(key: str, glob: str) -> None:
+    """A ``local_allowed`` glob must be able to match a device path.
+
+    Matching is by path segment on normal absolute paths (see
+    :func:`hostagent.devices.allowed`): a relative glob, one with
+    ``.``/``..``/``//`` segments or control characters would match
+    nothing, or not what its writer meant.
+    """
+    if not glob.startswith("/"):
+        raise ConfigError(f"{key} must be an absolute path glob")
+    if any(ord(ch) < 32 or 127 <= ord(ch) < 160 for ch in glob):
+        raise ConfigError(f"{key} holds control characters")
+    if os.path.normpath(glob) != glob or glob == "/":
+        raise ConfigError(
+            f"{key} must be a normal path glob (no '.', '..', '//' or "
+            "trailing '/'), e.g. \"/dev/loop*\""
+        )
+    if glob.startswith(("/proc/", "/sys/")):
+        raise ConfigError(f"{key}: /proc and /sys never hold a VM's disk")
 
 
 def check_dirs(c: Config) -> None:

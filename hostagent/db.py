@@ -1,9 +1,16 @@
 """The volume database: the only module that talks to peewee.
 
 One SQLite file keyed by volume ID.  It is the agent's memory of what it
-attached, so durability beats speed: WAL journal with ``synchronous=FULL``
-(a committed attach survives power loss), an integrity check at every
-start, and a refusal to start on a damaged file rather than an empty one.
+attached, so its durability is planned: WAL journal; the intent of an
+operation (a row moving to ``attaching`` or ``detaching``) is committed
+with ``synchronous=FULL``, so it is on the disk before the host is
+touched; every other write is committed with ``synchronous=NORMAL``,
+which in WAL mode does not fsync (the next durable commit, or a
+checkpoint, carries it to the disk).  A power loss can undo only what
+came after the last intent, and start-up reconciliation re-derives that
+from the row's intent and the devices: one fsync per operation.  Also
+an integrity check at every start, and a refusal to start on a damaged
+file rather than an empty one.
 
 All calls are synchronous and meant to run on one dedicated thread (see
 :class:`hostagent.service.host.Host`); peewee keeps one connection per
@@ -32,7 +39,7 @@ import peewee as pw
 
 # The errors are re-exported: callers know them as the database's.
 from hostagent.dbfile import DatabaseError as DatabaseError
-from hostagent.dbfile import DatabaseFile, create_private
+from hostagent.dbfile import DatabaseFile, create_private, open_reader
 from hostagent.dbfile import DatabaseNeedsOperator as DatabaseNeedsOperator
 
 # Volume states.  A row is written in ATTACHING before the connector runs
@@ -75,6 +82,10 @@ class VolumeRecord:
     # Owner, group and mode the device node had before the agent gave it
     # the configured ones (ownership.NodeState.to_dict()); None: untouched.
     owner_prev: dict[str, Any] | None = None
+    # The device's identity (hostagent.service.identity.device_key) and
+    # the boot it was attached in; None for rows of older versions.
+    device_key: str | None = None
+    boot_id: str | None = None
     # Failed detach attempts of a ``detaching`` row (client calls,
     # start-up and background retries).
     attempts: int = 0
@@ -92,6 +103,7 @@ class StoredVolume(NamedTuple):
     last_error: str | None
     backend: str | None
     sd_id: str | None
+    boot_id: str | None
     attempts: int
 
 
@@ -123,6 +135,8 @@ class _Volume(_Base):
     backend = pw.TextField(null=True)
     sd_id = pw.TextField(null=True)
     owner_prev = pw.TextField(null=True)
+    device_key = pw.TextField(null=True)
+    boot_id = pw.TextField(null=True)
     attempts = pw.IntegerField(default=0)
 
     class Meta:
@@ -155,9 +169,10 @@ _STORED = [_Volume._meta.fields[name] for name in StoredVolume._fields]
 # adds the flow state, so an interrupted attach or detach is visible;
 # version 3 records the backend a volume was attached with; version 4
 # its storage domain (sd_id) and the device node's previous ownership;
-# version 5 counts failed detach attempts (shown by volumes_info; the
-# detach is retried in the background with backoff).
-# Their DDL is SQL: each writes the table as it was at its version, which the
+# version 5 the device's identity and the boot id; version 6 counts
+# failed detach attempts (shown by volumes_info; the detach is retried
+# in the background with backoff).  Their DDL is SQL:
+# each writes the table as it was at its version, which the
 # model (today's table) cannot describe.
 def _v1(db: pw.SqliteDatabase) -> None:
     _sql(
@@ -195,6 +210,15 @@ def _v4(db: pw.SqliteDatabase) -> None:
 
 
 def _v5(db: pw.SqliteDatabase) -> None:
+    # One device is one volume, whatever path named it: its identity,
+    # and the boot it was attached in (a device number of an earlier
+    # boot may name another device now).  Older rows have neither.
+    _sql(db, "ALTER TABLE volume ADD COLUMN device_key TEXT")
+    _sql(db, "ALTER TABLE volume ADD COLUMN boot_id TEXT")
+    _sql(db, "CREATE INDEX volume_device_key ON volume (device_key)")
+
+
+def _v6(db: pw.SqliteDatabase) -> None:
     # Failed detach attempts, for the background retries' backoff.
     _sql(
         db,
@@ -208,12 +232,14 @@ MIGRATIONS: tuple[Callable[[pw.SqliteDatabase], None], ...] = (
     _v3,
     _v4,
     _v5,
+    _v6,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
 PRAGMAS = (
     ("journal_mode", "wal"),
-    ("synchronous", "full"),
+    # Commits without an fsync; intents switch to FULL (see _durably).
+    ("synchronous", "normal"),
     ("foreign_keys", 1),
     ("busy_timeout", 5000),
 )
@@ -362,7 +388,7 @@ class Database:
         reader = self._reader
         try:
             if reader is None:
-                reader = self._reader = _open_reader(self.path)
+                reader = self._reader = open_reader(self.path)
             # fetchall() steps the statement to its end, which ends the
             # read transaction at once (an open one would hold back WAL
             # checkpoints).
@@ -379,14 +405,18 @@ class Database:
         return [_decode(_Row._make(r)) for r in self._rows(query)]
 
     def find_device_owner(
-        self, multipath_id: str | None, path: str | None, exclude: str
+        self,
+        multipath_id: str | None,
+        path: str | None,
+        exclude: str,
+        device_key: str | None = None,
     ) -> str | None:
-        """The vol_id (other than ``exclude``) using this device, if any."""
-        conditions = []
-        if multipath_id:
-            conditions.append(_Volume.multipath_id == multipath_id)
-        if path:
-            conditions.append(_Volume.path == path)
+        """The vol_id (other than ``exclude``) using this device, if any.
+
+        By identity when ``device_key`` is given: the path string then
+        counts only for rows that recorded none (older versions').
+        """
+        conditions = _same_device(multipath_id, path, device_key)
         if not conditions:
             return None
         return self._owner(functools.reduce(operator.or_, conditions), exclude)
@@ -407,9 +437,9 @@ class Database:
         backend: str | None = None,
         sd_id: str | None = None,
     ) -> None:
-        """Record the intent to attach ``vol_id`` (state ``attaching``)."""
+        """Record the intent to attach ``vol_id`` (``attaching``), durably."""
         now = time.time()
-        _Volume.insert(
+        query = _Volume.insert(
             vol_id=vol_id,
             connection_info=_dump(connection_info),
             state=ATTACHING,
@@ -417,7 +447,8 @@ class Database:
             updated=now,
             backend=backend,
             sd_id=sd_id,
-        ).execute()
+        )
+        _durably(self._db, query.execute)
 
     def set_owner_prev(
         self, vol_id: str, previous: dict[str, Any] | None
@@ -450,14 +481,17 @@ class Database:
         path: str,
         attachment: dict[str, Any],
         multipath_id: str | None,
+        device_key: str | None = None,
+        boot_id: str | None = None,
     ) -> str | None:
         """Record a finished attach, unless another volume has the device.
 
         Returns that other volume's vol_id, and then writes nothing.  The
         check and the write are one call on the database's one thread,
-        so no other write can come between them.
+        so no other write can come between them.  ``device_key`` is the
+        device's identity, ``boot_id`` the boot it was attached in.
         """
-        owner = self.find_device_owner(multipath_id, path, vol_id)
+        owner = self.find_device_owner(multipath_id, path, vol_id, device_key)
         if owner is not None:
             return owner
         self._update(
@@ -467,16 +501,28 @@ class Database:
             multipath_id=multipath_id,
             state=ATTACHED,
             last_error=None,
+            device_key=device_key,
+            boot_id=boot_id,
         )
         return None
 
     def set_state(
         self, vol_id: str, state: str, last_error: str | None = None
     ) -> None:
-        """Move ``vol_id`` to ``state``, recording (or clearing) an error."""
+        """Move ``vol_id`` to ``state``, recording (or clearing) an error.
+
+        Only a move to ``detaching`` (a detach's intent, or a failed
+        clean-up kept for a retry) is durable before it returns.
+        """
         if state not in STATES:
             raise ValueError(f"unknown state {state!r}")
-        self._update(vol_id, state=state, last_error=last_error)
+        write = functools.partial(
+            self._update, vol_id, state=state, last_error=last_error
+        )
+        if state == DETACHING:
+            _durably(self._db, write)
+        else:
+            write()  # an attach's undo: "attaching" either way
 
     def note_failure(self, vol_id: str, last_error: str) -> int:
         """A detach failed: ``detaching``, the error, one attempt more.
@@ -484,8 +530,15 @@ class Database:
         Returns the attempts so far.
         """
         attempts = _Volume.attempts + 1
-        self._update(
-            vol_id, state=DETACHING, last_error=last_error, attempts=attempts
+        _durably(
+            self._db,
+            functools.partial(
+                self._update,
+                vol_id,
+                state=DETACHING,
+                last_error=last_error,
+                attempts=attempts,
+            ),
         )
         return int(_Volume.get_by_id(vol_id).attempts)
 
@@ -495,10 +548,12 @@ class Database:
 
     def insert_many(self, records: Iterable[VolumeRecord]) -> None:
         """Write whole records in one transaction (benchmarks, imports)."""
-        rows = [_row(r) for r in records]
+        rows = [_columns(r) for r in records]
         with self._db.atomic():
             for i in range(0, len(rows), 100):
                 _Volume.insert_many(rows[i : i + 100]).execute()
+        # Bulk imports are rare: a checkpoint makes them durable.
+        _sql(self._db, "PRAGMA wal_checkpoint(FULL)")
 
     def integrity_ok(self) -> bool:
         """Run ``PRAGMA integrity_check`` on the open database."""
@@ -512,26 +567,29 @@ class Database:
             raise DatabaseError(f"volume {vol_id} has no record to update")
 
 
-def _open_reader(path: Path) -> sqlite3.Connection:
-    """peek()'s query-only connection to ``path``."""
-    # check_same_thread is off only so close() (on the database
-    # thread, once nothing else runs) may close it; only the event
-    # loop's thread reads through it.
-    reader = sqlite3.connect(
-        path, isolation_level=None, check_same_thread=False
-    )
-    try:
-        reader.execute("PRAGMA query_only = 1")
-        reader.execute("PRAGMA busy_timeout = 0")
-        # Query-only still checkpoints the WAL into the database
-        # when it is the last connection to close, a write as
-        # durable as the writer's must be (SQLite's compiled-in
-        # default may be NORMAL).
-        reader.execute("PRAGMA synchronous = FULL")
-    except sqlite3.Error:
-        reader.close()
-        raise
-    return reader
+def _columns(r: VolumeRecord) -> dict[str, Any]:
+    """A record as the table's columns, its JSON ones encoded."""
+    row = asdict(r)
+    for key in ("connection_info", "attachment", "owner_prev"):
+        row[key] = _dump(row[key])
+    return row
+
+
+def _same_device(
+    multipath_id: str | None, path: str | None, device_key: str | None
+) -> list[Any]:
+    """Conditions on rows for "the same device" (any one suffices)."""
+    v, conditions = _Volume, []
+    if multipath_id:
+        conditions.append(v.multipath_id == multipath_id)
+    if device_key:
+        conditions.append(v.device_key == device_key)
+    if path:
+        same = v.path == path
+        conditions.append(
+            same & v.device_key.is_null() if device_key else same
+        )
+    return conditions
 
 
 def _changes(database: pw.SqliteDatabase) -> tuple[int, int]:
@@ -545,6 +603,21 @@ def _changes(database: pw.SqliteDatabase) -> tuple[int, int]:
     con = cast(Any, database).connection()
     version = con.execute("PRAGMA data_version").fetchone()[0]
     return con.total_changes, int(version)
+
+
+def _durably(database: pw.SqliteDatabase, write: Callable[[], Any]) -> None:
+    """Run ``write`` (its own transaction) with an fsync at commit.
+
+    The connection commits with ``synchronous=NORMAL``; for this one
+    transaction it is FULL, which in WAL mode fsyncs the WAL at commit,
+    and with it every earlier commit not yet synced.  The two pragmas
+    cost microseconds and no I/O.
+    """
+    _sql(database, "PRAGMA synchronous = FULL")
+    try:
+        write()
+    finally:
+        _sql(database, "PRAGMA synchronous = NORMAL")
 
 
 def _sql(database: pw.SqliteDatabase, query: str) -> Any:
@@ -561,14 +634,6 @@ def _dump(value: Any) -> str | None:
     if value is None:
         return None
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
-
-
-def _row(record: VolumeRecord) -> dict[str, Any]:
-    """``record`` as the columns store it (JSON columns encoded)."""
-    row = asdict(record)
-    for name in ("connection_info", "attachment", "owner_prev"):
-        row[name] = _dump(row[name])
-    return row
 
 
 def _decode(row: Any) -> VolumeRecord:
@@ -590,5 +655,7 @@ def _decode(row: Any) -> VolumeRecord:
         owner_prev=(
             None if row.owner_prev is None else json.loads(row.owner_prev)
         ),
+        device_key=row.device_key,
+        boot_id=row.boot_id,
         attempts=int(row.attempts or 0),
     )

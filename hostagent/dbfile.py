@@ -26,6 +26,30 @@ class DatabaseNeedsOperator(DatabaseError):
     """
 
 
+# SQLite's primary result codes that mean "the disk", not the query.
+_DISK_FAILURES = {
+    13: "full",  # SQLITE_FULL (ENOSPC, or the file size limit)
+    8: "read_only",  # SQLITE_READONLY
+    14: "read_only",  # SQLITE_CANTOPEN (the -wal/-shm on a read-only fs)
+    10: "io_error",  # SQLITE_IOERR (EIO, EROFS on a write)
+}
+
+
+def disk_failure(error: BaseException) -> str | None:
+    """Why the disk refused a database call, or None if it did not.
+
+    ``full``, ``read_only`` or ``io_error``: the file system under the
+    database, not the query (SQLite then kept nothing of the write).
+    peewee re-raises sqlite3's error as its own, with the original as
+    its first argument and as the context.
+    """
+    for cause in (error, *error.args[:1], error.__context__):
+        code = getattr(cause, "sqlite_errorcode", None)
+        if isinstance(cause, sqlite3.Error) and isinstance(code, int):
+            return _DISK_FAILURES.get(code & 0xFF)
+    return None
+
+
 def create_private(path: Path) -> None:
     """Create ``path`` (and its directory) readable by root only."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -160,3 +184,25 @@ class DatabaseFile:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def open_reader(path: Path) -> sqlite3.Connection:
+    """A query-only connection to ``path`` (the database's peek())."""
+    # check_same_thread is off only so close() (on the database
+    # thread, once nothing else runs) may close it; only the event
+    # loop's thread reads through it.
+    reader = sqlite3.connect(
+        path, isolation_level=None, check_same_thread=False
+    )
+    try:
+        reader.execute("PRAGMA query_only = 1")
+        reader.execute("PRAGMA busy_timeout = 0")
+        # Query-only still checkpoints the WAL into the database
+        # when it is the last connection to close, a write as
+        # durable as the writer's must be (SQLite's compiled-in
+        # default may be NORMAL).
+        reader.execute("PRAGMA synchronous = FULL")
+    except sqlite3.Error:
+        reader.close()
+        raise
+    return reader

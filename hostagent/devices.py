@@ -717,10 +717,19 @@ def check_local_device(
         )
     dev = _identify(path, real, sysfs)
     block = _block_dir(dev.devno, sysfs)
-    if _read(block / "size") == "0":
+    size = _read(block / "size")
+    if size == "0":
         raise NoMedia(
             path,
             f"{path} has no media (size 0, e.g. a detached loop device)",
+            resolved=dev.path,
+        )
+    if size is None:
+        # A node whose number the kernel has no device for.  Not opened:
+        # opening a loop number the kernel has not made would make it.
+        raise NoMedia(
+            path,
+            f"{path} has no media: the kernel has no device {dev.devno}",
             resolved=dev.path,
         )
     stack = list(_walk(block, set()))

@@ -92,6 +92,31 @@ class ConnectionInfoMismatch(AgentError):
     default_message = "volume is attached with different connection info"
 
 
+class StateUnwritable(AgentError):
+    """The state directory is full or read-only: nothing was changed.
+
+    The database is the agent's memory of what it attached; an attach
+    or detach it cannot record is not started (or is undone), and the
+    message names the directory so an operator knows what to free.
+    """
+
+    code = 930
+    default_message = (
+        "the agent's state directory is full or read-only; nothing was changed"
+    )
+
+
+class NotALink(AgentError):
+    """Something other than the agent's symlink sits at the managed path.
+
+    A directory or a regular file there is not the agent's to replace or
+    remove: the operation is refused with nothing changed.
+    """
+
+    code = 931
+    default_message = "the managed path is not a symbolic link"
+
+
 class VolumeInUse(AgentError):
     """Detach refused: a process, mount or foreign map holds the device.
 

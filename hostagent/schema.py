@@ -91,6 +91,20 @@ VOLUME_INFO: dict[str, Any] = {
         "last_error": {"type": ["string", "null"]},
         "backend": {"type": ["string", "null"]},
         "sd_id": {"type": ["string", "null"]},
+        "boot_id": {
+            "type": ["string", "null"],
+            "description": (
+                "the host's boot id when the volume was attached (null "
+                "for rows of older agents)"
+            ),
+        },
+        "this_boot": {
+            "type": "boolean",
+            "description": (
+                "attached in the current boot; a row from an earlier boot "
+                "(a reboot, a fence) is attached again by a re-attach"
+            ),
+        },
         "attempts": {
             "type": "integer",
             "description": "failed detach attempts of a detaching row",
@@ -215,7 +229,7 @@ METHODS: tuple[Method, ...] = (
                 "managed_path": {"type": "string"},
             },
         },
-        errors=(925, 926, 927, 928, 929, 2009),
+        errors=(925, 926, 927, 928, 929, 930, 931, 2009),
     ),
     Method(
         "ManagedVolume.detach_volume",
@@ -235,7 +249,7 @@ METHODS: tuple[Method, ...] = (
             ),
         ),
         result={"type": "boolean"},
-        errors=(925, 926, 927, 932),
+        errors=(925, 926, 927, 930, 931, 932),
     ),
     Method(
         "ManagedVolume.extend_volume",
@@ -276,6 +290,8 @@ ERRORS: dict[int, str] = {
     927: "volume is attached elsewhere or an operation is in progress",
     928: "multipath was required but no multipath device appeared",
     929: "volume is attached with different connection info",
+    930: "the state directory is full or read-only; nothing was changed",
+    931: "a non-symlink sits at the managed path; nothing was changed",
     932: "the device is in use on this host (data.holders); nothing was "
     "detached (force detaches anyway)",
     2009: "driver_volume_type not supported or not allowed by config",

@@ -55,7 +55,7 @@ PARAMS = {
 }
 # Every code an answer may carry; 100 (internal error) is a finding.
 KNOWN_CODES = frozenset(
-    {-32700, -32600, -32601, -32602, 925, 926, 927, 928, 929, 2009}
+    {-32700, -32600, -32601, -32602, 925, 926, 927, 928, 929, 930, 931, 2009}
 )
 ANY = None  # the oracle accepts a result or any known error
 # Every secret value generated starts with this: no answer, and no line

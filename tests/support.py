@@ -1,7 +1,7 @@
 """Plain helpers (no pytest) shared by the tests and the benchmarks.
 
-``tests/conftest.py`` builds its fixtures on these; ``bench/procs.py``
-imports them as ``tests.support`` (``python -m bench`` runs from the
+``tests/conftest.py`` builds its fixtures on these; ``tests/bench/procs.py``
+imports them as ``tests.support`` (``python -m tests.bench`` runs from the
 repository root), so a benchmark's agent and loop devices are made the
 way the tests make theirs.
 """

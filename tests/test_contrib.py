@@ -405,7 +405,7 @@ def test_engine_example_keep(agent: Agent, loops: Loops) -> None:
 
 
 def test_engine_example_retries_while_the_volume_is_busy(
-    agent_factory: Any, tmp_path: Path
+    agent_factory: Any, tmp_path: Path, loops: Loops
 ) -> None:
     """927 from a short lock_timeout is retried until the holder is done.
 
@@ -448,7 +448,9 @@ def test_engine_example_retries_while_the_volume_is_busy(
         line = proc.stdout.readline()
         assert line, proc.stderr.read() if proc.stderr else ""
         busy += line
-    device.write_bytes(b"\0" * 4096)
+    # A path that names a free block device once it appears (the local
+    # guard refuses a regular file).
+    device.symlink_to(loops.create())
     holder.join(30)
     assert first["result"]["path"] == str(device)
     rest = proc.stdout.read()

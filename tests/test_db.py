@@ -302,18 +302,46 @@ def test_daemon_serves_a_frozen_schema_1_database(
     ]
 
 
-def test_both_connections_are_synchronous_full(tmp_path: Path) -> None:
-    """The writer and peek()'s query-only reader both sync every commit."""
+def test_intents_are_synchronous_full_the_rest_normal(tmp_path: Path) -> None:
+    """One fsync per operation: only the intent commits with FULL.
+
+    The writer rests at NORMAL (WAL: no fsync at commit); a move to
+    ``attaching`` (insert) or ``detaching`` runs inside FULL, and the
+    other writes do not.  peek()'s query-only reader stays FULL: it may
+    checkpoint when it closes last.
+    """
     d = Database(tmp_path / "h.db")
     d.open()
-    d.insert("v1", {"driver_volume_type": "local", "data": {}})
-    assert d.peek("v1") is not None
     writer = cast(Any, d._db).connection()
+    statements: list[str] = []
+    writer.set_trace_callback(statements.append)
+
+    def synchronous_around(write: Any) -> list[str]:
+        statements.clear()
+        write()
+        return [s for s in statements if "synchronous" in s.lower()]
+
+    durable = ["PRAGMA synchronous = FULL", "PRAGMA synchronous = NORMAL"]
+    info = {"driver_volume_type": "local", "data": {}}
+    assert synchronous_around(lambda: d.insert("v1", info)) == durable
+    assert statements[1].startswith("INSERT"), statements
+    assert synchronous_around(lambda: d.set_attachment("v1", {})) == []
+    assert (
+        synchronous_around(lambda: d.set_attached("v1", "/dev/x", {}, None))
+        == []
+    )
+    assert (
+        synchronous_around(lambda: d.set_state("v1", db.DETACHING)) == durable
+    )
+    assert synchronous_around(lambda: d.delete("v1")) == []
+    writer.set_trace_callback(None)
+    assert d.peek("v1") is None
     reader = d._reader
     assert reader is not None
     assert reader.execute("PRAGMA query_only").fetchone() == (1,)
+    assert writer.execute("PRAGMA synchronous").fetchone() == (1,)
+    assert reader.execute("PRAGMA synchronous").fetchone() == (2,)
     for con in (writer, reader):
-        assert con.execute("PRAGMA synchronous").fetchone() == (2,)
         assert con.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     d.close()
 

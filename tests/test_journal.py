@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Agent, local_info, new_vol_id, short_dir
+from conftest import Agent, Loops, local_info, new_vol_id, short_dir
 from support import ATTACH, DETACH, UCRED, line, req
 
 Entry = dict[str, str]
@@ -175,7 +175,7 @@ def request(agent: Agent, rid: str, method: str, params: Any) -> Any:
 
 
 def test_structured_fields_and_no_secrets(
-    agent_factory: Any, journald: FakeJournald, tmp_path: Path
+    agent_factory: Any, journald: FakeJournald, tmp_path: Path, loops: Loops
 ) -> None:
     a: Agent = agent_factory()
     a.configure(log={"journal": "yes", "level": "debug"})
@@ -209,7 +209,8 @@ def test_structured_fields_and_no_secrets(
     secret = "Pw-" + uuid.uuid4().hex
     user = "chap-" + uuid.uuid4().hex[:12]
     device = tmp_path / f"disk-{secret}"
-    device.write_bytes(b"\0" * 4096)
+    # A link to a free block device (the local guard refuses a file).
+    device.symlink_to(loops.create())
     info = local_info(str(device), auth_password=secret, auth_username=user)
     vid2 = new_vol_id()
     out = request(

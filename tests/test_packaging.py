@@ -154,6 +154,12 @@ def test_rpm_file_list(rpm_file: Path) -> None:
         f"/usr/share/doc/hostagent-{__version__}/{name}"
         for name in ("README.md", "engine_client.py", "hostagent.toml")
     } <= docs
+    # The pages the README links to ship beside it.
+    pages = {p.name for p in (ROOT / "docs").glob("*.md")}
+    assert pages, "no docs/*.md in the tree"
+    assert {
+        f"/usr/share/doc/hostagent-{__version__}/docs/{name}" for name in pages
+    } <= docs
     # Nothing from the build or test machinery.
     assert not [f for f in files if "/tests/" in f or ".venv" in f]
 

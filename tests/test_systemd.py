@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Agent, local_info, new_vol_id, short_dir
+from conftest import Agent, Loops, local_info, new_vol_id, short_dir
 from support import ATTACH, DETACH, INFO, ROOT, UCRED
 
 from hostagent import config
@@ -289,7 +289,7 @@ def test_watchdog_pings_come_from_the_event_loop(
 
 
 def test_sigterm_lets_the_attach_in_flight_finish(
-    agent_factory: Any, notify: NotifySocket, tmp_path: Path
+    agent_factory: Any, notify: NotifySocket, tmp_path: Path, loops: Loops
 ) -> None:
     """SIGTERM: stop accepting, finish the attach, close the DB, exit 0.
 
@@ -332,7 +332,9 @@ def test_sigterm_lets_the_attach_in_flight_finish(
         ping_over(a.socket)
     assert a.alive()
 
-    device.write_bytes(b"\0" * 4096)
+    # A path that names a free block device once it appears (the local
+    # guard refuses a regular file).
+    device.symlink_to(loops.create())
     worker.join(30)
     assert outcome.get("result", {}).get("path") == str(device), outcome
     assert a.proc.wait(30) == 0

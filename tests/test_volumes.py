@@ -66,6 +66,9 @@ def test_attach_info_detach(agent: Agent, loops: Loops) -> None:
         "last_error": None,
         "backend": None,
         "sd_id": None,
+        # The boot it was attached in (a reboot makes it stale).
+        "boot_id": Path("/proc/sys/kernel/random/boot_id").read_text().strip(),
+        "this_boot": True,
         "attempts": 0,
     }
     assert rows(agent) == [(vid, "attached", dev)]

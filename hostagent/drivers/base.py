@@ -40,6 +40,15 @@ class Driver:
     # Raises ValueError for connection data the connector must not get:
     # a ValueError tells the service that nothing was connected.
     check_data: Callable[[dict[str, Any]], None] = no_check
+    # Checks the device the connection data names before anything is
+    # recorded or connected; returns its identity key (see
+    # hostagent.service.identity) when it is known before connecting.
+    # Raises hostagent.devices.DeviceError; DeviceNotFound means "not
+    # there yet": the service lets the connector try and checks again
+    # once the device is there.  Its second argument is the [brick]
+    # config (hostagent.config.BrickConfig: config imports the drivers,
+    # so it is not named here).
+    admit: Callable[[dict[str, Any], Any], str | None] | None = None
     # What the host lacks for it, given its driver-only options (empty
     # strings when not set); cheap checks only (getCapabilities).
     host_problems: Callable[[Mapping[str, str]], list[str]] = no_problems

@@ -33,7 +33,7 @@ def device_sharer(database: Database, rec: VolumeRecord) -> str | None:
     """
     path, mpath = recorded_device(rec)
     return database.find_device_owner(
-        mpath, path, rec.vol_id
+        mpath, path, rec.vol_id, rec.device_key
     ) or database.find_connection_owner(rec.connection_info, rec.vol_id)
 
 

@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 from hostagent.brick import Brick
 from hostagent.config import Config
 from hostagent.db import Database, DatabaseBusy, VolumeRecord
+from hostagent.dbfile import disk_failure
+from hostagent.errors import StateUnwritable
 from hostagent.failpoints import FailPoints
 from hostagent.service import secrecy
 from hostagent.service.lane import Lane
@@ -34,6 +36,26 @@ T = TypeVar("T")
 # its dm device) to show up after os-brick returned.  os-brick already
 # waits for the SCSI device; this covers udev and multipathd catching up.
 DEVICE_WAIT = 10.0
+
+
+_STATE_WORDS = {
+    "full": "is full",
+    "read_only": "is read-only",
+    "io_error": "cannot be written",
+}
+
+
+def state_error(
+    config: Config, reason: str, error: Exception
+) -> StateUnwritable:
+    """Error 930 for a database call the file system refused."""
+    state_dir = config.storage.state_dir
+    return StateUnwritable(
+        f"the state directory {state_dir} {_STATE_WORDS[reason]} "
+        f"({error}); the change was not recorded: free space or remount "
+        "it read-write, then retry",
+        {"state_dir": state_dir, "reason": reason},
+    )
 
 
 class Host:
@@ -65,8 +87,18 @@ class Host:
         self.retrier: DetachRetrier | None = None
 
     async def in_db(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(*args)`` on the database thread."""
-        return await self.db_thread.call(fn, *args)
+        """Run ``fn(*args)`` on the database thread.
+
+        A write the state directory's file system refuses (full,
+        read-only) is error 930, naming the directory.
+        """
+        try:
+            return await self.db_thread.call(fn, *args)
+        except Exception as e:
+            reason = disk_failure(e)
+            if reason is None:
+                raise
+            raise state_error(self.config, reason, e) from e
 
     async def in_worker(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking ``fn(*args)`` (os-brick, udev) on a worker thread."""

@@ -94,6 +94,10 @@ class Lane:
                 _send(loop, _fail, future, e)
             else:
                 _send(loop, _succeed, future, result)
+                # Start-up's list of every record (10,000 decoded rows,
+                # some 25 MB) would otherwise live on here until the
+                # next call, which may be long after.
+                del result
             del item, future, fn, args  # no reference kept while idle
 
 

@@ -15,7 +15,9 @@ attach or detach:
   lets go of its secrets in the scrubber;
 * managed symlinks without a row are removed; those of ``attached`` rows
   are created or pointed back at the row's path;
-* ``attached`` rows whose device is gone stay (``exists: false``).
+* ``attached`` rows whose device is gone stay (``exists: false``),
+  without a link: a link never points at a missing device; a re-attach
+  attaches them again.
 
 It depends on the steps and the :class:`~.host.Host`, not on the
 service that serves requests.
@@ -31,7 +33,7 @@ from hostagent import db
 from hostagent.db import VolumeRecord
 from hostagent.errors import AgentError
 from hostagent.redact import SCRUBBER
-from hostagent.service import lvm, secrecy, steps
+from hostagent.service import identity, lvm, secrecy, steps
 from hostagent.service.backends import record_backend
 from hostagent.service.device import device_path, unusable
 from hostagent.service.flow import Flow, Step
@@ -60,12 +62,15 @@ class Reconciler:
         h = self.h
         started = time.monotonic()
         records = await h.in_db(h.db.list)
-        h.links.repair(records, self.count)
         attached = [r for r in records if r.state == db.ATTACHED]
         present = await h.in_worker(
             h.udev.exists_many,
             [(r.path, r.multipath_id) for r in attached],
         )
+        missing = {
+            r.vol_id for r, ok in zip(attached, present, strict=True) if not ok
+        }
+        h.links.repair(records, self.count, missing)
         for rec, ok in zip(attached, present, strict=True):
             if not ok:
                 self.count("device_missing")
@@ -209,11 +214,17 @@ class Reconciler:
             return None, problem.message
         mpath = info.get("multipath_id") or None
         path = device_path(driver, info)
-        owner = await h.in_db(h.db.find_device_owner, mpath, path, rec.vol_id)
-        if owner is not None:
-            return None, f"device {path} is volume {owner}'s"
         if not await h.in_worker(h.udev.exists, path, mpath):
             return None, f"device {path} is not there"
+        owner = await h.in_db(
+            h.db.find_device_owner,
+            mpath,
+            path,
+            rec.vol_id,
+            identity.device_key(path),
+        )
+        if owner is not None:
+            return None, f"device {path} is volume {owner}'s"
         return path, ""
 
 

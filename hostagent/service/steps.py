@@ -1,7 +1,8 @@
 """The steps of the flows, as small functions shared by every caller.
 
-* attach: record -> connect -> connected -> wait -> own -> owned ->
-  attached -> link;
+* attach: record -> connect -> connected -> wait -> admit -> own ->
+  owned -> attached -> link (a re-attach over the row of a device that
+  went away starts with reattaching instead of record);
 * the tail of an attach, :func:`attached_steps` (own -> owned ->
   attached -> link), is the same for a live attach and for one
   completed at start-up (own/owned: :mod:`.owning`);
@@ -26,9 +27,9 @@ from typing import Any
 from hostagent import db
 from hostagent.config import BackendConfig
 from hostagent.db import VolumeRecord
-from hostagent.errors import ConnectorFailed, VolumeBusy
+from hostagent.errors import AgentError, ConnectorFailed, VolumeBusy
 from hostagent.redact import SCRUBBER
-from hostagent.service import connection, detaching, owning
+from hostagent.service import connection, detaching, guard, identity, owning
 from hostagent.service.device import wait_for_device
 from hostagent.service.flow import Flow, FlowError, Step
 from hostagent.service.host import Host
@@ -56,6 +57,12 @@ class Attempt:
     path: str = ""
     # False when connect failed in a way that connected nothing.
     may_be_connected: bool = True
+    # False when the driver's device check waits for the device to be
+    # there (see guard.admit): it runs again after the wait.
+    admitted: bool = True
+    # The row of an earlier attach whose device is gone: this attach
+    # runs again over it (a re-attach after a reboot or a fence).
+    previous: VolumeRecord | None = None
 
     def record(self) -> VolumeRecord:
         """The row as it stands while the attach runs."""
@@ -78,15 +85,25 @@ class Attempt:
 
 
 def attach_steps(h: Host, a: Attempt) -> list[Step]:
-    """record -> connect -> connected -> wait -> (attached_steps)."""
+    """record -> connect -> connected -> wait -> admit -> (attached_steps).
+
+    A re-attach (``a.previous``) keeps its row: reattaching, whose undo
+    puts the row back as it was, instead of record.
+    """
     p = functools.partial
+    first = (
+        Step("reattaching", p(reattaching, h, a), p(restore, h, a))
+        if a.previous is not None
+        else Step("record", p(record, h, a), p(forget, h, a.vol_id))
+    )
     return [
-        Step("record", p(record, h, a), p(forget, h, a.vol_id)),
+        first,
         # os-brick's connect_volume can raise after it logged in or
         # reassigned the volume: a failed connect is disconnected too.
         Step("connect", p(connect, h, a), p(disconnect, h, a), True),
         Step("connected", p(connected, h, a)),
         Step("wait", p(wait, h, a)),
+        Step("admit", p(admit_found, h, a)),
         *attached_steps(h, a.vol_id, lambda: (a.path, a.info), a.sd_id),
     ]
 
@@ -95,6 +112,27 @@ async def record(h: Host, a: Attempt) -> None:
     """Write the row in state ``attaching``."""
     backend = a.backend.name if a.backend else None
     await h.in_db(h.db.insert, a.vol_id, a.connection_info, backend, a.sd_id)
+
+
+async def reattaching(h: Host, a: Attempt) -> None:
+    """Set the row of a gone device to ``attaching`` for the new attach.
+
+    Its connection info and backend are the ones asked again (checked
+    equal); a crash from here on is rolled back or completed at start-up
+    like any interrupted attach.
+    """
+    await h.in_db(h.db.set_state, a.vol_id, db.ATTACHING)
+
+
+async def restore(h: Host, a: Attempt) -> None:
+    """Put the row back as ``attached`` (its device still gone)."""
+    assert a.previous is not None
+    await h.in_db(
+        h.db.set_state,
+        a.vol_id,
+        db.ATTACHED,
+        "re-attach failed; the device is still missing",
+    )
 
 
 async def forget(h: Host, vol_id: str) -> None:
@@ -159,6 +197,32 @@ async def wait(h: Host, a: Attempt) -> None:
     a.path = await wait_for_device(h, a.driver, a.info, a.backend)
 
 
+async def admit(h: Host, a: Attempt) -> None:
+    """The driver's device check and the identity check (927).
+
+    Before anything is recorded or connected; a device not there yet
+    is checked again by :func:`admit_found` once the connector ran.
+    """
+    data = a.connection_info["data"]
+    key, a.admitted = await guard.admit(h, a.driver, data)
+    await guard.refuse_owned(h, a.vol_id, key, data.get("device_path"))
+
+
+async def admit_found(h: Host, a: Attempt) -> None:
+    """The driver's device check, if it waited for the device.
+
+    What appeared at the path while the connector ran is checked like
+    what was there before: refused, it is undone with the attach.
+    """
+    if a.admitted:
+        return
+    key, _ = await guard.admit(
+        h, a.driver, a.connection_info["data"], final=True
+    )
+    a.admitted = True
+    await guard.refuse_owned(h, a.vol_id, key, a.path)
+
+
 # -- the tail shared with start-up completion -------------------------------
 
 # Where the connected device is: (path, os-brick's answer), asked when
@@ -203,24 +267,29 @@ async def own(
 
 
 async def attached(h: Host, vol_id: str, device: Device) -> None:
-    """Record path and attachment (state ``attached``).
+    """Record path, attachment, identity and boot (state ``attached``).
 
-    Refused (927) when another volume has that device: the check is
+    Refused (927) when another volume has that device, whatever path
+    names it (compared by :func:`~.identity.device_key`): the check is
     part of the same call on the database thread as the write.
     """
     path, info = device()
     assert info is not None
+    # A stat and a sysfs read: less than the hand-off to a thread.
+    key = identity.device_key(path)
     owner = await h.in_db(
         h.db.set_attached,
         vol_id,
         path,
         info,
         info.get("multipath_id") or None,
+        key,
+        identity.boot_id(),
     )
     if owner is not None:
         raise VolumeBusy(
             f"device {path} is already attached as volume {owner}",
-            {"vol_id": vol_id, "attached_as": owner},
+            {"vol_id": vol_id, "attached_as": owner, "device_key": key},
         )
 
 
@@ -344,7 +413,19 @@ async def teardown(
         )
     except Exception as e:
         message = SCRUBBER.scrub(f"{context}: {e}" if context else str(e))
-        attempts = await h.note_failure(vol_id, message)
+        attempts = 0
+        try:
+            attempts = await h.note_failure(vol_id, message)
+        except AgentError as db_error:
+            # 930: the row stays as the steps left it (still attached
+            # when the mark itself failed: nothing was changed).
+            log.error(
+                "volume %s: cannot record the failed %s: %s",
+                vol_id,
+                flow,
+                db_error.message,
+                extra={"VOL_ID": vol_id},
+            )
         log.error(
             "%s of volume %s failed (attempt %d), kept as detaching and "
             "retried in the background: %s",

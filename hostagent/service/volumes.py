@@ -3,8 +3,14 @@
 Rules (the project's DESIGN, "Flows"):
 * one operation per volume at a time; different volumes run in parallel
   (:mod:`.locks`);
-* re-attach with the same connection info returns the existing attachment,
-  with different info it is error 929;
+* re-attach with the same connection info returns the existing attachment
+  while its device is live (there, with media, the same device, recorded
+  in this boot); otherwise (a reboot, a fence, a logout) the attach runs
+  again over the row and returns the fresh path, or fails and leaves the
+  row saying why; with different info it is error 929;
+* before anything is recorded or connected: the managed path must be
+  free or a symlink (931), the driver's device check passes (the local
+  guard) and the device is not another volume's by identity (927);
 * attach is a flow (:mod:`.steps`): record intent -> connect -> keep
   os-brick's answer -> wait for the device -> record the attachment ->
   managed symlink; a failing step undoes the done ones, disconnect
@@ -29,7 +35,7 @@ from typing import Any
 from hostagent import __version__, db, hostcheck, hosttools
 from hostagent.brick import Brick
 from hostagent.config import BackendConfig, Config, backend_options
-from hostagent.db import Database, StoredVolume, VolumeRecord
+from hostagent.db import Database, StoredVolume
 from hostagent.errors import (
     AgentError,
     ConnectorFailed,
@@ -41,8 +47,10 @@ from hostagent.failpoints import FailPoints
 from hostagent.redact import redact
 from hostagent.service import (
     detaching,
+    identity,
     lvm,
     matching,
+    reattach,
     secrecy,
     steps,
 )
@@ -52,7 +60,10 @@ from hostagent.service.backends import (
     check_driver,
     record_backend,
 )
-from hostagent.service.device import check_multipath, wait_for_device
+from hostagent.service.device import (
+    check_multipath,
+    wait_for_device,
+)
 from hostagent.service.flow import Flow, FlowError
 from hostagent.service.host import Host
 from hostagent.service.lane import Lane
@@ -193,52 +204,59 @@ class VolumeService:
         options = check_backend(self.config, driver, backend)
         await h.brick_ready()
         async with h.locks.hold(vol_id):
+            h.links.check(vol_id, sd_id)
             existing = await h.record(vol_id)
-            if existing is not None:
-                return self._reattach(
-                    existing, connection_info, sd_id, backend
-                )
-            await check_multipath(h, driver, options)
             attempt = steps.Attempt(
                 vol_id, driver, connection_info, options, sd_id
             )
-            started = time.monotonic()
-            try:
-                await Flow("attach", h.failpoints, f"volume {vol_id}").run(
-                    steps.attach_steps(h, attempt)
+            if existing is not None:
+                matching.check_reattach(
+                    existing, connection_info, sd_id, backend
                 )
-            except FlowError as e:
-                await steps.record_leak(h, vol_id, e)
-                raise e.error from e
-            self.events.track(vol_id, True, attempt.path)
-            assert attempt.info is not None
-            await lvm.after_attach(h, vol_id, attempt.info)
-            log.info(
-                "attached volume %s at %s in %.3f s",
-                vol_id,
-                attempt.path,
-                time.monotonic() - started,
-                extra={"VOL_ID": vol_id},
-            )
-            return self._attach_result(
-                vol_id, attempt.path, attempt.info, sd_id
-            )
+                if await reattach.live(h, existing):
+                    path = await reattach.existing(h, existing)
+                    return self._attach_result(
+                        vol_id, path, existing.attachment, existing.sd_id
+                    )
+                attempt.previous = existing
+                return await self._attach_again(attempt)
+            await check_multipath(h, driver, options)
+            await steps.admit(h, attempt)
+            return await self._run_attach(attempt)
 
-    def _reattach(
-        self,
-        rec: VolumeRecord,
-        connection_info: dict[str, Any],
-        sd_id: str | None = None,
-        backend: str | None = None,
-    ) -> dict[str, Any]:
-        matching.check_reattach(rec, connection_info, sd_id, backend)
-        assert rec.path is not None
-        # The symlink lives on tmpfs; a reboot without a detach loses it.
-        self.host.links.make(rec.vol_id, rec.path, rec.sd_id)
-        log.info("volume %s already attached; returning it", rec.vol_id)
-        return self._attach_result(
-            rec.vol_id, rec.path, rec.attachment, rec.sd_id
+    async def _run_attach(self, a: steps.Attempt) -> dict[str, Any]:
+        h = self.host
+        started = time.monotonic()
+        try:
+            await Flow("attach", h.failpoints, f"volume {a.vol_id}").run(
+                steps.attach_steps(h, a)
+            )
+        except FlowError as e:
+            await steps.record_leak(h, a.vol_id, e)
+            raise e.error from e
+        self.events.track(a.vol_id, True, a.path)
+        assert a.info is not None
+        await lvm.after_attach(h, a.vol_id, a.info)
+        log.info(
+            "attached volume %s at %s in %.3f s",
+            a.vol_id,
+            a.path,
+            time.monotonic() - started,
+            extra={"VOL_ID": a.vol_id},
         )
+        return self._attach_result(a.vol_id, a.path, a.info, a.sd_id)
+
+    async def _attach_again(self, a: steps.Attempt) -> dict[str, Any]:
+        """Attach over a row whose device is gone (see :mod:`.reattach`)."""
+        assert a.previous is not None
+        reattach.again(self.host, a.previous)
+        try:
+            await check_multipath(self.host, a.driver, a.backend)
+            await steps.admit(self.host, a)
+            return await self._run_attach(a)
+        except Exception as e:
+            await reattach.note_failure(self.host, a.vol_id, e)
+            raise
 
     def _attach_result(
         self,
@@ -282,6 +300,7 @@ class VolumeService:
                 log.info("detach of unknown volume %s: nothing to do", vol_id)
                 return
             matching.check_detach(rec, sd_id)
+            h.links.check(vol_id, rec.sd_id)
             await h.brick_ready()
             await detaching.check(h, rec, force)
             started = time.monotonic()
@@ -395,6 +414,11 @@ def _entry(row: StoredVolume, exists: bool) -> dict[str, Any]:
         "last_error": row.last_error,
         "backend": row.backend,
         "sd_id": row.sd_id,
+        "boot_id": row.boot_id,
+        # A device number recorded in an earlier boot may name another
+        # device now: such a row is attached again by a re-attach.
+        "this_boot": row.boot_id is not None
+        and row.boot_id == identity.boot_id(),
         "attempts": row.attempts,
     }
 

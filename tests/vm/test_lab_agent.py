@@ -49,6 +49,30 @@ def test_agent_starts(run: GuestRun) -> None:
     run.case_ok("agent_start")
 
 
+def test_iscsi_reattach_after_restart_and_logout(run: GuestRun) -> None:
+    """A same-info re-attach of a logged-out LUN logs in again.
+
+    Never success with the dead path: the attach runs again and the
+    answer leads to a live multipath device with a path under it.
+    """
+    data = run.case_ok("agent_iscsi_reattach")
+    assert data["sessions_gone"] == []
+    gone = only(data["info_gone"])
+    assert gone["state"] == "attached"
+    assert gone["this_boot"] is True
+    assert data["again_logged"] is True
+    again = data["reattach"]
+    assert again["path"] == data["result"]["path"]
+    assert data["dm_after"] is not None
+    assert len(data["dm_slaves_after"]) == 1
+    assert data["managed_realpath"] == f"/dev/{data['dm_after']}"
+    assert len(data["sessions_after"]) == 1
+    entry = only(data["info_after"])
+    assert (entry["exists"], entry["last_error"]) == (True, None)
+    assert data["after"] == NOTHING
+    assert data["links_after"] == []
+
+
 def test_capabilities(run: GuestRun) -> None:
     """getCapabilities (via hostagent-client) has initiator, nqn, mpath."""
     data = run.case_ok("agent_capabilities")

@@ -4,7 +4,7 @@ The agent runs with a config file and is driven over its Unix socket
 with ``hostagent.client.Client`` (and ``hostagent-client`` for
 capabilities).  Cases: agent_start, agent_capabilities,
 agent_iscsi_multipath, agent_iscsi_chap, agent_iscsi_chap_wrong,
-agent_nvme, agent_nfs, agent_aoe, agent_stop.
+agent_iscsi_reattach, agent_nvme, agent_nfs, agent_aoe, agent_stop.
 """
 
 from __future__ import annotations
@@ -254,6 +254,61 @@ def case_iscsi_chap(agent: g.Agent, initiator: str) -> None:
         case.data["links_after"] = links(agent)
 
 
+def case_iscsi_reattach(agent: g.Agent) -> None:
+    """Re-attach after an agent restart and a logout (vdsm issue 433).
+
+    The row outlives the session: the same-info re-attach must not
+    answer with the dead path, but log in again and return a live one.
+    """
+    target = g.LioIscsiTarget(
+        "iqn.2003-01.org.lab:agent-reattach",
+        g.backing_file("agent-reattach.img"),
+        ["127.0.0.2:3260"],
+        name="agentre",
+    )
+    conn_info = target.connection_info(multipath=False)
+    with g.Case("agent_iscsi_reattach") as case:
+        vol_id = vol()
+        with agent.client() as c, case.step("attach"):
+            result = c.call("ManagedVolume.attach_volume", [vol_id, conn_info])
+        case.data["result"] = result
+        case.data["dm_before"] = os.path.realpath(result["path"])
+        with case.step("restart_and_logout"):
+            agent.stop()
+            g.sh(
+                "iscsiadm",
+                *("-m", "node", "-T", target.iqn, "-p", "127.0.0.2:3260"),
+                "-u",
+            )
+            case.data["sessions_gone"] = g.iscsi_sessions()
+            agent.start()
+        with agent.client() as c:
+            case.data["info_gone"] = info_of(c, vol_id)
+            case.data["links_gone"] = links(agent)
+            with case.step("reattach"):
+                again = c.call(
+                    "ManagedVolume.attach_volume", [vol_id, conn_info]
+                )
+            case.data["reattach"] = again
+            wwid = again["attachment"].get("multipath_id")
+            dm = g.dm_by_uuid(f"mpath-{wwid}")
+            case.data["dm_after"] = dm
+            case.data["dm_slaves_after"] = g.wait_slaves(dm, 1)
+            case.data["managed_realpath"] = os.path.realpath(
+                again["managed_path"]
+            )
+            case.data["sessions_after"] = g.iscsi_sessions()
+            case.data["info_after"] = info_of(c, vol_id)
+            with case.step("detach"):
+                c.call("ManagedVolume.detach_volume", [vol_id])
+        case.data["again_logged"] = (
+            f"volume {vol_id}: its recorded device"
+            in agent.log_path.read_text(errors="replace")
+        )
+        case.data["after"] = g.iscsi_leftovers()
+        case.data["links_after"] = links(agent)
+
+
 def case_nvme(agent: g.Agent) -> None:
     """NVMe/TCP through the agent's nvmeof connector."""
     with g.Case("agent_nvme") as case, agent.client() as c:
@@ -402,6 +457,7 @@ def main() -> None:
     case_capabilities(agent)
     case_iscsi_multipath(agent)
     case_iscsi_chap(agent, initiator)
+    case_iscsi_reattach(agent)
     case_nvme(agent)
     case_nfs(agent, share)
     case_aoe(agent)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -15,9 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench import procs
-from bench.stats import Row, percentile
 from hostagent.client import Client
+from tests.bench import procs
+from tests.bench.stats import Row, percentile
 
 ATTACH = "ManagedVolume.attach_volume"
 DETACH = "ManagedVolume.detach_volume"
@@ -69,38 +72,47 @@ def run_dir(work: procs.Workdir, name: str) -> Iterator[tuple[Path, str]]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-# The durable writes of one attach + detach, each its own transaction:
-# the row in "attaching", os-brick's answer (for crash recovery), the row
-# "attached"; then "detaching" and the delete.
+# The writes of one attach + detach, each its own transaction: the row
+# in "attaching" (durable), os-brick's answer, the row "attached"; then
+# "detaching" (durable) and the delete.  Only the two intents fsync
+# (hostagent/db.py); the rest commit with synchronous=NORMAL.
 COMMITS = 5
+DURABLE = 2
 
 
 class CommitProbe:
-    """Durable SQLite commits in plain sqlite3, the agent's way.
+    """The commits of one attach + detach in plain sqlite3, the agent's way.
 
-    WAL journal, ``synchronous=FULL``, one transaction per statement, on
-    the same file system as the agent's database: what the commits of one
-    attach + detach cost at the very least.
+    WAL journal, one transaction per statement, the two intents with
+    ``synchronous=FULL`` and the rest with NORMAL, on the same file
+    system as the agent's database: what the database work of one
+    attach + detach costs at the very least.
     """
 
     def __init__(self, directory: Path) -> None:
         self.path = directory / "commit-probe.db"
         self.con = sqlite3.connect(self.path, isolation_level=None)
         self.con.execute("PRAGMA journal_mode=wal")
-        self.con.execute("PRAGMA synchronous=full")
+        self.con.execute("PRAGMA synchronous=normal")
         self.con.execute("CREATE TABLE t (k TEXT PRIMARY KEY, v TEXT)")
         self.n = 0
         for _ in range(50):  # until the WAL file stops growing
             self.run()
 
+    def _durably(self, sql: str, args: tuple[str, ...]) -> None:
+        self.con.execute("PRAGMA synchronous=full")
+        self.con.execute(sql, args)
+        self.con.execute("PRAGMA synchronous=normal")
+
     def run(self) -> float:
-        """Seconds for an insert, ``COMMITS - 2`` updates and a delete."""
+        """Seconds for the five commits (two of them fsynced)."""
         key = str(self.n)
         self.n += 1
         start = time.perf_counter()
-        self.con.execute("INSERT INTO t VALUES (?, ?)", (key, "x" * 300))
-        for i in range(COMMITS - 2):
+        self._durably("INSERT INTO t VALUES (?, ?)", (key, "x" * 300))
+        for i in range(COMMITS - 3):
             self.con.execute("UPDATE t SET v = ? WHERE k = ?", (str(i), key))
+        self._durably("UPDATE t SET v = ? WHERE k = ?", ("detaching", key))
         self.con.execute("DELETE FROM t WHERE k = ?", (key,))
         return time.perf_counter() - start
 
@@ -109,6 +121,34 @@ class CommitProbe:
         self.con.close()
         for suffix in ("", "-wal", "-shm"):
             Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+
+
+class FsyncProbe:
+    """One 4 KiB write + fsync of a file in a directory, timed.
+
+    The unit of durability on that file system: the issue's target for
+    the agent's attach + detach overhead is counted in these.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path = directory / "fsync-probe"
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600)
+        self.block = os.urandom(4096)
+        for _ in range(20):
+            self.run()
+
+    def run(self) -> float:
+        """Seconds for one 4 KiB ``pwrite`` and ``fsync``."""
+        start = time.perf_counter()
+        os.pwrite(self.fd, self.block, 0)
+        os.fsync(self.fd)
+        return time.perf_counter() - start
+
+    def close(self) -> None:
+        """Close and remove the probe file."""
+        os.close(self.fd)
+        self.path.unlink(missing_ok=True)
 
 
 def run_pair(work: procs.Workdir, device: str, count: int) -> list[Row]:
@@ -122,8 +162,10 @@ def run_pair(work: procs.Workdir, device: str, count: int) -> list[Row]:
     agent_t: list[float] = []
     ref_t: list[float] = []
     commit_t: list[float] = []
+    fsync_t: list[float] = []
     clock = time.perf_counter
     probe = CommitProbe(work.path)
+    fsync: FsyncProbe | None = None
     try:
         with (
             run_dir(work, "attach") as (links, where),
@@ -132,6 +174,7 @@ def run_pair(work: procs.Workdir, device: str, count: int) -> list[Row]:
             ) as a,
             a.client() as c,
         ):
+            fsync = FsyncProbe(a.state_dir)
             for i in range(count + 5):
                 vol_id = str(uuid.uuid4())
                 t = clock()
@@ -146,18 +189,31 @@ def run_pair(work: procs.Workdir, device: str, count: int) -> list[Row]:
                 conn.disconnect_volume(data, info)
                 direct = clock() - t
                 commits = probe.run()
+                synced = fsync.run()
                 if i >= 5:  # the first few warm up caches on both sides
                     agent_t.append(agent)
                     ref_t.append(direct)
                     commit_t.append(commits)
+                    fsync_t.append(synced)
     finally:
         probe.close()
+        if fsync is not None:
+            fsync.close()
     ms = 1e3
     overhead = [a - r for a, r in zip(agent_t, ref_t, strict=True)]
     beyond = [o - c for o, c in zip(overhead, commit_t, strict=True)]
     over = percentile(overhead, 50) * ms
     commit = percentile(commit_t, 50) * ms
+    one_fsync = percentile(fsync_t, 50) * ms
+    allowed = 1.0 + 2 * one_fsync
     return [
+        Row(
+            "one 4 KiB write+fsync in the state dir, p50",
+            one_fsync,
+            "ms",
+            note="measured in the same rounds as the attaches, in the "
+            "agent's state_dir (beside its database): the machine's fsync",
+        ),
         Row.compare(
             "attach+detach p50, local connector on a loop device",
             percentile(agent_t, 50) * ms,
@@ -168,10 +224,10 @@ def run_pair(work: procs.Workdir, device: str, count: int) -> list[Row]:
             "attach+detach overhead over os-brick, p50",
             over,
             "ms",
-            target="<= 3 ms",
-            passed=over <= 3.0,
+            target=f"<= 1 ms + 2 fsync (= {allowed:.2f} ms)",
+            passed=over <= allowed,
             note=f"per round: agent minus direct os-brick; its {COMMITS} "
-            "durable commits alone (plain sqlite3, WAL, synchronous=FULL) "
+            f"commits alone ({DURABLE} fsynced; plain sqlite3, WAL) "
             f"took {commit:.2f} ms p50 in the same rounds; the database "
             f"on the disk, run_dir (managed symlinks) on {where}",
         ),
@@ -205,6 +261,9 @@ def run_concurrent(
             )
             c.call(DETACH, {"vol_id": warm})
             ids = [str(uuid.uuid4()) for _ in nodes]
+            assert a.proc is not None
+            pid = a.proc.pid
+            cpu = procs.cpu_seconds(pid)
             t = time.perf_counter()
             for vol_id, node in zip(ids, nodes, strict=True):
                 c.call(
@@ -212,6 +271,7 @@ def run_concurrent(
                     {"vol_id": vol_id, "connection_info": local_info(node)},
                 )
             sequential = time.perf_counter() - t
+            sequential_cpu = procs.cpu_seconds(pid) - cpu
             for vol_id in ids:
                 c.call(DETACH, {"vol_id": vol_id})
         ids = [str(uuid.uuid4()) for _ in nodes]
@@ -236,10 +296,12 @@ def run_concurrent(
         for th in threads:
             th.start()
         barrier.wait()
+        cpu = procs.cpu_seconds(pid)
         t = time.perf_counter()
         for th in threads:
             th.join()
         concurrent = time.perf_counter() - t
+        concurrent_cpu = procs.cpu_seconds(pid) - cpu
         for client in clients:
             client.close()
         with a.client() as c:
@@ -248,7 +310,27 @@ def run_concurrent(
                 c.call(DETACH, {"vol_id": vol_id})
         links = len(os.listdir(links_dir / "volumes"))
     ok = not errors and len(attached) == count
+    speedup = sequential / concurrent
     return [
+        Row(
+            f"{count} concurrent attaches, speed-up over one by one",
+            speedup,
+            "x",
+            target=">= 5x",
+            passed=speedup >= 5.0,
+            note=f"the agent's CPU time (all threads, /proc/PID/stat): "
+            f"{sequential_cpu * 1e3:.0f} ms for the {count} in a row "
+            f"({sequential_cpu / sequential:.2f} CPUs busy), "
+            f"{concurrent_cpu * 1e3:.0f} ms for the {count} at once "
+            f"({concurrent_cpu / concurrent:.2f} CPUs busy); its Python "
+            "code runs one thread at a time (the GIL), so the at-once "
+            "wall time cannot go much below that CPU time: the best "
+            f"speed-up is about {sequential / max(concurrent_cpu, 1e-9):.1f}x "
+            "here (the local connector waits for nothing: no I/O to "
+            "overlap); "
+            f"{os.cpu_count()} CPUs; the {count} clients are threads of "
+            "the benchmark process, on the same CPUs",
+        ),
         Row.compare(
             f"{count} attaches from {count} clients at once, wall time",
             concurrent * 1e3,
@@ -261,5 +343,90 @@ def run_concurrent(
             f"{count - len(errors)} succeeded; {links} links left after "
             "detaching all"
             + (f"; first error: {errors[0]}" if errors else ""),
+        ),
+    ]
+
+
+HELPER = Path(__file__).resolve().parent / "vdsm_helper.py"
+
+
+def helper_run(command: str, doc: dict[str, Any]) -> tuple[float, Any]:
+    """Run the vdsm-style helper once; wall seconds and its JSON answer."""
+    t = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, str(HELPER), command],
+        input=json.dumps(doc).encode(),
+        capture_output=True,
+        check=False,
+    )
+    elapsed = time.perf_counter() - t
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"vdsm_helper.py {command} failed: {proc.stderr[-2000:]!r}"
         )
+    return elapsed, json.loads(proc.stdout)
+
+
+def run_anchor(work: procs.Workdir, device: str, rounds: int) -> list[Row]:
+    """vdsm's way (a fresh os-brick process per call) vs one agent call.
+
+    Each round attaches and detaches the same loop device four times,
+    interleaved: through the agent (attach, detach), then through the
+    helper process (attach, detach).
+    """
+    info = local_info(device)
+    agent_a: list[float] = []
+    agent_d: list[float] = []
+    vdsm_a: list[float] = []
+    vdsm_d: list[float] = []
+    clock = time.perf_counter
+    with (
+        run_dir(work, "anchor") as (links, _),
+        procs.agent(
+            work.path, "anchor-agent", storage={"run_dir": str(links)}
+        ) as a,
+        a.client() as c,
+    ):
+        for i in range(rounds + 1):
+            vol_id = str(uuid.uuid4())
+            t = clock()
+            c.call(ATTACH, {"vol_id": vol_id, "connection_info": info})
+            attach = clock() - t
+            t = clock()
+            c.call(DETACH, {"vol_id": vol_id})
+            detach = clock() - t
+            helper_attach, attachment = helper_run("attach", info)
+            if attachment.get("path") != device:
+                raise RuntimeError(f"helper attached {attachment!r}")
+            helper_detach, _ = helper_run(
+                "detach", {"connection_info": info, "attachment": attachment}
+            )
+            if i >= 1:  # the first warms the page cache for the imports
+                agent_a.append(attach)
+                agent_d.append(detach)
+                vdsm_a.append(helper_attach)
+                vdsm_d.append(helper_detach)
+    ms = 1e3
+    note = (
+        f"p50 of {rounds} rounds; tests/bench/vdsm_helper.py takes the "
+        "steps of vdsm's managedvolume-helper (fresh python, import "
+        "os-brick, get_connector_properties, connector, call, JSON out); "
+        "vdsm runs one per attach and one per detach (through supervdsm, "
+        "not counted here); reference: the same call through the agent"
+    )
+    return [
+        Row.compare(
+            "attach, vdsm way (a helper process per call), p50",
+            percentile(vdsm_a, 50) * ms,
+            percentile(agent_a, 50) * ms,
+            "ms",
+            note=note,
+        ),
+        Row.compare(
+            "detach, vdsm way (a helper process per call), p50",
+            percentile(vdsm_d, 50) * ms,
+            percentile(agent_d, 50) * ms,
+            "ms",
+            note="as above, for the detach",
+        ),
     ]

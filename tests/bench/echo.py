@@ -3,7 +3,8 @@
 It does the least a JSON-RPC server must do for a ping: read a line,
 parse it, answer ``{"jsonrpc": "2.0", "id": <id>, "result": true}``.  No
 task per request, no validation, no dispatch: the floor that Python and
-asyncio streams set on this machine.  Run ``python -m bench.echo SOCKET``;
+asyncio streams set on this machine.  Run
+``python -m tests.bench.echo SOCKET``;
 it prints ``ready`` once it listens and stops on SIGTERM.
 """
 

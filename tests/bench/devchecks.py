@@ -9,8 +9,8 @@ import sys
 import time
 from collections.abc import Callable
 
-from bench.stats import Row, percentile
 from hostagent import devices
+from tests.bench.stats import Row, percentile
 
 # A busy hypervisor: many processes, each with many descriptors (qemu
 # holds sockets, eventfds, image files); /dev/null stands for the ones

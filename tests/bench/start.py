@@ -7,8 +7,8 @@ import subprocess
 import sys
 import time
 
-from bench import procs
-from bench.stats import Row, percentile
+from tests.bench import procs
+from tests.bench.stats import Row, percentile
 
 IMPORT = "import os_brick.initiator.connector"
 

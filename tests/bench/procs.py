@@ -6,7 +6,7 @@ server's socket, loop device backing files and device nodes.  The
 database is on the same file system as ``/var/lib`` on this machine, so
 its fsyncs cost what they cost in production.  Loop devices and config
 files come from ``tests/support.py``, made as the tests make theirs
-(``python -m bench`` runs from the repository root, where ``tests`` is
+(``python -m tests.bench`` runs from the repository root, where ``tests`` is
 importable).
 """
 
@@ -203,12 +203,12 @@ def agent(
 
 @contextlib.contextmanager
 def echo_server(root: Path) -> Iterator[str]:
-    """The reference echo server (:mod:`bench.echo`); yields its socket."""
+    """The reference echo server (:mod:`tests.bench.echo`), its socket."""
     path = str(root / "echo.sock")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.echo", path],
+        [sys.executable, "-m", "tests.bench.echo", path],
         stdout=subprocess.PIPE,
-        cwd=Path(__file__).resolve().parent.parent,
+        cwd=Path(__file__).resolve().parents[2],
     )
     try:
         assert proc.stdout is not None
@@ -229,3 +229,11 @@ def connect_unix(path: str) -> socket.socket:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.connect(path)
     return s
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds ``pid`` used so far (all its threads)."""
+    with open(f"/proc/{pid}/stat") as f:
+        # The command name (field 2) may hold spaces: split after it.
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -17,11 +17,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench import procs
-from bench.ping import BLOCKS, placed
-from bench.stats import Row, percentile
+from tests.bench import procs
+from tests.bench.ping import BLOCKS, placed
+from tests.bench.stats import Row, percentile
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 MAKE_CERTS = REPO / "contrib" / "make-certs.sh"
 CLIENT_CN = "hostagent-engine"
 

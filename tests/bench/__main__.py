@@ -1,4 +1,4 @@
-"""``python -m bench [--smoke] [--json PATH]``: run every figure."""
+"""``python -m tests.bench [--smoke] [--json PATH]``: run every figure."""
 
 from __future__ import annotations
 
@@ -10,9 +10,17 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench import attach, devchecks, info, ping, procs, start, stomp_ping
-from bench.stats import Row, table, write_json
 from hostagent import __version__
+from tests.bench import (
+    attach,
+    devchecks,
+    info,
+    ping,
+    procs,
+    start,
+    stomp_ping,
+)
+from tests.bench.stats import Row, table, write_json
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results.json"
 
@@ -26,6 +34,10 @@ class Sizes:
     per_connection: int
     volumes: int
     info_calls: int
+    volumes_large: int
+    info_calls_large: int
+    large_starts: int
+    anchor_rounds: int
     attaches: int
     concurrent: int
     starts: int
@@ -39,6 +51,10 @@ FULL = Sizes(
     per_connection=3000,
     volumes=1000,
     info_calls=50,
+    volumes_large=10000,
+    info_calls_large=20,
+    large_starts=3,
+    anchor_rounds=7,
     attaches=300,
     concurrent=100,
     starts=5,
@@ -51,6 +67,10 @@ SMOKE = Sizes(
     per_connection=10,
     volumes=5,
     info_calls=2,
+    volumes_large=20,
+    info_calls_large=2,
+    large_starts=1,
+    anchor_rounds=1,
     attaches=2,
     concurrent=3,
     starts=1,
@@ -59,7 +79,15 @@ SMOKE = Sizes(
 )
 
 
-GROUPS = ("ping", "info", "attach", "concurrent", "start", "devices")
+GROUPS = (
+    "ping",
+    "info",
+    "attach",
+    "anchor",
+    "concurrent",
+    "start",
+    "devices",
+)
 
 
 def run(sizes: Sizes, only: frozenset[str] = frozenset(GROUPS)) -> list[Row]:
@@ -73,9 +101,27 @@ def run(sizes: Sizes, only: frozenset[str] = frozenset(GROUPS)) -> list[Row]:
             )
             rows += stomp_ping.run(work.path, sizes.pings // 4)
         if "info" in only:
-            rows += info.run(work, devices, sizes.volumes, sizes.info_calls)
+            rows += info.run(
+                work,
+                devices,
+                sizes.volumes,
+                sizes.info_calls,
+                "1k",
+                info.Targets(info_ms=10.0),
+            )
+            rows += info.run(
+                work,
+                devices,
+                sizes.volumes_large,
+                sizes.info_calls_large,
+                "10k",
+                info.Targets(info_ms=100.0, start_s=2.0, rss_mb=100.0),
+                starts=sizes.large_starts,
+            )
         if "attach" in only:
             rows += attach.run_pair(work, devices[0], sizes.attaches)
+        if "anchor" in only:
+            rows += attach.run_anchor(work, devices[1], sizes.anchor_rounds)
         if "concurrent" in only:
             rows += attach.run_concurrent(work, devices, sizes.concurrent)
         if "start" in only:
@@ -89,7 +135,7 @@ def run(sizes: Sizes, only: frozenset[str] = frozenset(GROUPS)) -> list[Row]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run, print the table, write the JSON; 1 if a target was missed."""
-    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser = argparse.ArgumentParser(prog="python -m tests.bench")
     parser.add_argument(
         "--smoke",
         action="store_true",
@@ -113,7 +159,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     sizes = SMOKE if args.smoke else FULL
     started = time.time()
+    load_before = os.getloadavg()
     rows = run(sizes, frozenset(args.only or GROUPS))
+    load_after = os.getloadavg()
     meta = {
         "smoke": args.smoke,
         "version": __version__,
@@ -124,9 +172,18 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": round(time.time() - started, 1),
         "sizes": asdict(sizes),
         "only": sorted(args.only or GROUPS),
+        "loadavg_before": load_before,
+        "loadavg_after": load_after,
     }
     write_json(args.json, rows, meta)
     print(table(rows))
+    print(
+        "\nload average (1, 5, 15 min) before: "
+        + ", ".join(f"{x:.2f}" for x in load_before)
+        + "; after: "
+        + ", ".join(f"{x:.2f}" for x in load_after)
+        + f"; {os.cpu_count()} CPUs"
+    )
     print(f"\nwritten to {args.json}")
     if args.smoke:
         return 0
