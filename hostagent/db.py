@@ -24,14 +24,12 @@ from __future__ import annotations
 
 import collections
 import functools
-import json
 import logging
 import operator
 import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, cast
 
@@ -41,6 +39,10 @@ import peewee as pw
 from hostagent.dbfile import DatabaseError as DatabaseError
 from hostagent.dbfile import DatabaseFile, create_private, open_reader
 from hostagent.dbfile import DatabaseNeedsOperator as DatabaseNeedsOperator
+from hostagent.dbrecord import VolumeRecord as VolumeRecord
+from hostagent.dbrecord import columns as _columns
+from hostagent.dbrecord import decode as _decode
+from hostagent.dbrecord import dump as _dump
 
 # Volume states.  A row is written in ATTACHING before the connector runs
 # and in DETACHING before it is torn down, so a crash in between leaves a
@@ -58,37 +60,6 @@ logging.getLogger("peewee").setLevel(logging.INFO)
 
 class DatabaseBusy(Exception):
     """:meth:`Database.peek` would have to wait; ask the database thread."""
-
-
-@dataclass(frozen=True)
-class VolumeRecord:
-    """One row of the ``volume`` table, decoded."""
-
-    vol_id: str
-    connection_info: dict[str, Any]
-    path: str | None
-    attachment: dict[str, Any] | None
-    multipath_id: str | None
-    state: str
-    last_error: str | None
-    created: float
-    updated: float
-    # The [backend.NAME] the volume was attached with (None: the driver
-    # type's [brick] defaults); detach must use the same options.
-    backend: str | None = None
-    # The storage domain (vdsm's sd_id) the engine attached it for; it
-    # names the managed link and the udev rule.
-    sd_id: str | None = None
-    # Owner, group and mode the device node had before the agent gave it
-    # the configured ones (ownership.NodeState.to_dict()); None: untouched.
-    owner_prev: dict[str, Any] | None = None
-    # The device's identity (hostagent.service.identity.device_key) and
-    # the boot it was attached in; None for rows of older versions.
-    device_key: str | None = None
-    boot_id: str | None = None
-    # Failed detach attempts of a ``detaching`` row (client calls,
-    # start-up and background retries).
-    attempts: int = 0
 
 
 class StoredVolume(NamedTuple):
@@ -567,14 +538,6 @@ class Database:
             raise DatabaseError(f"volume {vol_id} has no record to update")
 
 
-def _columns(r: VolumeRecord) -> dict[str, Any]:
-    """A record as the table's columns, its JSON ones encoded."""
-    row = asdict(r)
-    for key in ("connection_info", "attachment", "owner_prev"):
-        row[key] = _dump(row[key])
-    return row
-
-
 def _same_device(
     multipath_id: str | None, path: str | None, device_key: str | None
 ) -> list[Any]:
@@ -628,34 +591,3 @@ def _sql(database: pw.SqliteDatabase, query: str) -> Any:
 def _stored_query() -> Any:
     """The rows of volumes_info, in StoredVolume's columns."""
     return _Volume.select(*_STORED).order_by(_Volume.vol_id)
-
-
-def _dump(value: Any) -> str | None:
-    if value is None:
-        return None
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
-
-
-def _decode(row: Any) -> VolumeRecord:
-    """A row (a model instance or a named tuple of its columns), decoded."""
-    return VolumeRecord(
-        vol_id=str(row.vol_id),
-        connection_info=json.loads(str(row.connection_info)),
-        path=row.path,
-        attachment=(
-            None if row.attachment is None else json.loads(row.attachment)
-        ),
-        multipath_id=row.multipath_id,
-        state=str(row.state),
-        last_error=row.last_error,
-        created=float(row.created if row.created is not None else 0.0),
-        updated=float(row.updated),
-        backend=row.backend,
-        sd_id=row.sd_id,
-        owner_prev=(
-            None if row.owner_prev is None else json.loads(row.owner_prev)
-        ),
-        device_key=row.device_key,
-        boot_id=row.boot_id,
-        attempts=int(row.attempts or 0),
-    )
