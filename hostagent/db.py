@@ -267,7 +267,7 @@ class Database:
             extra = Path(str(self.path) + name)
             if extra.exists():
                 os.chmod(extra, 0o600)
-        self._migrate()
+        _migrate(self, self.version(), self._target)
 
     def quarantined(self) -> list[Path]:
         """The damaged databases (and their WAL files) moved aside."""
@@ -292,21 +292,6 @@ class Database:
             return 0
         row = _SchemaVersion.select().first()
         return int(row.version) if row else 0
-
-    def _migrate(self) -> None:
-        current = self.version()
-        if current > SCHEMA_VERSION:
-            raise DatabaseNeedsOperator(
-                f"database {self.path} has schema version {current}, newer "
-                f"than this agent's {SCHEMA_VERSION}; upgrade the agent"
-            )
-        for i in range(current, self._target):
-            with self._db.atomic():
-                if i == 0:
-                    self._db.create_tables([_SchemaVersion])
-                MIGRATIONS[i](self._db)
-                _SchemaVersion.delete().execute()
-                _SchemaVersion.create(version=i + 1)
 
     # -- queries -----------------------------------------------------------
 
@@ -500,16 +485,10 @@ class Database:
 
         Returns the attempts so far.
         """
-        attempts = _Volume.attempts + 1
+        fields = {"state": DETACHING, "last_error": last_error}
+        more = _Volume.attempts + 1
         _durably(
-            self._db,
-            functools.partial(
-                self._update,
-                vol_id,
-                state=DETACHING,
-                last_error=last_error,
-                attempts=attempts,
-            ),
+            self._db, lambda: self._update(vol_id, attempts=more, **fields)
         )
         return int(_Volume.get_by_id(vol_id).attempts)
 
@@ -536,6 +515,22 @@ class Database:
         n = _Volume.update(**fields).where(_Volume.vol_id == vol_id).execute()
         if n != 1:
             raise DatabaseError(f"volume {vol_id} has no record to update")
+
+
+def _migrate(d: Database, current: int, target: int) -> None:
+    """Run the migrations from ``current`` up to ``target`` on ``d``."""
+    if current > SCHEMA_VERSION:
+        raise DatabaseNeedsOperator(
+            f"database {d.path} has schema version {current}, newer "
+            f"than this agent's {SCHEMA_VERSION}; upgrade the agent"
+        )
+    for i in range(current, target):
+        with d._db.atomic():
+            if i == 0:
+                d._db.create_tables([_SchemaVersion])
+            MIGRATIONS[i](d._db)
+            _SchemaVersion.delete().execute()
+            _SchemaVersion.create(version=i + 1)
 
 
 def _same_device(

@@ -215,8 +215,8 @@ class VolumeService:
                 )
                 if await reattach.live(h, existing):
                     path = await reattach.existing(h, existing)
-                    return self._attach_result(
-                        vol_id, path, existing.attachment, existing.sd_id
+                    return _attach_result(
+                        h, vol_id, path, existing.attachment, existing.sd_id
                     )
                 attempt.previous = existing
                 return await self._attach_again(attempt)
@@ -244,7 +244,7 @@ class VolumeService:
             time.monotonic() - started,
             extra={"VOL_ID": a.vol_id},
         )
-        return self._attach_result(a.vol_id, a.path, a.info, a.sd_id)
+        return _attach_result(self.host, a.vol_id, a.path, a.info, a.sd_id)
 
     async def _attach_again(self, a: steps.Attempt) -> dict[str, Any]:
         """Attach over a row whose device is gone (see :mod:`.reattach`)."""
@@ -257,20 +257,6 @@ class VolumeService:
         except Exception as e:
             await reattach.note_failure(self.host, a.vol_id, e)
             raise
-
-    def _attach_result(
-        self,
-        vol_id: str,
-        path: str,
-        attachment: dict[str, Any] | None,
-        sd_id: str | None = None,
-    ) -> dict[str, Any]:
-        return {
-            "vol_id": vol_id,
-            "path": path,
-            "attachment": redact(attachment),
-            "managed_path": str(self.host.links.path(vol_id, sd_id)),
-        }
 
     async def wait_for_device(
         self,
@@ -386,6 +372,22 @@ class VolumeService:
         # Only this answer's entries are kept: the memo stays its size.
         self._shown = shown
         return list(shown.values())
+
+
+def _attach_result(
+    h: Host,
+    vol_id: str,
+    path: str,
+    attachment: dict[str, Any] | None,
+    sd_id: str | None = None,
+) -> dict[str, Any]:
+    """attach_volume's answer (its attachment redacted)."""
+    return {
+        "vol_id": vol_id,
+        "path": path,
+        "attachment": redact(attachment),
+        "managed_path": str(h.links.path(vol_id, sd_id)),
+    }
 
 
 def _tool_status(config: Config, brick: Brick) -> dict[str, Any]:
