@@ -120,7 +120,7 @@ def test_no_import_circle() -> None:
 
 
 # Still over the limits, being split by other work (transport/, api).
-NOT_YET = {"devices.py"}
+NOT_YET: set[str] = set()
 
 
 def test_no_class_or_module_is_too_big() -> None:
