@@ -239,11 +239,15 @@ class Api:
         return await self.service.extend(vol_id)
 
     async def detach_volume(
-        self, ctx: Peer, vol_id: str, sd_id: str | None = None
+        self,
+        ctx: Peer,
+        vol_id: str,
+        sd_id: str | None = None,
+        force: bool = False,
     ) -> bool:
         """``ManagedVolume.detach_volume``: ``true``, as vdsm answers."""
         try:
-            await self.service.detach(vol_id, sd_id)
+            await self.service.detach(vol_id, sd_id, force=force)
         finally:
             self.service.keep_secrets(vol_id)
         return True

@@ -164,7 +164,7 @@ class Brick:
         force: bool = False,
         backend: BackendConfig | None = None,
     ) -> None:
-        """Run the connector's ``disconnect_volume``.
+        """``disconnect_volume``, with ``ignore_errors`` when ``force``.
 
         A disconnect that finds nothing of the volume can be attached
         here returns as done (logged): StorPool's API says the volume
@@ -181,7 +181,7 @@ class Brick:
             if driver == "storpool":
                 info = _storpool_device_info(conn, data, info)
             try:
-                conn.disconnect_volume(data, info, force=force)
+                conn.disconnect_volume(data, info, force, force)
             except Exception as e:
                 why = _nothing_attached(driver, conn, data, e)
                 if why is None:

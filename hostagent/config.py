@@ -80,6 +80,10 @@ class StorageConfig:
     device_group: str = ""
     device_mode: str = "0660"
     udev_rules_dir: str = "/run/udev/rules.d"
+    # A failed detach is retried in the background after this many
+    # seconds, the wait doubling up to detach_retry_max.
+    detach_retry_initial: float = 5.0
+    detach_retry_max: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -353,6 +357,12 @@ def _check(c: Config) -> None:
     if c.storage.lock_timeout < 0:
         raise ConfigError("storage.lock_timeout must be >= 0")
     _check_ownership(c.storage)
+    if c.storage.detach_retry_initial <= 0:
+        raise ConfigError("storage.detach_retry_initial must be > 0")
+    if c.storage.detach_retry_max < c.storage.detach_retry_initial:
+        raise ConfigError(
+            "storage.detach_retry_max must be >= storage.detach_retry_initial"
+        )
     for i, d in enumerate(c.brick.drivers):
         if d not in KNOWN_DRIVERS:
             raise ConfigError(

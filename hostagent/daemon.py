@@ -13,7 +13,15 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from hostagent import __version__, api, cmdline, config, systemd
+from hostagent import (
+    __version__,
+    api,
+    cmdline,
+    config,
+    hostcheck,
+    mpathconf,
+    systemd,
+)
 from hostagent.api import Api
 from hostagent.brick import Brick
 from hostagent.config import Config, ConfigError
@@ -142,6 +150,7 @@ class Daemon:
         self._opened = False
         self._bound_socket: str | None = None
         self._status_sent: str | None = None
+        self._host_check: asyncio.Task[object] | None = None
 
     # -- systemd -----------------------------------------------------------
 
@@ -254,6 +263,9 @@ class Daemon:
         await self._listen()
         # Off the start-up path: lvmconfig takes tens of milliseconds.
         self.service.check_lvm()
+        self._host_check = asyncio.create_task(
+            hostcheck.warn_multipath(self.cfg)
+        )
 
     async def shutdown(self) -> None:
         """Stop accepting, let requests in flight finish, close the DB."""
@@ -361,6 +373,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"hostagentd: bad configuration: {e}", file=sys.stderr)
             return EXIT_CONFIG
         print(f"hostagentd: {path or 'built-in defaults'}: OK")
+        if hostcheck.multipath_used(cfg):
+            # The host's settings, not the agent's file: reported, never
+            # a failed check (the agent serves without multipath).
+            for line in hostcheck.multipath_lines(mpathconf.read_settings()):
+                print(f"hostagentd: {line}")
         return 0
     where = setup_logging(cfg)
     log.debug("logging to %s", where)

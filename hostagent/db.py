@@ -24,14 +24,12 @@ from __future__ import annotations
 
 import collections
 import functools
-import json
 import logging
 import operator
 import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, cast
 
@@ -41,6 +39,10 @@ import peewee as pw
 from hostagent.dbfile import DatabaseError as DatabaseError
 from hostagent.dbfile import DatabaseFile, create_private, open_reader
 from hostagent.dbfile import DatabaseNeedsOperator as DatabaseNeedsOperator
+from hostagent.dbrecord import VolumeRecord as VolumeRecord
+from hostagent.dbrecord import columns as _columns
+from hostagent.dbrecord import decode as _decode
+from hostagent.dbrecord import dump as _dump
 
 # Volume states.  A row is written in ATTACHING before the connector runs
 # and in DETACHING before it is torn down, so a crash in between leaves a
@@ -60,34 +62,6 @@ class DatabaseBusy(Exception):
     """:meth:`Database.peek` would have to wait; ask the database thread."""
 
 
-@dataclass(frozen=True)
-class VolumeRecord:
-    """One row of the ``volume`` table, decoded."""
-
-    vol_id: str
-    connection_info: dict[str, Any]
-    path: str | None
-    attachment: dict[str, Any] | None
-    multipath_id: str | None
-    state: str
-    last_error: str | None
-    created: float
-    updated: float
-    # The [backend.NAME] the volume was attached with (None: the driver
-    # type's [brick] defaults); detach must use the same options.
-    backend: str | None = None
-    # The storage domain (vdsm's sd_id) the engine attached it for; it
-    # names the managed link and the udev rule.
-    sd_id: str | None = None
-    # Owner, group and mode the device node had before the agent gave it
-    # the configured ones (ownership.NodeState.to_dict()); None: untouched.
-    owner_prev: dict[str, Any] | None = None
-    # The device's identity (hostagent.service.identity.device_key) and
-    # the boot it was attached in; None for rows of older versions.
-    device_key: str | None = None
-    boot_id: str | None = None
-
-
 class StoredVolume(NamedTuple):
     """What volumes_info shows of a row, its JSON columns left as text."""
 
@@ -101,6 +75,7 @@ class StoredVolume(NamedTuple):
     backend: str | None
     sd_id: str | None
     boot_id: str | None
+    attempts: int
 
 
 _proxy = pw.DatabaseProxy()
@@ -133,6 +108,7 @@ class _Volume(_Base):
     owner_prev = pw.TextField(null=True)
     device_key = pw.TextField(null=True)
     boot_id = pw.TextField(null=True)
+    attempts = pw.IntegerField(default=0)
 
     class Meta:
         table_name = "volume"
@@ -164,7 +140,9 @@ _STORED = [_Volume._meta.fields[name] for name in StoredVolume._fields]
 # adds the flow state, so an interrupted attach or detach is visible;
 # version 3 records the backend a volume was attached with; version 4
 # its storage domain (sd_id) and the device node's previous ownership;
-# version 5 the device's identity and the boot id.  Their DDL is SQL:
+# version 5 the device's identity and the boot id; version 6 counts
+# failed detach attempts (shown by volumes_info; the detach is retried
+# in the background with backoff).  Their DDL is SQL:
 # each writes the table as it was at its version, which the
 # model (today's table) cannot describe.
 def _v1(db: pw.SqliteDatabase) -> None:
@@ -211,12 +189,21 @@ def _v5(db: pw.SqliteDatabase) -> None:
     _sql(db, "CREATE INDEX volume_device_key ON volume (device_key)")
 
 
+def _v6(db: pw.SqliteDatabase) -> None:
+    # Failed detach attempts, for the background retries' backoff.
+    _sql(
+        db,
+        "ALTER TABLE volume ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0",
+    )
+
+
 MIGRATIONS: tuple[Callable[[pw.SqliteDatabase], None], ...] = (
     _v1,
     _v2,
     _v3,
     _v4,
     _v5,
+    _v6,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -280,7 +267,7 @@ class Database:
             extra = Path(str(self.path) + name)
             if extra.exists():
                 os.chmod(extra, 0o600)
-        self._migrate()
+        _migrate(self, self.version(), self._target)
 
     def quarantined(self) -> list[Path]:
         """The damaged databases (and their WAL files) moved aside."""
@@ -305,21 +292,6 @@ class Database:
             return 0
         row = _SchemaVersion.select().first()
         return int(row.version) if row else 0
-
-    def _migrate(self) -> None:
-        current = self.version()
-        if current > SCHEMA_VERSION:
-            raise DatabaseNeedsOperator(
-                f"database {self.path} has schema version {current}, newer "
-                f"than this agent's {SCHEMA_VERSION}; upgrade the agent"
-            )
-        for i in range(current, self._target):
-            with self._db.atomic():
-                if i == 0:
-                    self._db.create_tables([_SchemaVersion])
-                MIGRATIONS[i](self._db)
-                _SchemaVersion.delete().execute()
-                _SchemaVersion.create(version=i + 1)
 
     # -- queries -----------------------------------------------------------
 
@@ -508,6 +480,18 @@ class Database:
         else:
             write()  # an attach's undo: "attaching" either way
 
+    def note_failure(self, vol_id: str, last_error: str) -> int:
+        """A detach failed: ``detaching``, the error, one attempt more.
+
+        Returns the attempts so far.
+        """
+        fields = {"state": DETACHING, "last_error": last_error}
+        more = _Volume.attempts + 1
+        _durably(
+            self._db, lambda: self._update(vol_id, attempts=more, **fields)
+        )
+        return int(_Volume.get_by_id(vol_id).attempts)
+
     def delete(self, vol_id: str) -> None:
         """Forget ``vol_id`` (a no-op when it is unknown)."""
         _Volume.delete().where(_Volume.vol_id == vol_id).execute()
@@ -533,12 +517,20 @@ class Database:
             raise DatabaseError(f"volume {vol_id} has no record to update")
 
 
-def _columns(r: VolumeRecord) -> dict[str, Any]:
-    """A record as the table's columns, its JSON ones encoded."""
-    row = asdict(r)
-    for key in ("connection_info", "attachment", "owner_prev"):
-        row[key] = _dump(row[key])
-    return row
+def _migrate(d: Database, current: int, target: int) -> None:
+    """Run the migrations from ``current`` up to ``target`` on ``d``."""
+    if current > SCHEMA_VERSION:
+        raise DatabaseNeedsOperator(
+            f"database {d.path} has schema version {current}, newer "
+            f"than this agent's {SCHEMA_VERSION}; upgrade the agent"
+        )
+    for i in range(current, target):
+        with d._db.atomic():
+            if i == 0:
+                d._db.create_tables([_SchemaVersion])
+            MIGRATIONS[i](d._db)
+            _SchemaVersion.delete().execute()
+            _SchemaVersion.create(version=i + 1)
 
 
 def _same_device(
@@ -594,33 +586,3 @@ def _sql(database: pw.SqliteDatabase, query: str) -> Any:
 def _stored_query() -> Any:
     """The rows of volumes_info, in StoredVolume's columns."""
     return _Volume.select(*_STORED).order_by(_Volume.vol_id)
-
-
-def _dump(value: Any) -> str | None:
-    if value is None:
-        return None
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
-
-
-def _decode(row: Any) -> VolumeRecord:
-    """A row (a model instance or a named tuple of its columns), decoded."""
-    return VolumeRecord(
-        vol_id=str(row.vol_id),
-        connection_info=json.loads(str(row.connection_info)),
-        path=row.path,
-        attachment=(
-            None if row.attachment is None else json.loads(row.attachment)
-        ),
-        multipath_id=row.multipath_id,
-        state=str(row.state),
-        last_error=row.last_error,
-        created=float(row.created if row.created is not None else 0.0),
-        updated=float(row.updated),
-        backend=row.backend,
-        sd_id=row.sd_id,
-        owner_prev=(
-            None if row.owner_prev is None else json.loads(row.owner_prev)
-        ),
-        device_key=row.device_key,
-        boot_id=row.boot_id,
-    )

@@ -117,6 +117,18 @@ class NotALink(AgentError):
     default_message = "the managed path is not a symbolic link"
 
 
+class VolumeInUse(AgentError):
+    """Detach refused: a process, mount or foreign map holds the device.
+
+    ``data.holders`` names them (pid and ``comm`` of each process, the
+    maps and mount points); nothing was torn down.  ``detach_volume``
+    with ``force: true`` detaches anyway and may lose unflushed writes.
+    """
+
+    code = 932
+    default_message = "the volume's device is in use on this host"
+
+
 class DriverNotSupported(AgentError):
     """driver_volume_type is unknown or not allowed by the config."""
 

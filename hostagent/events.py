@@ -111,6 +111,17 @@ class Events:
         """A volume was detached: its device going is no news."""
         self._known.pop(vol_id, None)
 
+    def gone(self, vol_id: str, path: str | None) -> None:
+        """A detach retried in the background finished: tell subscribers.
+
+        No client is waiting on that detach; the notification is how
+        the engine learns the volume is finally off this host.
+        """
+        self._known.pop(vol_id, None)
+        self.publish(
+            {"vol_id": vol_id, "exists": False, "path": path, "detached": True}
+        )
+
     # -- the watch ---------------------------------------------------------
 
     async def start(self) -> None:

@@ -105,6 +105,10 @@ VOLUME_INFO: dict[str, Any] = {
                 "(a reboot, a fence) is attached again by a re-attach"
             ),
         },
+        "attempts": {
+            "type": "integer",
+            "description": "failed detach attempts of a detaching row",
+        },
     },
 }
 
@@ -112,12 +116,15 @@ CHANGED: dict[str, Any] = {
     "type": "object",
     "description": (
         "Params of the ManagedVolume.changed notification sent to "
-        "subscribed connections when a volume's device goes or comes back."
+        "subscribed connections when a volume's device goes or comes "
+        "back, and when a detach retried in the background finished "
+        "(then with detached: true)."
     ),
     "properties": {
         "vol_id": VOL_ID,
         "exists": {"type": "boolean"},
         "path": {"type": ["string", "null"]},
+        "detached": {"type": "boolean"},
     },
 }
 
@@ -177,6 +184,15 @@ METHODS: tuple[Method, ...] = (
                     "type": "object",
                     "description": "backend name -> its options and status",
                 },
+                "multipath_settings": {
+                    "type": "object",
+                    "description": (
+                        "the host's user_friendly_names, no_path_retry "
+                        "and flush_on_last_del, where they were read "
+                        "(source) and what is wrong with them (problems); "
+                        "absent when no volume uses multipath"
+                    ),
+                },
             },
         },
     ),
@@ -221,9 +237,19 @@ METHODS: tuple[Method, ...] = (
         params=(
             Param("vol_id", VOL_ID),
             Param("sd_id", SD_ID, required=False),
+            Param(
+                "force",
+                {"type": "boolean"},
+                required=False,
+                description=(
+                    "detach even when a process, mount or map holds the "
+                    "device (otherwise 932); writes not yet flushed may "
+                    "be lost"
+                ),
+            ),
         ),
         result={"type": "boolean"},
-        errors=(925, 926, 927, 930, 931),
+        errors=(925, 926, 927, 930, 931, 932),
     ),
     Method(
         "ManagedVolume.extend_volume",
@@ -266,6 +292,8 @@ ERRORS: dict[int, str] = {
     929: "volume is attached with different connection info",
     930: "the state directory is full or read-only; nothing was changed",
     931: "a non-symlink sits at the managed path; nothing was changed",
+    932: "the device is in use on this host (data.holders); nothing was "
+    "detached (force detaches anyway)",
     2009: "driver_volume_type not supported or not allowed by config",
 }
 

@@ -12,14 +12,20 @@ through the kernel's ``/dev/nvme-fabrics``.  Its HTTP endpoint
 (``[::]:6060`` by default) serves Prometheus ``/metrics``; os-brick
 only sends ``HEAD /metrics`` to tell whether the service runs.
 
-This fake does the same up to the kernel: it records every entry it
-would connect and, where the kernel has no NVMe-oF (this machine), the
-connect error the real service would log.  No device ever appears, as
-with the real service on this host.
+This fake does the same: it records every entry it reads and, where the
+kernel has NVMe-oF (the qemu lab's guest), connects each entry's
+subsystem through ``/dev/nvme-fabrics`` and deletes those controllers
+when the file goes away.  Where the kernel has none (this machine) it
+records the connect error the real service would log, and no device
+ever appears, as with the real service on such a host.  The real
+service first asks the entry's discovery controller for its log page;
+the fake connects ``-n`` at ``-a``/``-s`` directly (nvmet serves
+discovery and I/O on the same port, so the result is the same).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import re
@@ -29,6 +35,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 NVME_FABRICS = "/dev/nvme-fabrics"
+NVME_CLASS = Path("/sys/class/nvme")
 _HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})")
 
 
@@ -130,10 +137,13 @@ class FakeDiscoveryClient:
         self.events: list[tuple[str, str]] = []
         self.warnings: list[str] = []
         self.connect_errors: list[str] = []
+        # file name -> the controllers (nvmeN) its entries connected.
+        self.controllers: dict[str, list[str]] = {}
         self.requests: list[tuple[str, str]] = []
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._seen: dict[str, float] = {}
+        self._connected: dict[tuple[str, Entry], str] = {}
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -212,6 +222,7 @@ class FakeDiscoveryClient:
             except FileNotFoundError:
                 continue
         for name in sorted(set(self._seen) - set(now)):
+            self._disconnect(name)
             with self._cond:
                 self.entries.pop(name, None)
                 self.events.append(("remove", name))
@@ -234,14 +245,76 @@ class FakeDiscoveryClient:
                 self.events.append(("reject", name))
                 self._cond.notify_all()
             return
-        errors = [] if os.path.exists(NVME_FABRICS) else [
-            f"{name}: connect {e.subsysnqn} at {e.traddr}:{e.trsvcid}: "
-            f"open {NVME_FABRICS}: no such file or directory"
-            for e in entries
-        ]  # fmt: skip
+        errors: list[str] = []
+        # An entry taken out of a changed file is disconnected.
+        self._disconnect(name, keep=set(entries))
+        for e in entries:
+            if (name, e) in self._connected:
+                continue
+            try:
+                ctrl = connect(e)
+            except (OSError, KeyError) as err:
+                errors.append(
+                    f"{name}: connect {e.subsysnqn} at {e.traddr}:"
+                    f"{e.trsvcid}: {_reason(err)}"
+                )
+                continue
+            self._connected[(name, e)] = ctrl
         with self._cond:
             self.entries[name] = entries
+            self.controllers[name] = [
+                c for (n, _), c in self._connected.items() if n == name
+            ]
             self.warnings += [f"{name}: {w}" for w in warnings]
             self.connect_errors += errors
             self.events.append(("add", name))
             self._cond.notify_all()
+
+    def _disconnect(self, name: str, keep: set[Entry] | None = None) -> None:
+        for key in [
+            k
+            for k in self._connected
+            if k[0] == name and (keep is None or k[1] not in keep)
+        ]:
+            ctrl = self._connected.pop(key)
+            # Already gone if the target dropped it.
+            with contextlib.suppress(FileNotFoundError):
+                (NVME_CLASS / ctrl / "delete_controller").write_text("1")
+        if keep is None:
+            with self._cond:
+                self.controllers.pop(name, None)
+
+
+def connect(e: Entry) -> str:
+    """Connect one entry's subsystem as the service does; its nvmeN.
+
+    One write of the options to ``/dev/nvme-fabrics``; the kernel
+    answers on the same descriptor with ``instance=N,cntlid=M``.
+    """
+    opts = (
+        f"nqn={e.subsysnqn},transport={e.transport},traddr={e.traddr},"
+        f"trsvcid={e.trsvcid},hostnqn={e.hostnqn}"
+    )
+    if e.hostid:
+        opts += f",hostid={e.hostid}"
+    if e.ctrl_loss_tmo is not None:
+        opts += f",ctrl_loss_tmo={e.ctrl_loss_tmo}"
+    fd = os.open(NVME_FABRICS, os.O_RDWR)
+    try:
+        os.write(fd, opts.encode())
+        answer = os.read(fd, 4096).decode()
+    finally:
+        os.close(fd)
+    fields = dict(
+        f.split("=", 1) for f in answer.strip().split(",") if "=" in f
+    )
+    return f"nvme{fields['instance']}"
+
+
+def _reason(err: Exception) -> str:
+    """The error as the real service (Go) logs it."""
+    if isinstance(err, FileNotFoundError) and err.filename:
+        return f"open {err.filename}: no such file or directory"
+    if isinstance(err, OSError):
+        return f"write {NVME_FABRICS}: {err.strerror or err}"
+    return f"unexpected answer from {NVME_FABRICS}: {err}"

@@ -153,6 +153,7 @@ def test_completion_without_agent_uses_built_in_schema(
     assert complete(f"{s} ManagedVolume detach_volume ") == [
         "vol_id=",
         "sd_id=",
+        "force:=",
     ]
 
 
@@ -183,6 +184,7 @@ def test_completion_after_short_options(agent: Agent) -> None:
     assert complete(f"{s} ManagedVolume.detach_volume ") == [
         "vol_id=",
         "sd_id=",
+        "force:=",
     ]
     env = dict(os.environ, HOSTAGENT_SOCKET=agent.socket)
     assert complete("hostagent-client ManagedVolume ", env=env) == [

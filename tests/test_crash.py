@@ -209,6 +209,8 @@ DETACH_KILLS = [
     ("detach.after_unlink", "gone"),
     ("detach.before_disown", "gone"),
     ("detach.after_disown", "gone"),
+    ("detach.before_release", "gone"),
+    ("detach.after_release", "gone"),
     ("detach.before_disconnect", "gone"),
     ("brick.before_disconnect_volume", "gone"),
     ("brick.after_disconnect_volume", "gone"),
@@ -351,6 +353,8 @@ RECONCILE_KILLS = [
     ("detach.after_mark", "reconcile.after_unlink", "gone"),
     ("detach.after_mark", "reconcile.before_disown", "gone"),
     ("attach.after_connect", "reconcile.after_disown", "gone"),
+    ("detach.after_unlink", "reconcile.before_release", "gone"),
+    ("attach.after_connect", "reconcile.after_release", "gone"),
     ("attach.after_connect", "reconcile.before_disconnect", "gone"),
     ("attach.after_connect", "brick.after_disconnect_volume", "gone"),
     ("detach.after_unlink", "reconcile.after_disconnect", "gone"),
@@ -435,6 +439,11 @@ def test_failing_disconnect_at_start_up_keeps_the_row(
     a, dev, vid = crash(agent_factory, loops, "attach.after_connected")
     # Make completion impossible: the device goes while the agent is down.
     loops.detach(dev)
+    # No background retry (tests/test_detach.py has those) may rewrite
+    # last_error before this test reads reconciliation's.
+    a.configure(
+        storage={"detach_retry_initial": 600.0, "detach_retry_max": 600.0}
+    )
 
     restart(a, "brick.before_disconnect_volume=raise")
     assert "failed 1" in reconcile_lines(a)[-1]

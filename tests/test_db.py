@@ -218,6 +218,32 @@ def test_upgrade_from_frozen_schema_2(tmp_path: Path) -> None:
     assert columns(path) == columns(fresh)
 
 
+def test_upgrade_to_attempts_starts_every_row_at_zero(
+    tmp_path: Path,
+) -> None:
+    """_v6 gives the rows of a frozen schema-4 database 0 attempts."""
+    path = tmp_path / "h.db"
+    frozen(path, 4)
+    fresh = tmp_path / "fresh.db"
+    Database(fresh).open()
+    new = reopened(path)
+    rows = new.list()
+    assert [r.vol_id for r in rows] == ["vol-a", "vol-b"]
+    assert [r.attempts for r in rows] == [0, 0]
+    # The count goes on from there, and the row is detaching.
+    assert new.note_failure("vol-b", "detach: still busy") == 1
+    assert new.note_failure("vol-b", "detach: still busy") == 2
+    b = new.get("vol-b")
+    assert b is not None
+    assert (b.state, b.last_error, b.attempts) == (
+        db.DETACHING,
+        "detach: still busy",
+        2,
+    )
+    new.close()
+    assert columns(path) == columns(fresh)
+
+
 def test_old_migrations_still_make_the_frozen_schemas(tmp_path: Path) -> None:
     """_v1 and _v2 still create what the frozen fixtures hold.
 

@@ -68,6 +68,9 @@ def partitioned(loops: Loops) -> Iterator[tuple[str, list[str]]]:
         text=True,
         check=True,
     )
+    # A run killed inside this fixture leaves its partitions on the
+    # loop number, and partx -a refuses to add them again.
+    subprocess.run(["partx", "-d", dev], check=False, capture_output=True)
     subprocess.run(["partx", "-a", dev], check=True)
     try:
         parts = [f"{dev}p1", f"{dev}p2"]

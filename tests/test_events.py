@@ -171,7 +171,12 @@ def test_discover_describes_the_notification(agent: Agent) -> None:
     doc = agent.call("rpc.discover")
     (n,) = doc["x-notifications"]
     assert n["name"] == "ManagedVolume.changed"
-    assert sorted(n["params"]["properties"]) == ["exists", "path", "vol_id"]
+    assert sorted(n["params"]["properties"]) == [
+        "detached",
+        "exists",
+        "path",
+        "vol_id",
+    ]
 
 
 class _Peer:

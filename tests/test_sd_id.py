@@ -165,5 +165,5 @@ def test_discover_documents_sd_id(agent: Agent) -> None:
     attach = [p["name"] for p in methods[ATTACH]["params"]]
     assert attach == ["vol_id", "connection_info", "sd_id", "backend"]
     detach = [p["name"] for p in methods[DETACH]["params"]]
-    assert detach == ["vol_id", "sd_id"]
+    assert detach == ["vol_id", "sd_id", "force"]
     assert methods[DETACH]["result"]["schema"] == {"type": "boolean"}

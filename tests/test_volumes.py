@@ -69,6 +69,7 @@ def test_attach_info_detach(agent: Agent, loops: Loops) -> None:
         # The boot it was attached in (a reboot makes it stale).
         "boot_id": Path("/proc/sys/kernel/random/boot_id").read_text().strip(),
         "this_boot": True,
+        "attempts": 0,
     }
     assert rows(agent) == [(vid, "attached", dev)]
     assert agent.call(DETACH, {"vol_id": vid}) is True

@@ -44,11 +44,12 @@ async def disconnect(h: Host, rec: VolumeRecord) -> None:
 
 
 async def disconnect_unshared(
-    h: Host, rec: VolumeRecord, sharer: str | None
+    h: Host, rec: VolumeRecord, sharer: str | None, force: bool = False
 ) -> None:
     """Disconnect a record's device; not when ``sharer`` uses it too.
 
-    ``sharer`` is what :func:`device_sharer` found.
+    ``sharer`` is what :func:`device_sharer` found; ``force`` is
+    os-brick's (flush errors ignored, see :meth:`Brick.disconnect`).
     """
     vol_id = rec.vol_id
     driver = str(rec.connection_info["driver_volume_type"])
@@ -73,7 +74,7 @@ async def disconnect_unshared(
     data = rec.connection_info["data"]
     await h.in_worker(
         lambda: h.brick.disconnect(
-            driver, data, rec.attachment, backend=backend
+            driver, data, rec.attachment, force=force, backend=backend
         )
     )
     if drivers.get(driver).shares and not await h.in_db(

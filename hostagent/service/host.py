@@ -27,6 +27,7 @@ from hostagent.service import secrecy
 from hostagent.service.lane import Lane
 from hostagent.service.links import ManagedLinks
 from hostagent.service.locks import VolumeLocks
+from hostagent.service.retrier import DetachRetrier
 from hostagent.udev import Udev
 
 T = TypeVar("T")
@@ -81,6 +82,9 @@ class Host:
             config.brick.workers, thread_name_prefix="brick"
         )
         self._brick_load: asyncio.Future[None] | None = None
+        # Background retries of failed detaches; the service sets it
+        # (the retry runs its detach), start-up reconciliation uses it.
+        self.retrier: DetachRetrier | None = None
 
     async def in_db(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on the database thread.
@@ -115,6 +119,17 @@ class Host:
         except DatabaseBusy:
             return await self.in_db(self.db.get, vol_id)
 
+    async def note_failure(self, vol_id: str, message: str) -> int:
+        """Record a failed detach attempt and schedule the next one.
+
+        The row becomes ``detaching`` with ``message`` as ``last_error``
+        and one attempt more; returns the attempts so far.
+        """
+        attempts = await self.in_db(self.db.note_failure, vol_id, message)
+        if self.retrier is not None:
+            self.retrier.schedule(vol_id)
+        return attempts
+
     def start_brick_load(self) -> None:
         """Begin importing os-brick in the background (off the READY path)."""
         if self._brick_load is None:
@@ -143,6 +158,9 @@ class Host:
 
     async def close(self) -> None:
         """Close the database; called after all operations finished."""
+        # Retries left are finished at the next start (reconciliation).
+        if self.retrier is not None:
+            await self.retrier.close()
         await self.in_db(self.db.close)
         self.db_thread.shutdown(wait=True)
         self.workers.shutdown(wait=False, cancel_futures=True)

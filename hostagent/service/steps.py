@@ -29,7 +29,7 @@ from hostagent.config import BackendConfig
 from hostagent.db import VolumeRecord
 from hostagent.errors import AgentError, ConnectorFailed, VolumeBusy
 from hostagent.redact import SCRUBBER
-from hostagent.service import connection, guard, identity, owning
+from hostagent.service import connection, detaching, guard, identity, owning
 from hostagent.service.device import wait_for_device
 from hostagent.service.flow import Flow, FlowError, Step
 from hostagent.service.host import Host
@@ -318,7 +318,7 @@ async def record_leak(h: Host, vol_id: str, e: FlowError) -> None:
     )
     log.error("volume %s: %s", vol_id, message, extra={"VOL_ID": vol_id})
     try:
-        await h.in_db(h.db.set_state, vol_id, db.DETACHING, message)
+        await h.note_failure(vol_id, message)
     except Exception as db_error:
         # The row stays as the revert left it, shown by volumes_info
         # (and, if still attaching, rolled back at the next start);
@@ -341,18 +341,33 @@ class Teardown:
     rec: VolumeRecord
     note: str | None
     sharer: str | None = None
+    # Detach even if the device is in use (the caller checked and
+    # logged its users); os-brick ignores flush errors.
+    force: bool = False
 
 
 def teardown_steps(h: Host, t: Teardown) -> list[Step]:
-    """mark -> unlink -> disown -> disconnect -> forget (no undos)."""
+    """mark -> unlink -> disown -> release -> disconnect -> forget.
+
+    No undos.  Ownership goes back while the node still exists; release
+    (queueing off, partition maps gone) comes last before disconnect.
+    """
     p = functools.partial
     return [
         Step("mark", p(mark, h, t)),
         Step("unlink", p(unlink, h, t.rec.vol_id, t.rec.sd_id)),
         Step("disown", p(owning.disown, h, t.rec)),
+        Step("release", p(release, h, t)),
         Step("disconnect", p(disconnect_unshared, h, t)),
         Step("forget", p(forget, h, t.rec.vol_id)),
     ]
+
+
+async def release(h: Host, t: Teardown) -> None:
+    """Make the device removable (see :mod:`.detaching`); not a shared
+    device's, which is not disconnected either."""
+    if t.sharer is None:
+        await detaching.release(h, t.rec, t.force)
 
 
 async def mark(h: Host, t: Teardown) -> None:
@@ -371,7 +386,7 @@ async def mark(h: Host, t: Teardown) -> None:
 
 async def disconnect_unshared(h: Host, t: Teardown) -> None:
     """Disconnect, unless another volume uses the device."""
-    await connection.disconnect_unshared(h, t.rec, t.sharer)
+    await connection.disconnect_unshared(h, t.rec, t.sharer, t.force)
 
 
 async def teardown(
@@ -380,24 +395,27 @@ async def teardown(
     flow: str,
     note: str | None,
     context: str = "",
+    force: bool = False,
 ) -> None:
-    """Mark detaching, unlink, disconnect, forget; record a failure.
+    """Mark detaching, unlink, release, disconnect, forget; record a failure.
 
     ``note`` is the ``last_error`` the row carries while this runs (a
     crash in the middle leaves it for the next start to read).  On
     failure the row stays ``detaching`` with the error (after
     ``context``, when given), and the error is raised: nothing is
-    forgotten while it may still be connected.
+    forgotten while it may still be connected.  A failure counts one
+    attempt more and schedules a retry in the background.
     """
     vol_id = rec.vol_id
     try:
         await Flow(flow, h.failpoints, f"volume {vol_id}").run(
-            teardown_steps(h, Teardown(rec, note))
+            teardown_steps(h, Teardown(rec, note, force=force))
         )
     except Exception as e:
         message = SCRUBBER.scrub(f"{context}: {e}" if context else str(e))
+        attempts = 0
         try:
-            await h.in_db(h.db.set_state, vol_id, db.DETACHING, message)
+            attempts = await h.note_failure(vol_id, message)
         except AgentError as db_error:
             # 930: the row stays as the steps left it (still attached
             # when the mark itself failed: nothing was changed).
@@ -409,9 +427,11 @@ async def teardown(
                 extra={"VOL_ID": vol_id},
             )
         log.error(
-            "%s of volume %s failed, kept as detaching: %s",
+            "%s of volume %s failed (attempt %d), kept as detaching and "
+            "retried in the background: %s",
             flow,
             vol_id,
+            attempts,
             message,
             extra={"VOL_ID": vol_id},
         )

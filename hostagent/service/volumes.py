@@ -25,13 +25,14 @@ Rules (the project's DESIGN, "Flows"):
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from hostagent import __version__, db, hosttools
+from hostagent import __version__, db, hostcheck, hosttools
 from hostagent.brick import Brick
 from hostagent.config import BackendConfig, Config, backend_options
 from hostagent.db import Database, StoredVolume
@@ -45,6 +46,7 @@ from hostagent.events import Events
 from hostagent.failpoints import FailPoints
 from hostagent.redact import redact
 from hostagent.service import (
+    detaching,
     identity,
     lvm,
     matching,
@@ -66,6 +68,8 @@ from hostagent.service.flow import Flow, FlowError
 from hostagent.service.host import Host
 from hostagent.service.lane import Lane
 from hostagent.service.reconcile import Reconciler
+from hostagent.service.retrier import DetachRetrier
+from hostagent.service.retry import retry_detach
 from hostagent.udev import Udev
 
 log = logging.getLogger(__name__)
@@ -94,6 +98,10 @@ class VolumeService:
         # volumes_info's last entries, by row and presence.
         self._shown: dict[tuple[tuple[Any, ...], bool], dict[str, Any]] = {}
         self.events = Events(lambda: self.info(None))
+        self.host.retrier = DetachRetrier(
+            functools.partial(retry_detach, self.host, self.events),
+            config.storage,
+        )
 
     @property
     def _workers(self) -> ThreadPoolExecutor:
@@ -207,8 +215,8 @@ class VolumeService:
                 )
                 if await reattach.live(h, existing):
                     path = await reattach.existing(h, existing)
-                    return self._attach_result(
-                        vol_id, path, existing.attachment, existing.sd_id
+                    return _attach_result(
+                        h, vol_id, path, existing.attachment, existing.sd_id
                     )
                 attempt.previous = existing
                 return await self._attach_again(attempt)
@@ -236,7 +244,7 @@ class VolumeService:
             time.monotonic() - started,
             extra={"VOL_ID": a.vol_id},
         )
-        return self._attach_result(a.vol_id, a.path, a.info, a.sd_id)
+        return _attach_result(self.host, a.vol_id, a.path, a.info, a.sd_id)
 
     async def _attach_again(self, a: steps.Attempt) -> dict[str, Any]:
         """Attach over a row whose device is gone (see :mod:`.reattach`)."""
@@ -250,20 +258,6 @@ class VolumeService:
             await reattach.note_failure(self.host, a.vol_id, e)
             raise
 
-    def _attach_result(
-        self,
-        vol_id: str,
-        path: str,
-        attachment: dict[str, Any] | None,
-        sd_id: str | None = None,
-    ) -> dict[str, Any]:
-        return {
-            "vol_id": vol_id,
-            "path": path,
-            "attachment": redact(attachment),
-            "managed_path": str(self.host.links.path(vol_id, sd_id)),
-        }
-
     async def wait_for_device(
         self,
         driver: str,
@@ -275,11 +269,15 @@ class VolumeService:
 
     # -- detach ------------------------------------------------------------
 
-    async def detach(self, vol_id: str, sd_id: str | None = None) -> None:
+    async def detach(
+        self, vol_id: str, sd_id: str | None = None, force: bool = False
+    ) -> None:
         """Detach ``vol_id``; an unknown volume is already detached.
 
         ``sd_id``, when given, must be the one it was attached with: a
-        client naming another storage domain means another volume.
+        client naming another storage domain means another volume.  A
+        device in use is refused (932, nothing torn down) unless
+        ``force`` (see :mod:`.detaching`): unflushed writes may be lost.
         """
         h = self.host
         async with h.locks.hold(vol_id):
@@ -290,8 +288,9 @@ class VolumeService:
             matching.check_detach(rec, sd_id)
             h.links.check(vol_id, rec.sd_id)
             await h.brick_ready()
+            await detaching.check(h, rec, force)
             started = time.monotonic()
-            await steps.teardown(h, rec, "detach", rec.last_error)
+            await steps.teardown(h, rec, "detach", rec.last_error, force=force)
             self.events.forget(vol_id)
             log.info(
                 "detached volume %s in %.3f s",
@@ -375,8 +374,24 @@ class VolumeService:
         return list(shown.values())
 
 
+def _attach_result(
+    h: Host,
+    vol_id: str,
+    path: str,
+    attachment: dict[str, Any] | None,
+    sd_id: str | None = None,
+) -> dict[str, Any]:
+    """attach_volume's answer (its attachment redacted)."""
+    return {
+        "vol_id": vol_id,
+        "path": path,
+        "attachment": redact(attachment),
+        "managed_path": str(h.links.path(vol_id, sd_id)),
+    }
+
+
 def _tool_status(config: Config, brick: Brick) -> dict[str, Any]:
-    """getCapabilities' driver and backend readiness (on a worker)."""
+    """What the host's tools offer: drivers, backends, multipath settings."""
     # The attach's own multipathd test, so ready agrees with its 928.
     probe = brick.multipath_ready
     backends = {}
@@ -385,6 +400,7 @@ def _tool_status(config: Config, brick: Brick) -> dict[str, Any]:
     return {
         "driver_status": hosttools.drivers(config.brick, probe),
         "backends": backends,
+        **hostcheck.capabilities(config),
     }
 
 
@@ -405,6 +421,7 @@ def _entry(row: StoredVolume, exists: bool) -> dict[str, Any]:
         # device now: such a row is attached again by a re-attach.
         "this_boot": row.boot_id is not None
         and row.boot_id == identity.boot_id(),
+        "attempts": row.attempts,
     }
 
 

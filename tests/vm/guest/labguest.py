@@ -473,6 +473,7 @@ class NvmetTcpTarget:
         backing: Path,
         addr: str = "127.0.0.1",
         port: int = 4420,
+        port_id: int = 1,
     ) -> None:
         mount_configfs()
         modprobe("nvmet", "nvmet_tcp", "nvme_tcp")
@@ -492,7 +493,8 @@ class NvmetTcpTarget:
         write(ns / "buffered_io", "1")
         write(ns / "device_uuid", self.ns_uuid)
         write(ns / "enable", "1")
-        port_dir = root / "ports" / "1"
+        # One nvmet port per target: a job may export several.
+        port_dir = root / "ports" / str(port_id)
         port_dir.mkdir()
         write(port_dir / "addr_trtype", "tcp")
         write(port_dir / "addr_adrfam", "ipv4")
