@@ -58,26 +58,11 @@ class Survey:
 
     def describe(self) -> str:
         """One line for an operator: who holds the device."""
-        parts = [p.describe() for p in self.processes]
-        parts += [f"{m.describe()} on {m.parent}" for m in self.maps]
-        parts += [
-            f"{devices.printable(m.mountpoint)} mounted" for m in self.mounts
-        ]
-        return "; ".join(parts) if parts else "nothing"
+        return devices.describe_users(self.processes, self.maps, self.mounts)
 
     def as_data(self) -> dict[str, object]:
         """JSON-friendly holders, for ``error.data`` and log lines."""
-        return {
-            "processes": [
-                {"pid": p.pid, "comm": p.comm, "device": p.device}
-                for p in self.processes
-            ],
-            "maps": [
-                {"name": m.name, "dm_name": m.dm_name, "parent": m.parent}
-                for m in self.maps
-            ],
-            "mounts": [devices.printable(m.mountpoint) for m in self.mounts],
-        }
+        return devices.users_data(self.processes, self.maps, self.mounts)
 
 
 def _path_devnos(dm: str, sysfs: str) -> dict[int, str]:

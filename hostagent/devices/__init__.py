@@ -41,9 +41,11 @@ from hostagent.devices.holders import (
     Holders,
     Mount,
     ProcessHolder,
+    describe_users,
     holders,
     mounts,
     open_by,
+    users_data,
 )
 from hostagent.devices.identity import (
     DeviceId,
@@ -79,6 +81,7 @@ __all__ = [
     "Stacked",
     "allowed",
     "check_local_device",
+    "describe_users",
     "device_id",
     "holders",
     "mounts",
@@ -87,4 +90,5 @@ __all__ = [
     "printable",
     "same_device",
     "stacked_devices",
+    "users_data",
 ]

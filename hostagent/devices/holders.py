@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 import stat
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -187,24 +187,42 @@ class Holders:
 
     def describe(self) -> str:
         """One line for an operator: who holds the device."""
-        parts = [p.describe() for p in self.processes]
-        parts += [f"{m.describe()} on {m.parent}" for m in self.maps]
-        parts += [f"{printable(m.mountpoint)} mounted" for m in self.mounts]
-        return "; ".join(parts) if parts else "nothing"
+        return describe_users(self.processes, self.maps, self.mounts)
 
     def as_data(self) -> dict[str, object]:
         """JSON-friendly form for ``error.data``."""
-        return {
-            "processes": [
-                {"pid": p.pid, "comm": p.comm, "device": p.device}
-                for p in self.processes
-            ],
-            "maps": [
-                {"name": m.name, "dm_name": m.dm_name, "parent": m.parent}
-                for m in self.maps
-            ],
-            "mounts": [printable(m.mountpoint) for m in self.mounts],
-        }
+        return users_data(self.processes, self.maps, self.mounts)
+
+
+def describe_users(
+    processes: Iterable[ProcessHolder],
+    maps: Iterable[Stacked],
+    mounts: Iterable[Mount],
+) -> str:
+    """One line for an operator: the processes, maps and mounts given."""
+    parts = [p.describe() for p in processes]
+    parts += [f"{m.describe()} on {m.parent}" for m in maps]
+    parts += [f"{printable(m.mountpoint)} mounted" for m in mounts]
+    return "; ".join(parts) if parts else "nothing"
+
+
+def users_data(
+    processes: Iterable[ProcessHolder],
+    maps: Iterable[Stacked],
+    mounts: Iterable[Mount],
+) -> dict[str, object]:
+    """The same as :func:`describe_users`, JSON-friendly (``error.data``)."""
+    return {
+        "processes": [
+            {"pid": p.pid, "comm": p.comm, "device": p.device}
+            for p in processes
+        ],
+        "maps": [
+            {"name": m.name, "dm_name": m.dm_name, "parent": m.parent}
+            for m in maps
+        ],
+        "mounts": [printable(m.mountpoint) for m in mounts],
+    }
 
 
 def _devno_int(devno: str) -> int | None:
