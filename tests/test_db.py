@@ -245,12 +245,13 @@ def test_upgrade_to_attempts_starts_every_row_at_zero(
 
 
 def test_old_migrations_still_make_the_frozen_schemas(tmp_path: Path) -> None:
-    """_v1 and _v2 still create what the frozen fixtures hold.
+    """The old migrations still create what the frozen fixtures hold.
 
     A fresh install runs them too; edited in place, it would get another
     schema than the hosts that ran the original.
     """
-    for version in (1, 2):
+    for version in (1, 2, 3, 4):
+        assert (FIXTURES / f"schema-{version}.sql").exists()
         made = tmp_path / f"made{version}.db"
         kept = tmp_path / f"kept{version}.db"
         old = Database(made, migrations=version)

@@ -8,7 +8,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from test_db import FIXTURES, columns, frozen, reopened
+from test_db import columns, frozen, reopened
 
 from hostagent import db
 from hostagent.db import Database
@@ -82,28 +82,6 @@ def test_upgrade_from_frozen_schema_4(tmp_path: Path) -> None:
         (db.SCHEMA_VERSION,)
     ]
     con.close()
-
-
-@pytest.mark.parametrize("version", [3, 4])
-def test_old_migrations_still_make_frozen_schema(
-    tmp_path: Path, version: int
-) -> None:
-    made, kept = tmp_path / "made.db", tmp_path / "kept.db"
-    old = Database(made, migrations=version)
-    old.open()
-    old.close()
-    frozen(kept, version)
-    schemas = []
-    for path in (made, kept):
-        con = sqlite3.connect(path)
-        schemas.append(
-            con.execute(
-                "SELECT type, name, sql FROM sqlite_master ORDER BY name"
-            ).fetchall()
-        )
-        con.close()
-    assert schemas[0] == schemas[1]
-    assert (FIXTURES / f"schema-{version}.sql").exists()
 
 
 def test_owner_is_found_by_identity_not_path(tmp_path: Path) -> None:
