@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 DMSETUP_TIMEOUT = 20.0
 # Processes that hold a multipath map's paths open by design.
 PATH_KEEPERS = frozenset({"multipathd"})
+# udev's workers open a device for a moment to probe it (blkid after the
+# change event that closing a written device raises): they never keep
+# it, and a detach that waited for them would be refused at random.
+PROBERS = frozenset({"(udev-worker)", "systemd-udevd", "udevd"})
 _PATH_STATE = re.compile(r"(\d+:\d+) ([AF]) ")
 
 
@@ -105,7 +109,7 @@ def survey(
     except devices.DeviceError:
         return None  # gone already (or never there): nothing holds it
     names = {s.name for s in own}
-    processes = list(held.processes)
+    processes = [p for p in held.processes if p.comm not in PROBERS]
     dm = os.path.basename(held.device.path)
     if dm.startswith("dm-"):
         # A process may hold one of the multipath map's paths directly.
@@ -118,7 +122,7 @@ def survey(
                 )
                 # Its path checkers keep every path open; it lets go of
                 # a path when the path is removed.
-                if p.comm not in PATH_KEEPERS
+                if p.comm not in PATH_KEEPERS | PROBERS
             ]
     return Survey(
         path,

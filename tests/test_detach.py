@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,16 +30,21 @@ def holder() -> Iterator[Any]:
     """Start processes that keep a device open; killed at the end."""
     procs: list[subprocess.Popen[bytes]] = []
 
-    def start(dev: str) -> subprocess.Popen[bytes]:
+    def start(dev: str, comm: str = "") -> subprocess.Popen[bytes]:
+        # comm: the name the kernel shows (prctl PR_SET_NAME), as a
+        # udev worker's "(udev-worker)".
         proc = subprocess.Popen(
             [
                 sys.executable,
                 "-c",
-                "import sys, time\n"
+                "import ctypes, sys, time\n"
+                "if sys.argv[2]:\n"
+                "    ctypes.CDLL(None).prctl(15, sys.argv[2].encode())\n"
                 "f = open(sys.argv[1], 'rb')\n"
                 "print('open', flush=True)\n"
                 "time.sleep(120)\n",
                 dev,
+                comm,
             ],
             stdout=subprocess.PIPE,
         )
@@ -85,6 +91,21 @@ def test_held_device_is_refused_with_its_holder(
     assert info["exists"] is True
     assert info["attempts"] == 0
     assert agent.links() == [vid]
+
+
+def test_a_udev_worker_probing_the_device_is_no_holder(
+    agent: Agent, loops: Loops, holder: Any
+) -> None:
+    """udev's workers open a device for a moment to probe it (after the
+    change event a closed written device raises): a detach goes on."""
+    dev = loops.create()
+    vid = new_vol_id()
+    agent.call(ATTACH, [vid, local_info(dev)])
+    proc = holder(dev, "(udev-worker)")
+    comm = Path(f"/proc/{proc.pid}/comm").read_text().strip()
+    assert comm == "(udev-worker)"
+    assert agent.call(DETACH, [vid]) is True
+    assert agent.call(INFO, [[vid]]) == []
 
 
 def test_force_detaches_a_held_device(
