@@ -60,10 +60,13 @@ tr -d - </proc/sys/kernel/random/uuid >/etc/machine-id
 # ConditionVirtualization=!container (multipathd.service).
 rm -f /.dockerenv /run/.containerenv
 
-# A /tmp of the guest's own: systemd-tmpfiles-setup empties /tmp at boot,
+# systemd-tmpfiles-setup empties /tmp at boot ("D /tmp" in tmp.conf),
 # which through the overlay means deleting the host's files one by one
-# over 9p (40 s and more).
-mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp
+# over 9p (40 s and more).  A tmpfs on /tmp would hide the repository
+# when it is itself under /tmp (a CI clone): an empty tmp.conf in /etc
+# overrides the rule instead.
+mkdir -p /etc/tmpfiles.d
+: >/etc/tmpfiles.d/tmp.conf
 
 # Generators run at boot and at every daemon-reload; only fstab's and the
 # debug one (systemd.mask= & co.) matter here.  An empty file of the same
