@@ -165,18 +165,31 @@ def test_holder_gone_then_detach_works(
     assert agent.call(INFO, [[vid]]) == []
 
 
-def test_failed_detach_is_retried_in_the_background(
-    agent_factory: Any, loops: Loops
-) -> None:
-    """926, then the row is retried, cleared, and an event says so."""
+def attached_with_failing_detach(
+    agent_factory: Any, loops: Loops, first_retry: float, max_retry: float
+) -> tuple[Agent, str, str]:
+    """An agent whose next disconnect fails once, a loop attached to it."""
     agent: Agent = agent_factory(env={"HOSTAGENT_FAILPOINTS": FAIL_ONCE})
     agent.configure(
-        storage={"detach_retry_initial": 0.5, "detach_retry_max": 1.0}
+        storage={
+            "detach_retry_initial": first_retry,
+            "detach_retry_max": max_retry,
+        }
     )
     agent.start()
     dev = loops.create()
     vid = new_vol_id()
     agent.call(ATTACH, [vid, local_info(dev)])
+    return agent, dev, vid
+
+
+def test_failed_detach_is_retried_in_the_background(
+    agent_factory: Any, loops: Loops
+) -> None:
+    """926, then the row is retried, cleared, and an event says so."""
+    agent, dev, vid = attached_with_failing_detach(
+        agent_factory, loops, first_retry=0.5, max_retry=1.0
+    )
     with agent.client() as sub:
         assert sub.call("Host.subscribe") is True
         assert agent.error(DETACH, [vid]).code == 926
@@ -200,15 +213,10 @@ def test_detaching_row_is_retried_after_a_restart(
     agent_factory: Any, loops: Loops
 ) -> None:
     """A row left detaching fails again at start-up, then is retried."""
-    agent: Agent = agent_factory(env={"HOSTAGENT_FAILPOINTS": FAIL_ONCE})
     # No retry before the restart: the first wait is long.
-    agent.configure(
-        storage={"detach_retry_initial": 60.0, "detach_retry_max": 60.0}
+    agent, _dev, vid = attached_with_failing_detach(
+        agent_factory, loops, first_retry=60.0, max_retry=60.0
     )
-    agent.start()
-    dev = loops.create()
-    vid = new_vol_id()
-    agent.call(ATTACH, [vid, local_info(dev)])
     assert agent.error(DETACH, [vid]).code == 926
     assert agent.stop() == 0
     # The restarted agent's reconciliation fails once more (the fail
