@@ -245,8 +245,14 @@ def run_pair(work: procs.Workdir, device: str, count: int) -> list[Row]:
 def run_concurrent(
     work: procs.Workdir, devices: list[str], count: int
 ) -> list[Row]:
-    """``count`` attaches from ``count`` clients at once vs in a row."""
-    nodes = work.device_nodes("attach-nodes", count, devices)
+    """``count`` attaches from ``count`` clients at once vs in a row.
+
+    Each volume gets a loop device of its own: the agent refuses a
+    second volume on a device another volume already holds (927), so
+    device nodes sharing a device number would not do here.
+    """
+    nodes = devices[:count]
+    nodes += [work.loop_device(1) for _ in range(count - len(nodes))]
     with (
         run_dir(work, "concurrent") as (links_dir, _),
         procs.agent(
