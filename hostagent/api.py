@@ -254,8 +254,8 @@ class Api:
 
     async def volumes_info(
         self, ctx: Peer, vol_ids: list[str] | None = None
-    ) -> list[dict[str, Any]]:
-        """``ManagedVolume.volumes_info``."""
+    ) -> list[Any]:
+        """``ManagedVolume.volumes_info``; its entries come encoded."""
         return await self.service.info(vol_ids or None)
 
     def discover(self, ctx: Peer) -> dict[str, Any]:

@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import collections
 import functools
+import json
 import logging
-import operator
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, cast
 
@@ -40,6 +40,7 @@ from hostagent.dbfile import DatabaseError as DatabaseError
 from hostagent.dbfile import DatabaseFile, create_private, open_reader
 from hostagent.dbfile import DatabaseNeedsOperator as DatabaseNeedsOperator
 from hostagent.dbrecord import VolumeRecord as VolumeRecord
+from hostagent.dbrecord import VolumeSummary as VolumeSummary
 from hostagent.dbrecord import columns as _columns
 from hostagent.dbrecord import decode as _decode
 from hostagent.dbrecord import dump as _dump
@@ -114,25 +115,48 @@ class _Volume(_Base):
         table_name = "volume"
 
 
+def _column(name: str) -> str:
+    """The column of the model's field ``name``."""
+    return str(_Volume._meta.fields[name].column_name)
+
+
 # A row of ``_Volume.select()`` as the cursor returns it: every column, in
 # the model's field order.
 _Row = collections.namedtuple(  # type: ignore[misc]
     "_Row", _Volume._meta.sorted_field_names
 )
 
-# peek()'s statement, written as SQL: it runs on the event loop for every
-# attach, detach and extend, and peewee builds a query's SQL anew on each
-# call.  Measured with timeit (a 200-row table, this project's shared
-# 2-CPU machine): the raw read with decoding takes 19 us, the same read
-# built by peewee 364 us, some 19 times as much (> 20 %: raw SQL).
-# Every other statement is peewee's: each write waits for an fsync
-# (~700 us here) that dwarfs the building, and the other reads run on
-# the database thread, off the loop (stored(), volumes_info's whole
-# table: 556 us raw, 743 us peewee, paid only when the table changed).
+# The statements of every attach, detach and extend are written as SQL
+# once: peewee builds a query's SQL anew on each call.  Measured with
+# timeit (a 200-row table, this project's shared 2-CPU machine): a read
+# of one row takes 12 us as SQL and 163 us built by peewee, an owner
+# check 3 us against 86 us, an update 14 us against 69 us: some 1 ms
+# of every attach + detach (> 20 %: raw SQL).  Every other statement is
+# peewee's (migrations, bulk imports, start-up reads, volumes_info's
+# whole table: 556 us raw, 743 us peewee, paid only when it changed).
 _COLUMNS = ", ".join(f'"{f.column_name}"' for f in _Volume._meta.sorted_fields)
 _GET = f'SELECT {_COLUMNS} FROM "volume" WHERE "vol_id" = ?'
+_INSERT_FIELDS = (
+    "vol_id",
+    "connection_info",
+    "state",
+    "created",
+    "updated",
+    "backend",
+    "sd_id",
+)
+_INSERT = (
+    'INSERT INTO "volume" ('
+    + ", ".join(f'"{_column(n)}"' for n in _INSERT_FIELDS)
+    + ") VALUES ("
+    + ", ".join("?" for _ in _INSERT_FIELDS)
+    + ")"
+)
+_DELETE = 'DELETE FROM "volume" WHERE "vol_id" = ?'
+_OWNER = 'SELECT "vol_id" FROM "volume" WHERE ({}) AND "vol_id" != ? LIMIT 1'
 # The columns volumes_info shows, in StoredVolume's order.
 _STORED = [_Volume._meta.fields[name] for name in StoredVolume._fields]
+_SUMMARY = [_Volume._meta.fields[name] for name in VolumeSummary._fields]
 
 
 # Ordered migrations: MIGRATIONS[i] brings a database from version i to
@@ -326,9 +350,24 @@ class Database:
         """
         return list(cast(Any, self._db).execute(query))
 
+    def summaries(self) -> list[VolumeSummary]:
+        """Every row's :class:`VolumeSummary`, by vol_id (start-up)."""
+        query = _Volume.select(*_SUMMARY).order_by(_Volume.vol_id)
+        return [VolumeSummary._make(r) for r in self._rows(query)]
+
+    def connection_infos(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """``(vol_id, connection_info)`` of every row, decoded one by one.
+
+        A generator over the cursor: start-up takes the secrets out of
+        each and keeps none of the decoded rows.
+        """
+        query = _Volume.select(_Volume.vol_id, _Volume.connection_info)
+        for vol_id, info in cast(Any, self._db).execute(query):
+            yield str(vol_id), json.loads(info)
+
     def get(self, vol_id: str) -> VolumeRecord | None:
         """The record of ``vol_id``, or ``None``."""
-        rows = self._rows(_Volume.select().where(_Volume.vol_id == vol_id))
+        rows = self._sql(_GET, (vol_id,)).fetchall()
         return _decode(_Row._make(rows[0])) if rows else None
 
     def peek(self, vol_id: str) -> VolumeRecord | None:
@@ -375,16 +414,19 @@ class Database:
         conditions = _same_device(multipath_id, path, device_key)
         if not conditions:
             return None
-        return self._owner(functools.reduce(operator.or_, conditions), exclude)
-
-    def _owner(self, condition: Any, exclude: str) -> str | None:
-        """The first vol_id (other than ``exclude``) meeting ``condition``."""
-        rows = self._rows(
-            _Volume.select(_Volume.vol_id)
-            .where(condition & (_Volume.vol_id != exclude))
-            .limit(1)
+        return self._owner(
+            " OR ".join(sql for sql, _ in conditions),
+            [value for _, value in conditions],
+            exclude,
         )
-        return str(rows[0][0]) if rows else None
+
+    def _owner(
+        self, condition: str, params: Sequence[Any], exclude: str
+    ) -> str | None:
+        """The first vol_id (other than ``exclude``) meeting ``condition``."""
+        row = self._sql(_OWNER.format(condition), (*params, exclude))
+        found = row.fetchone()
+        return None if found is None else str(found[0])
 
     def insert(
         self,
@@ -395,16 +437,16 @@ class Database:
     ) -> None:
         """Record the intent to attach ``vol_id`` (``attaching``), durably."""
         now = time.time()
-        query = _Volume.insert(
-            vol_id=vol_id,
-            connection_info=_dump(connection_info),
-            state=ATTACHING,
-            created=now,
-            updated=now,
-            backend=backend,
-            sd_id=sd_id,
+        values = (
+            vol_id,
+            _dump(connection_info),
+            ATTACHING,
+            now,
+            now,
+            backend,
+            sd_id,
         )
-        _durably(self._db, query.execute)
+        _durably(self._db, lambda: self._sql(_INSERT, values))
 
     def set_owner_prev(
         self, vol_id: str, previous: dict[str, Any] | None
@@ -427,8 +469,9 @@ class Database:
         self, connection_info: dict[str, Any], exclude: str
     ) -> str | None:
         """The vol_id (other than ``exclude``) with this connection info."""
+        column = _column("connection_info")
         return self._owner(
-            _Volume.connection_info == _dump(connection_info), exclude
+            f'"{column}" = ?', [_dump(connection_info)], exclude
         )
 
     def set_attached(
@@ -485,16 +528,18 @@ class Database:
 
         Returns the attempts so far.
         """
-        fields = {"state": DETACHING, "last_error": last_error}
-        more = _Volume.attempts + 1
-        _durably(
-            self._db, lambda: self._update(vol_id, attempts=more, **fields)
-        )
+        query = _Volume.update(
+            state=DETACHING,
+            last_error=last_error,
+            attempts=_Volume.attempts + 1,
+            updated=time.time(),
+        ).where(_Volume.vol_id == vol_id)
+        _durably(self._db, query.execute)
         return int(_Volume.get_by_id(vol_id).attempts)
 
     def delete(self, vol_id: str) -> None:
         """Forget ``vol_id`` (a no-op when it is unknown)."""
-        _Volume.delete().where(_Volume.vol_id == vol_id).execute()
+        self._sql(_DELETE, (vol_id,))
 
     def insert_many(self, records: Iterable[VolumeRecord]) -> None:
         """Write whole records in one transaction (benchmarks, imports)."""
@@ -512,9 +557,15 @@ class Database:
 
     def _update(self, vol_id: str, **fields: Any) -> None:
         fields["updated"] = time.time()
-        n = _Volume.update(**fields).where(_Volume.vol_id == vol_id).execute()
-        if n != 1:
+        cursor = self._sql(
+            _update_sql(tuple(fields)), (*fields.values(), vol_id)
+        )
+        if cursor.rowcount != 1:
             raise DatabaseError(f"volume {vol_id} has no record to update")
+
+    def _sql(self, sql: str, params: Sequence[Any]) -> Any:
+        """One statement on the database thread's connection: a cursor."""
+        return cast(Any, self._db).execute_sql(sql, params)
 
 
 def _migrate(d: Database, current: int, target: int) -> None:
@@ -533,20 +584,30 @@ def _migrate(d: Database, current: int, target: int) -> None:
             _SchemaVersion.create(version=i + 1)
 
 
+@functools.cache
+def _update_sql(names: tuple[str, ...]) -> str:
+    """``UPDATE`` of the fields ``names`` of one row (few sets exist)."""
+    columns = ", ".join(f'"{_column(n)}" = ?' for n in names)
+    return f'UPDATE "volume" SET {columns} WHERE "vol_id" = ?'
+
+
 def _same_device(
     multipath_id: str | None, path: str | None, device_key: str | None
-) -> list[Any]:
-    """Conditions on rows for "the same device" (any one suffices)."""
-    v, conditions = _Volume, []
+) -> list[tuple[str, Any]]:
+    """Conditions on rows for "the same device" (any one suffices).
+
+    Each is SQL with one parameter, and the parameter.
+    """
+    conditions: list[tuple[str, Any]] = []
     if multipath_id:
-        conditions.append(v.multipath_id == multipath_id)
+        conditions.append((f'"{_column("multipath_id")}" = ?', multipath_id))
     if device_key:
-        conditions.append(v.device_key == device_key)
+        conditions.append((f'"{_column("device_key")}" = ?', device_key))
     if path:
-        same = v.path == path
-        conditions.append(
-            same & v.device_key.is_null() if device_key else same
-        )
+        same = f'"{_column("path")}" = ?'
+        if device_key:
+            same += f' AND "{_column("device_key")}" IS NULL'
+        conditions.append((f"({same})", path))
     return conditions
 
 

@@ -20,7 +20,7 @@ import re
 import threading
 import time
 import unicodedata
-from collections.abc import Callable, Hashable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from typing import Any
 
 MASK = "***"
@@ -194,10 +194,14 @@ class Scrubber:
         """
         self._hold(owner, frozenset(secret_values(value)))
 
-    def hold_many(self, values: Mapping[Hashable, Any]) -> None:
-        """:meth:`hold` for each owner, then compile (at start-up)."""
+    def hold_many(self, values: Iterable[tuple[Hashable, Any]]) -> None:
+        """:meth:`hold` for each ``(owner, value)``, then compile.
+
+        At start-up, over every row: ``values`` may be a generator, so
+        no more than one decoded value need exist at a time.
+        """
         with self._lock:
-            for owner, value in values.items():
+            for owner, value in values:
                 self._set(owner, frozenset(secret_values(value)))
         self.flush()
 

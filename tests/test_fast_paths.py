@@ -24,7 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from support import ATTACH, DETACH, INFO
 
-from hostagent import api
+from hostagent import api, jsoncodec
 from hostagent.client import Client, decode
 from hostagent.db import ATTACHED, Database, DatabaseBusy, VolumeRecord
 from hostagent.service.lane import Lane
@@ -130,6 +130,37 @@ def test_big_integer_id_comes_back_exact(agent: Agent) -> None:
         c.send({"jsonrpc": "2.0", "id": rid, "method": "Host.ping"})
         answer = c.recv()
     assert same(answer, {"jsonrpc": "2.0", "result": True, "id": rid})
+
+
+def test_encoded_values_are_written_as_the_values_themselves() -> None:
+    """An Encoded entry reads back as its value, with either encoder."""
+    entry = {"vol_id": "v", "data": {"lun": 3, "portal": "x:1"}, "ok": True}
+    piece = jsoncodec.encoded(entry)
+    assert isinstance(piece, jsoncodec.Encoded)
+    for rid in (1, 2**70 + 1):  # orjson, then the standard encoder
+        line = api.dumps({"id": rid, "result": [piece, piece]})
+        assert line.endswith(b"\n") and line.count(b"\n") == 1
+        assert same(json.loads(line), {"id": rid, "result": [entry, entry]})
+    big = {"lun": 2**70}
+    assert jsoncodec.encoded(big) is big  # orjson refuses: left plain
+
+
+def test_volumes_info_with_an_integer_orjson_refuses(
+    agent: Agent, loops: Loops
+) -> None:
+    """A client's 70-bit integer in connection info comes back exact."""
+    vid = new_vol_id()
+    info = local_info(loops.create())
+    info["data"]["cookie"] = 2**70 + 3
+    agent.call(ATTACH, [vid, info])
+    try:
+        for _ in range(2):  # built, then from the kept entries
+            with agent.client() as c:
+                c.send({"jsonrpc": "2.0", "id": 1, "method": INFO})
+                (volume,) = c.recv()["result"]
+            assert volume["connection_info"]["data"]["cookie"] == 2**70 + 3
+    finally:
+        agent.call(DETACH, [vid])
 
 
 # -- the client's buffer -----------------------------------------------------

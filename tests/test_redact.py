@@ -250,7 +250,7 @@ def test_scrub_matches_the_longest_secret_first(
     recent = Scrubber(merge_delay=3600)
     recent.hold("v", {"password": secrets})
     merged = Scrubber(merge_delay=3600)
-    merged.hold_many({"v": {"password": secrets}})
+    merged.hold_many({"v": {"password": secrets}}.items())
     for text in texts:
         expected = plain(secrets).sub(MASK, text)
         assert recent.scrub(text) == expected
@@ -279,7 +279,9 @@ def test_every_secret_is_masked_whole_across_both_patterns(
     ][:2]
     old += [f"a{n}b" for n in new[:2]]
     s = Scrubber(merge_delay=3600)
-    s.hold_many({"old": {"password": old}, "gone": {"password": forgotten}})
+    s.hold_many(
+        {"old": {"password": old}, "gone": {"password": forgotten}}.items()
+    )
     s.hold("new", {"password": new})
     s.release("gone")
     held = set(old) | set(new)
@@ -298,7 +300,7 @@ def test_every_secret_is_masked_whole_across_both_patterns(
 def test_a_compiled_keyring_holding_a_new_user_name_is_masked_whole() -> None:
     s = Scrubber(merge_delay=3600)
     keyring = "[client.cinder]\n\tkey = AQBxyz123+abc=="
-    s.hold_many({"v1": {"keyring": keyring}})
+    s.hold_many({"v1": {"keyring": keyring}}.items())
     s.hold("v2", {"auth_username": "cinder"})
     assert s.scrub(f"x {keyring} y cinder z") == "x *** y *** z"
 
@@ -309,7 +311,7 @@ def test_secrets_are_held_by_owners_and_forgotten_with_the_last() -> None:
         {
             "v1": {"auth_password": "shared-pass", "auth_username": "u-one1"},
             "v2": {"auth_password": "shared-pass", "auth_username": "u-two2"},
-        }
+        }.items()
     )
     text = "shared-pass u-one1 u-two2 u-new33"
     s.hold("v3", {"auth_username": "u-new33"})  # a recent one
@@ -355,6 +357,6 @@ def test_the_merge_thread_compiles_what_is_held() -> None:
 def test_many_secrets() -> None:
     s = Scrubber()
     secrets = [f"pw-{i:05d}-{i * 7919 % 10007:05d}" for i in range(3000)]
-    s.hold_many({"v": {"auth_password": secrets}})
+    s.hold_many({"v": {"auth_password": secrets}}.items())
     text = " ".join(secrets[::100]) + " pw-00000-00000x"
     assert s.scrub(text) == " ".join([MASK] * 30) + f" {MASK}x"

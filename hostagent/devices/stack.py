@@ -58,11 +58,25 @@ def _stacked(block: Path, parent: str, kind: str) -> Stacked:
 
 
 def _partitions(block: Path) -> list[Path]:
+    # The kernel names a partition after its disk (sda1, loop0p1,
+    # nvme0n1p2): the disk's other entries, some 30 attributes, are not
+    # looked at (through pathlib that was most of an attach's guard).
+    prefix = block.name
     try:
-        entries = sorted(block.iterdir())
+        with os.scandir(block) as entries:
+            names = sorted(
+                e.name
+                for e in entries
+                if e.name.startswith(prefix)
+                and e.is_dir(follow_symlinks=False)
+            )
     except OSError:
         return []
-    return [e for e in entries if (e / "partition").exists()]
+    return [
+        block / name
+        for name in names
+        if os.path.exists(f"{block}/{name}/partition")
+    ]
 
 
 def _holders(block: Path) -> list[Path]:

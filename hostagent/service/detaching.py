@@ -42,14 +42,19 @@ async def survey(h: Host, rec: VolumeRecord) -> Survey | None:
     return await h.in_worker(device_release.survey, path)
 
 
-async def check(h: Host, rec: VolumeRecord, force: bool) -> None:
-    """Refuse (932) when the device is in use, unless ``force``."""
+async def check(h: Host, rec: VolumeRecord, force: bool) -> Survey | None:
+    """Refuse (932) when the device is in use, unless ``force``.
+
+    Returns the survey it made (None: none, or no device), for
+    :func:`release` to use rather than scan /proc again: a scan is most
+    of what a detach costs the agent (``make bench``: ``holders()``).
+    """
     # A shared device is not disconnected: its users stay.
     if await h.in_db(connection.device_sharer, h.db, rec) is not None:
-        return
+        return None
     found = await survey(h, rec)
     if found is None or not found.busy:
-        return
+        return found
     holders = found.describe()
     if not force:
         raise VolumeInUse(
@@ -70,16 +75,27 @@ async def check(h: Host, rec: VolumeRecord, force: bool) -> None:
         holders,
         extra={"VOL_ID": rec.vol_id},
     )
+    return found
 
 
-async def release(h: Host, rec: VolumeRecord, force: bool) -> None:
-    """Make the device removable before os-brick disconnects it."""
+async def release(
+    h: Host, rec: VolumeRecord, force: bool, checked: Survey | None = None
+) -> None:
+    """Make the device removable before os-brick disconnects it.
+
+    ``checked`` is what :func:`check` found: a device nobody used then
+    is not surveyed again (its own partition maps are as they were);
+    one in use (a forced detach) is, after queueing was turned off.
+    """
     _, mpath = recorded_device(rec)
     if mpath:
         await h.in_worker(
             lambda: device_release.stop_queueing(mpath, force=force)
         )
-    found = await survey(h, rec)
+    if checked is not None and not checked.busy:
+        found: Survey | None = checked
+    else:
+        found = await survey(h, rec)
     if found is None:
         return
     if force and found.busy:

@@ -153,7 +153,7 @@ class Host:
         await self.in_db(self.db.open)
         # Secrets of volumes attached in an earlier run: the scrubber
         # must know them before the first request.
-        secrecy.hold_recorded(await self.in_db(self.db.list))
+        await self.in_db(secrecy.hold_recorded, self.db)
         self.links.create_directory()
 
     async def close(self) -> None:

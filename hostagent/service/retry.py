@@ -35,11 +35,11 @@ async def retry_detach(h: Host, events: Events, vol_id: str) -> bool:
             extra={"VOL_ID": vol_id},
         )
         try:
-            await detaching.check(h, rec, force=False)
+            checked = await detaching.check(h, rec, force=False)
         except VolumeInUse as e:
             await h.note_failure(vol_id, e.message)
             return False
-        await steps.teardown(h, rec, "detach", rec.last_error)
+        await steps.teardown(h, rec, "detach", rec.last_error, checked=checked)
         # The row is gone: nobody calls keep_secrets for a retry.
         secrecy.forgotten(vol_id)
         events.gone(vol_id, rec.path)

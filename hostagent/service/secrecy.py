@@ -10,15 +10,16 @@ request's own secrets for the length of the call.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
-from hostagent.db import Database, DatabaseBusy, VolumeRecord
+from hostagent.db import Database, DatabaseBusy
 from hostagent.redact import SCRUBBER
 
 
-def hold_recorded(records: Iterable[VolumeRecord]) -> None:
-    """Hold the secrets of rows from an earlier run (at start-up)."""
-    SCRUBBER.hold_many({r.vol_id: r.connection_info for r in records})
+def hold_recorded(database: Database) -> None:
+    """Hold the secrets of rows from an earlier run (at start-up).
+
+    On the database thread; the rows are decoded one at a time.
+    """
+    SCRUBBER.hold_many(database.connection_infos())
 
 
 def keep(database: Database, vol_id: str) -> None:

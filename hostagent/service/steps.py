@@ -29,6 +29,7 @@ from hostagent.config import BackendConfig
 from hostagent.db import VolumeRecord
 from hostagent.errors import AgentError, ConnectorFailed, VolumeBusy
 from hostagent.redact import SCRUBBER
+from hostagent.release import Survey
 from hostagent.service import connection, detaching, guard, identity, owning
 from hostagent.service.device import wait_for_device
 from hostagent.service.flow import Flow, FlowError, Step
@@ -344,6 +345,8 @@ class Teardown:
     # Detach even if the device is in use (the caller checked and
     # logged its users); os-brick ignores flush errors.
     force: bool = False
+    # What the caller's check found using the device (see detaching).
+    checked: Survey | None = None
 
 
 def teardown_steps(h: Host, t: Teardown) -> list[Step]:
@@ -367,7 +370,7 @@ async def release(h: Host, t: Teardown) -> None:
     """Make the device removable (see :mod:`.detaching`); not a shared
     device's, which is not disconnected either."""
     if t.sharer is None:
-        await detaching.release(h, t.rec, t.force)
+        await detaching.release(h, t.rec, t.force, t.checked)
 
 
 async def mark(h: Host, t: Teardown) -> None:
@@ -396,6 +399,7 @@ async def teardown(
     note: str | None,
     context: str = "",
     force: bool = False,
+    checked: Survey | None = None,
 ) -> None:
     """Mark detaching, unlink, release, disconnect, forget; record a failure.
 
@@ -409,7 +413,9 @@ async def teardown(
     vol_id = rec.vol_id
     try:
         await Flow(flow, h.failpoints, f"volume {vol_id}").run(
-            teardown_steps(h, Teardown(rec, note, force=force))
+            teardown_steps(
+                h, Teardown(rec, note, force=force, checked=checked)
+            )
         )
     except Exception as e:
         message = SCRUBBER.scrub(f"{context}: {e}" if context else str(e))

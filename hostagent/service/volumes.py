@@ -26,7 +26,6 @@ Rules (the project's DESIGN, "Flows"):
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -35,7 +34,7 @@ from typing import Any
 from hostagent import __version__, db, hostcheck, hosttools
 from hostagent.brick import Brick
 from hostagent.config import BackendConfig, Config, backend_options
-from hostagent.db import Database, StoredVolume
+from hostagent.db import Database
 from hostagent.errors import (
     AgentError,
     ConnectorFailed,
@@ -47,7 +46,6 @@ from hostagent.failpoints import FailPoints
 from hostagent.redact import redact
 from hostagent.service import (
     detaching,
-    identity,
     lvm,
     matching,
     reattach,
@@ -67,16 +65,13 @@ from hostagent.service.device import (
 from hostagent.service.flow import Flow, FlowError
 from hostagent.service.host import Host
 from hostagent.service.lane import Lane
+from hostagent.service.listing import Listing
 from hostagent.service.reconcile import Reconciler
 from hostagent.service.retrier import DetachRetrier
 from hostagent.service.retry import retry_detach
 from hostagent.udev import Udev
 
 log = logging.getLogger(__name__)
-
-# Where a stored row (Database.stored) holds the device.
-_PATH = StoredVolume._fields.index("path")
-_MULTIPATH_ID = StoredVolume._fields.index("multipath_id")
 
 
 class VolumeService:
@@ -95,9 +90,8 @@ class VolumeService:
         self.db = database
         self.brick = brick
         self.udev = udev
-        # volumes_info's last entries, by row and presence.
-        self._shown: dict[tuple[tuple[Any, ...], bool], dict[str, Any]] = {}
-        self.events = Events(lambda: self.info(None))
+        self.listing = Listing(database, udev)
+        self.events = Events(self.presence)
         self.host.retrier = DetachRetrier(
             functools.partial(retry_detach, self.host, self.events),
             config.storage,
@@ -288,9 +282,11 @@ class VolumeService:
             matching.check_detach(rec, sd_id)
             h.links.check(vol_id, rec.sd_id)
             await h.brick_ready()
-            await detaching.check(h, rec, force)
+            checked = await detaching.check(h, rec, force)
             started = time.monotonic()
-            await steps.teardown(h, rec, "detach", rec.last_error, force=force)
+            await steps.teardown(
+                h, rec, "detach", rec.last_error, force=force, checked=checked
+            )
             self.events.forget(vol_id)
             log.info(
                 "detached volume %s in %.3f s",
@@ -348,30 +344,17 @@ class VolumeService:
 
     # -- info --------------------------------------------------------------
 
-    async def info(self, vol_ids: list[str] | None) -> list[dict[str, Any]]:
-        """``volumes_info``: the records, with ``exists`` checked now."""
-        return await self.host.in_db(self._info, vol_ids)
+    async def info(self, vol_ids: list[str] | None) -> list[Any]:
+        """``volumes_info``: the records, with ``exists`` checked now.
 
-    def _info(self, vol_ids: list[str] | None) -> list[dict[str, Any]]:
-        rows = self.db.stored(vol_ids)
-        present = self.udev.exists_many(
-            (row[_PATH], row[_MULTIPATH_ID]) for row in rows
-        )
-        # Decoding, masking and building a volume's entry are most of
-        # the cost of volumes_info, and its answer changes little from one
-        # call to the next: the entries of the last answer are kept, by
-        # row and presence (secrets are masked by key alone, so nothing
-        # else changes an entry).  They are shared, never modified.
-        last = self._shown
-        shown: dict[tuple[tuple[Any, ...], bool], dict[str, Any]] = {}
-        for key in zip(rows, present, strict=True):
-            entry = last.get(key)
-            if entry is None:
-                entry = _entry(StoredVolume._make(key[0]), key[1])
-            shown[key] = entry
-        # Only this answer's entries are kept: the memo stays its size.
-        self._shown = shown
-        return list(shown.values())
+        Each entry is encoded JSON (see :mod:`.listing`);
+        :meth:`presence` gives what code reads.
+        """
+        return await self.host.in_db(self.listing.entries, vol_ids)
+
+    async def presence(self) -> list[dict[str, Any]]:
+        """Every volume's ``vol_id``, ``state``, ``path`` and ``exists``."""
+        return await self.host.in_db(self.listing.presence)
 
 
 def _attach_result(
@@ -402,29 +385,3 @@ def _tool_status(config: Config, brick: Brick) -> dict[str, Any]:
         "backends": backends,
         **hostcheck.capabilities(config),
     }
-
-
-def _entry(row: StoredVolume, exists: bool) -> dict[str, Any]:
-    """One volume as volumes_info shows it, secrets masked."""
-    return {
-        "vol_id": row.vol_id,
-        "connection_info": _shown_json(row.connection_info),
-        "path": row.path,
-        "attachment": _shown_json(row.attachment),
-        "exists": exists,
-        "state": row.state,
-        "last_error": row.last_error,
-        "backend": row.backend,
-        "sd_id": row.sd_id,
-        "boot_id": row.boot_id,
-        # A device number recorded in an earlier boot may name another
-        # device now: such a row is attached again by a re-attach.
-        "this_boot": row.boot_id is not None
-        and row.boot_id == identity.boot_id(),
-        "attempts": row.attempts,
-    }
-
-
-def _shown_json(text: str | None) -> Any:
-    """A stored JSON column, decoded and masked, as results show it."""
-    return None if text is None else redact(json.loads(text))
