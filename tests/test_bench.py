@@ -44,7 +44,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
         "[10k], 20 volumes, p50": "100 ms",
         "start-up with [10k] attached rows": "2 s",
         "RSS with [10k] attached rows": "100 MB",
-        "attach+detach overhead over": "1 ms + 2 fsync",
+        "overhead beyond the safety checks": "1 ms + 2 fsync",
         "concurrent attaches, speed-up": "5x",
         "attaches from": "all succeed",
         "daemon start": "1.0 s",
