@@ -35,7 +35,7 @@ from typing import Any
 from hostagent import __version__, db, hostcheck, hosttools
 from hostagent.brick import Brick
 from hostagent.config import BackendConfig, Config, backend_options
-from hostagent.db import Database, StoredVolume
+from hostagent.db import StoredVolume
 from hostagent.errors import (
     AgentError,
     ConnectorFailed,
@@ -43,7 +43,6 @@ from hostagent.errors import (
     VolumeBusy,
 )
 from hostagent.events import Events
-from hostagent.failpoints import FailPoints
 from hostagent.redact import redact
 from hostagent.service import (
     detaching,
@@ -70,7 +69,6 @@ from hostagent.service.lane import Lane
 from hostagent.service.reconcile import Reconciler
 from hostagent.service.retrier import DetachRetrier
 from hostagent.service.retry import retry_detach
-from hostagent.udev import Udev
 
 log = logging.getLogger(__name__)
 
@@ -82,25 +80,18 @@ _MULTIPATH_ID = StoredVolume._fields.index("multipath_id")
 class VolumeService:
     """Attach, detach, extend and describe managed volumes."""
 
-    def __init__(
-        self,
-        config: Config,
-        database: Database,
-        brick: Brick,
-        udev: Udev,
-        failpoints: FailPoints | None = None,
-    ) -> None:
-        self.host = Host(config, database, brick, udev, failpoints)
-        self.config = config
-        self.db = database
-        self.brick = brick
-        self.udev = udev
+    def __init__(self, host: Host) -> None:
+        self.host = host
+        self.config = host.config
+        self.db = host.db
+        self.brick = host.brick
+        self.udev = host.udev
         # volumes_info's last entries, by row and presence.
         self._shown: dict[tuple[tuple[Any, ...], bool], dict[str, Any]] = {}
         self.events = Events(lambda: self.info(None))
         self.host.retrier = DetachRetrier(
             functools.partial(retry_detach, self.host, self.events),
-            config.storage,
+            host.config.storage,
         )
 
     @property
