@@ -9,7 +9,6 @@ detach of the same volume work.  Case: agent_kill_mid_attach.
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 
 import labguest as g
@@ -27,9 +26,7 @@ def main() -> None:
 
     with g.Case("agent_kill_mid_attach") as case:
         with case.step("services"):
-            g.start_iscsid()
-            g.set_iscsi_timeouts()
-            g.start_multipathd()
+            g.start_initiator()
             target = g.LioIscsiTarget(
                 "iqn.2003-01.org.lab:crash",
                 g.backing_file("crash.img"),
@@ -37,7 +34,7 @@ def main() -> None:
                 name="crash",
             )
         conn_info = target.connection_info(multipath=True)
-        vol_id = str(uuid.uuid4())
+        vol_id = g.new_vol_id()
         case.data["vol_id"] = vol_id
 
         first = g.Agent("hostagentd-crash1", state_dir=STATE, run_dir=RUN)

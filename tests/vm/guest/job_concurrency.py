@@ -234,9 +234,7 @@ def main() -> None:
     """Services, the target, one agent; then both modes."""
     with g.Case("concurrency_setup") as case:
         with case.step("services"):
-            g.start_iscsid()
-            g.set_iscsi_timeouts()
-            g.start_multipathd()
+            g.start_initiator()
         with case.step("target"):
             target = g.LioIscsiTarget(
                 IQN,

@@ -21,7 +21,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -252,7 +251,7 @@ def case_socket_activation() -> None:
 def case_iscsi() -> str:
     """Attach and detach an iSCSI LUN (two portals, multipath) through
     the socket-activated agent; returns the vol_id."""
-    vol_id = str(uuid.uuid4())
+    vol_id = g.new_vol_id()
     with g.Case("sd_iscsi") as case:
         from hostagent.client import Client
 
@@ -272,19 +271,7 @@ def case_iscsi() -> str:
                         "connection_info": target.connection_info(),
                     },
                 )
-            case.data["result"] = result
-            wwid = result["attachment"].get("multipath_id")
-            case.data["wwid"] = wwid
-            dm = g.dm_by_uuid(f"mpath-{wwid}")
-            case.data["dm_name"] = dm
-            case.data["dm_slaves"] = g.wait_slaves(dm, 2)
-            case.data["managed_realpath"] = os.path.realpath(
-                result["managed_path"]
-            )
-            case.data["path_realpath"] = os.path.realpath(result["path"])
-            case.data["info"] = c.call(
-                "ManagedVolume.volumes_info", [[vol_id]]
-            )
+            g.note_multipath_attach(case, c, vol_id, result, paths=2)
             with case.step("io"):
                 case.data["io"] = g.io_check(result["path"])
             with case.step("detach"):
