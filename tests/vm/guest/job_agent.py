@@ -102,12 +102,7 @@ def case_capabilities(agent: g.Agent) -> None:
 def case_iscsi_multipath(agent: g.Agent) -> None:
     """Attach over two portals, lose one, detach: nothing left."""
     with g.Case("agent_iscsi_multipath") as case:
-        target = g.LioIscsiTarget(
-            "iqn.2003-01.org.lab:agent-mpath",
-            g.backing_file("agent-mpath.img"),
-            ["127.0.0.2:3260", "127.0.0.3:3260"],
-            name="agentmp",
-        )
+        target = g.lab_lun("agent-mpath")
         conn_info = target.connection_info(multipath=True)
         vol_id = g.new_vol_id()
         case.data["vol_id"] = vol_id

@@ -27,12 +27,7 @@ def main() -> None:
     with g.Case("agent_kill_mid_attach") as case:
         with case.step("services"):
             g.start_initiator()
-            target = g.LioIscsiTarget(
-                "iqn.2003-01.org.lab:crash",
-                g.backing_file("crash.img"),
-                ["127.0.0.2:3260", "127.0.0.3:3260"],
-                name="crash",
-            )
+            target = g.lab_lun("crash")
         conn_info = target.connection_info(multipath=True)
         vol_id = g.new_vol_id()
         case.data["vol_id"] = vol_id

@@ -57,16 +57,6 @@ def rpc_error(fn: Any) -> dict[str, Any] | None:
     return None
 
 
-def target(name: str) -> g.LioIscsiTarget:
-    """A LIO LUN on the lab's two portals."""
-    return g.LioIscsiTarget(
-        f"iqn.2003-01.org.lab:{name}",
-        g.backing_file(f"{name}.img"),
-        ["127.0.0.2:3260", "127.0.0.3:3260"],
-        name=name,
-    )
-
-
 def attach(
     case: g.Case, c: Any, t: g.LioIscsiTarget
 ) -> tuple[str, dict[str, Any]]:
@@ -171,7 +161,7 @@ def wait_detached(watcher: Any, vol_id: str, timeout: float) -> Any:
 def case_held(agent: g.Agent) -> None:
     """A holder makes detach refuse (932); force detaches anyway."""
     with g.Case("detach_held") as case, agent.client() as c:
-        t = target("held")
+        t = g.lab_lun("held")
         vol_id, result = attach(case, c, t)
         proc = holder(result["path"])
         case.data["holder_pid"] = proc.pid
@@ -204,7 +194,7 @@ def case_partitions(agent: g.Agent) -> None:
     """Host partition maps on the LUN's map go first; the disconnect
     fails once (fail point) and the background retry finishes."""
     with g.Case("detach_partitions") as case:
-        t = target("parts")
+        t = g.lab_lun("parts")
         with agent.client() as c, agent.client() as watcher:
             watcher.call("Host.subscribe")
             vol_id, result = attach(case, c, t)
@@ -238,7 +228,7 @@ def case_partitions(agent: g.Agent) -> None:
 def case_lost(agent: g.Agent) -> None:
     """Target gone with I/O in flight: refused, then forced, bounded."""
     with g.Case("detach_lost") as case, agent.client() as c:
-        t = target("lost")
+        t = g.lab_lun("lost")
         vol_id, result = attach(case, c, t)
         mapper = result["path"]
         case.data["table"] = g.sh("dmsetup", "table", mapper).stdout

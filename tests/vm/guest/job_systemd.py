@@ -255,12 +255,7 @@ def case_iscsi() -> str:
     with g.Case("sd_iscsi") as case:
         from hostagent.client import Client
 
-        target = g.LioIscsiTarget(
-            "iqn.2003-01.org.lab:systemd",
-            g.backing_file("systemd.img"),
-            ["127.0.0.2:3260", "127.0.0.3:3260"],
-            name="sysd",
-        )
+        target = g.lab_lun("systemd")
         case.data["vol_id"] = vol_id
         with Client(SOCKET, timeout=300) as c:
             with case.step("attach"):

@@ -470,6 +470,21 @@ class LioIscsiTarget:
         }
 
 
+# The two loopback addresses the guest's init adds, as iSCSI portals.
+PORTALS = ["127.0.0.2:3260", "127.0.0.3:3260"]
+
+
+def lab_lun(name: str) -> LioIscsiTarget:
+    """A LIO LUN on the lab's two portals, named by ``name``: the IQN
+    iqn.2003-01.org.lab:<name>, backed by <name>.img."""
+    return LioIscsiTarget(
+        f"iqn.2003-01.org.lab:{name}",
+        backing_file(f"{name}.img"),
+        PORTALS,
+        name=name,
+    )
+
+
 # --- NVMe/TCP target ---------------------------------------------------------
 
 
