@@ -407,12 +407,13 @@ def release(agent: Agent, loops: Loops, vol_ids: Iterable[str]) -> None:
         agent.dispose()
 
 
-def attach_loop(agent: Agent, loops: Loops) -> tuple[str, str]:
+def attach_loop(agent: Agent, loops: Loops, *more: Any) -> tuple[str, str]:
     """A new loop device attached through ``agent`` as a new volume with
-    the local driver; (device, vol_id)."""
+    the local driver (``more``: the params after connection_info, an
+    sd_id); (device, vol_id)."""
     dev = loops.create()
     vid = new_vol_id()
-    agent.call(ATTACH, [vid, local_info(dev)])
+    agent.call(ATTACH, [vid, local_info(dev), *more])
     return dev, vid
 
 

@@ -22,11 +22,10 @@ from conftest import (
     Agent,
     Loops,
     attach_loop,
-    local_info,
     new_vol_id,
     next_notification,
 )
-from support import ATTACH, DETACH, INFO
+from support import DETACH, INFO
 
 FAIL_ONCE = "brick.before_disconnect_volume=1*raise"
 
@@ -117,9 +116,8 @@ def test_force_is_third_after_sd_id(
     agent: Agent, loops: Loops, holder: Any
 ) -> None:
     """By position: vdsm's (vol_id, sd_id), then force."""
-    dev = loops.create()
-    vid, sd = new_vol_id(), new_vol_id()
-    agent.call(ATTACH, [vid, local_info(dev), sd])
+    sd = new_vol_id()
+    dev, vid = attach_loop(agent, loops, sd)
     holder(dev)
     e = agent.error(DETACH, [vid, sd])
     assert e.code == 932
