@@ -412,9 +412,15 @@ def attach_loop(agent: Agent, loops: Loops, *more: Any) -> tuple[str, str]:
     the local driver (``more``: the params after connection_info, an
     sd_id); (device, vol_id)."""
     dev = loops.create()
+    return dev, attach_local(agent, dev, *more)
+
+
+def attach_local(agent: Agent, dev: str, *more: Any) -> str:
+    """``dev`` attached through ``agent`` as a new volume with the local
+    driver (``more``: the params after connection_info); its vol_id."""
     vid = new_vol_id()
     agent.call(ATTACH, [vid, local_info(dev), *more])
-    return dev, vid
+    return vid
 
 
 # An ownership test's loop node starts as (uid, gid, mode): unusual, so

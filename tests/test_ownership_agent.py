@@ -19,6 +19,7 @@ import pytest
 from conftest import (
     ODD_NODE,
     Agent,
+    attach_local,
     load_config,
     local_info,
     new_vol_id,
@@ -59,6 +60,14 @@ def owner_prev(a: Agent, vid: str) -> Any:
     return None if row is None or row[0] is None else json.loads(row[0])
 
 
+def assert_detach_gives_back(a: Agent, node: str, params: list[Any]) -> None:
+    """The detach of ``params`` answers True, ``node`` is back in its
+    ODD_NODE state, and no rule of the agent is left."""
+    assert a.call(DETACH, params) is True
+    assert node_state(node) == ODD_NODE
+    assert rules(a) == []
+
+
 def killed_at(a: Agent, point: str, params: list[Any]) -> None:
     """Start with ``point=kill`` and make the attach it ends."""
     a.env[FAILPOINTS_ENV] = f"{point}=kill"
@@ -88,9 +97,7 @@ def test_attach_sets_and_detach_restores(
     # A repeated attach changes nothing, and keeps the first owner.
     assert a.call(ATTACH, [vid, local_info(odd_loop), sd]) == result
     assert owner_prev(a, vid) == prev
-    assert a.call(DETACH, [vid, sd]) is True
-    assert node_state(odd_loop) == ODD_NODE
-    assert rules(a) == []
+    assert_detach_gives_back(a, odd_loop, [vid, sd])
 
 
 def test_without_sd_id_the_rule_is_named_by_vol_id(
@@ -98,14 +105,11 @@ def test_without_sd_id_the_rule_is_named_by_vol_id(
 ) -> None:
     a = owning_agent(agent_factory, device_group="", device_mode="600")
     a.start()
-    vid = new_vol_id()
-    a.call(ATTACH, [vid, local_info(odd_loop)])
+    vid = attach_local(a, odd_loop)
     # Only the owner set: the group stays what the node had.
     assert node_state(odd_loop) == (NOBODY, ODD_NODE[1], 0o600)
     assert rules(a) == [f"99-hostagent-managed_{vid}.rules"]
-    assert a.call(DETACH, [vid]) is True
-    assert node_state(odd_loop) == ODD_NODE
-    assert rules(a) == []
+    assert_detach_gives_back(a, odd_loop, [vid])
 
 
 def test_unset_owner_and_group_change_nothing(
@@ -113,8 +117,7 @@ def test_unset_owner_and_group_change_nothing(
 ) -> None:
     a = owning_agent(agent_factory, device_owner="", device_group="")
     a.start()
-    vid = new_vol_id()
-    a.call(ATTACH, [vid, local_info(odd_loop), new_vol_id()])
+    vid = attach_local(a, odd_loop, new_vol_id())
     assert node_state(odd_loop) == ODD_NODE
     assert rules(a) == []
     assert owner_prev(a, vid) is None
@@ -156,9 +159,7 @@ def test_kill_between_grant_and_record_is_completed(
     prev = owner_prev(a, vid)
     assert (prev["uid"], prev["gid"], prev["mode"]) == ODD_NODE
     assert node_state(odd_loop) == (NOBODY, NOBODY, 0o640)
-    assert a.call(DETACH, [vid, sd]) is True
-    assert node_state(odd_loop) == ODD_NODE
-    assert rules(a) == []
+    assert_detach_gives_back(a, odd_loop, [vid, sd])
 
 
 def test_kill_between_grant_and_record_is_rolled_back(
@@ -182,14 +183,11 @@ def test_detach_after_a_config_change_still_restores(
 ) -> None:
     a = owning_agent(agent_factory)
     a.start()
-    vid = new_vol_id()
-    a.call(ATTACH, [vid, local_info(odd_loop)])
+    vid = attach_local(a, odd_loop)
     a.stop()
     a.configure(storage={"udev_rules_dir": str(a.tmp / "rules")})
     a.start()
-    assert a.call(DETACH, [vid]) is True
-    assert node_state(odd_loop) == ODD_NODE
-    assert rules(a) == []
+    assert_detach_gives_back(a, odd_loop, [vid])
 
 
 @pytest.mark.parametrize(
