@@ -807,10 +807,11 @@ def note_multipath_attach(
 ) -> None:
     """Record where the agent's attach over multipath put ``vol_id``.
 
-    The answer, the map's wwid and dm name, its paths once ``paths`` of
-    them joined, where the path and the managed link lead, and what
-    volumes_info says.
+    The volume, the answer, the map's wwid and dm name, its paths once
+    ``paths`` of them joined, where the path and the managed link lead,
+    and what volumes_info says.
     """
+    case.data["vol_id"] = vol_id
     case.data["result"] = result
     wwid = result["attachment"].get("multipath_id")
     case.data["wwid"] = wwid
