@@ -240,6 +240,12 @@ def _split_dotted(args: argparse.Namespace) -> None:
     args.method = verb
 
 
+def _fail(message: str, status: int = EXIT_ERROR) -> int:
+    """Print ``hostagent-client: message`` on stderr; return ``status``."""
+    print(f"hostagent-client: {message}", file=sys.stderr)
+    return status
+
+
 def _print_error(e: RpcError, method: str) -> None:
     print(f"error {e.code}: {e.message}", file=sys.stderr)
     data = e.data
@@ -293,12 +299,11 @@ def _main(argv: list[str] | None) -> int:
         out.write(help_text(parser, doc, src))
         return 0 if args.help else EXIT_USAGE
     if args.host and not (args.cert and args.key):
-        print(
-            "hostagent-client: --host needs --cert and --key: the agent "
-            "accepts only clients with a certificate from its CA",
-            file=sys.stderr,
+        return _fail(
+            "--host needs --cert and --key: the agent accepts only "
+            "clients with a certificate from its CA",
+            EXIT_USAGE,
         )
-        return EXIT_USAGE
     method = f"{args.namespace}.{args.method}"
     try:
         file_text = None
@@ -309,26 +314,17 @@ def _main(argv: list[str] | None) -> int:
                 file_text = f.read()
         params = build_params(method, args.params, file_text)
     except (OSError, ValueError) as e:
-        print(f"hostagent-client: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(str(e), EXIT_USAGE)
     try:
         client = _connect(args)
     except TlsFileError as e:
-        print(f"hostagent-client: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(str(e), EXIT_USAGE)
     except TimeoutError:
-        print(
-            f"hostagent-client: no connection to {_where(args)} within "
-            f"{args.timeout:g} s",
-            file=sys.stderr,
+        return _fail(
+            f"no connection to {_where(args)} within {args.timeout:g} s"
         )
-        return EXIT_ERROR
     except (OSError, ValueError) as e:
-        print(
-            f"hostagent-client: cannot talk to {_where(args)}: {e}",
-            file=sys.stderr,
-        )
-        return EXIT_ERROR
+        return _fail(f"cannot talk to {_where(args)}: {e}")
     try:
         with client:
             result = client.call(method, params or None)
@@ -336,19 +332,13 @@ def _main(argv: list[str] | None) -> int:
         _print_error(e, method)
         return EXIT_ERROR
     except TimeoutError:
-        print(
-            f"hostagent-client: no answer from {_where(args)} within "
-            f"{args.timeout:g} s (--timeout); the agent may still finish "
-            "the call: ManagedVolume volumes_info shows where it stands",
-            file=sys.stderr,
+        return _fail(
+            f"no answer from {_where(args)} within {args.timeout:g} s "
+            "(--timeout); the agent may still finish the call: "
+            "ManagedVolume volumes_info shows where it stands"
         )
-        return EXIT_ERROR
     except (OSError, ValueError) as e:
-        print(
-            f"hostagent-client: cannot talk to {_where(args)}: {e}",
-            file=sys.stderr,
-        )
-        return EXIT_ERROR
+        return _fail(f"cannot talk to {_where(args)}: {e}")
     text = args.text or (not args.json and sys.stdout.isatty())
     if method == "Host.getCapabilities" and text:
         print(capabilities_text(result), end="")

@@ -30,6 +30,7 @@ from hostagent.lognoise import LibraryNoiseFilter
 from hostagent.logtext import EscapeFilter
 from hostagent.redact import ScrubFilter
 from hostagent.service import VolumeService
+from hostagent.service.host import Host
 from hostagent.transport import (
     ListenError,
     Server,
@@ -136,7 +137,7 @@ class Daemon:
         brick = Brick(
             cfg.brick, cfg.lock_dir, Path(cfg.storage.state_dir) / "mnt"
         )
-        self.service = VolumeService(cfg, db, brick, Udev())
+        self.service = VolumeService(Host(cfg, db, brick, Udev()))
         self.api = Api(self.service, cfg.server.max_batch)
         self.server = Server(
             cfg.server,

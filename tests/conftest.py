@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -18,7 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import DETACH, config_text, create_loop, detach_loop, exchange
+from support import (
+    ATTACH,
+    DETACH,
+    config_text,
+    create_loop,
+    detach_loop,
+    exchange,
+)
 
 from hostagent import config
 from hostagent.client import Client, RpcError
@@ -103,6 +111,19 @@ def need(*tools: str) -> None:
         )
 
 
+@contextlib.contextmanager
+def mounted(dev: str, where: Path) -> Iterator[Path]:
+    """mkfs.ext4 on ``dev`` and mount it on ``where`` for the block."""
+    need("mkfs.ext4")
+    subprocess.run(["mkfs.ext4", "-q", "-F", dev], check=True)
+    where.mkdir()
+    subprocess.run(["mount", dev, str(where)], check=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=True)
+
+
 def run_client(
     *args: str, stdin: str | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
@@ -124,6 +145,16 @@ def brick_calls(agent: Agent, vid: str) -> list[str]:
     disconnect_volume; the list is in log order.
     """
     return re.findall(rf"volume {vid}: (connect|disconnect)ing ", agent.log())
+
+
+def next_notification(c: Client, timeout: float = 10.0) -> dict[str, Any]:
+    """The next notification on ``c`` (raises on timeout)."""
+    if c.notifications:
+        return c.notifications.pop(0)
+    c.sock.settimeout(timeout)
+    message = c.recv()
+    assert "id" not in message, message
+    return dict(message)
 
 
 class Agent:
@@ -374,6 +405,45 @@ def release(agent: Agent, loops: Loops, vol_ids: Iterable[str]) -> None:
     finally:
         loops.cleanup()
         agent.dispose()
+
+
+def attach_loop(agent: Agent, loops: Loops, *more: Any) -> tuple[str, str]:
+    """A new loop device attached through ``agent`` as a new volume with
+    the local driver (``more``: the params after connection_info, an
+    sd_id); (device, vol_id)."""
+    dev = loops.create()
+    return dev, attach_local(agent, dev, *more)
+
+
+def attach_local(agent: Agent, dev: str, *more: Any) -> str:
+    """``dev`` attached through ``agent`` as a new volume with the local
+    driver (``more``: the params after connection_info); its vol_id."""
+    vid = new_vol_id()
+    agent.call(ATTACH, [vid, local_info(dev), *more])
+    return vid
+
+
+# An ownership test's loop node starts as (uid, gid, mode): unusual, so
+# that a restore is seen.
+ODD_NODE = (12, 34, 0o604)
+
+
+def node_state(path: str) -> tuple[int, int, int]:
+    """(uid, gid, permission bits) of the node ``path``."""
+    st = os.stat(path)
+    return st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)
+
+
+@pytest.fixture
+def odd_loop(loops: Loops) -> Iterator[str]:
+    """A loop node in the ODD_NODE state; given back its own after."""
+    dev = loops.create(1)
+    own = node_state(dev)
+    os.chown(dev, ODD_NODE[0], ODD_NODE[1])
+    os.chmod(dev, ODD_NODE[2])
+    yield dev
+    os.chown(dev, own[0], own[1])
+    os.chmod(dev, own[2])
 
 
 @pytest.fixture

@@ -122,6 +122,20 @@ class TlsAgent:
         """The CA that signed the agent's certificate."""
         return self.pki.server().ca
 
+    def assert_subject_cap(self, cap: int) -> None:
+        """With ``cap`` connections of ENGINE's subject open: a next one
+        is refused (-32600, naming the setting), another subject's is
+        served."""
+        with self.client() as third:
+            refusal = third.recv()
+            assert refusal["error"]["code"] == -32600
+            assert (
+                f"max_connections_per_subject={cap}"
+                in refusal["error"]["message"]
+            )
+        with self.client("intruder") as other:  # another CN
+            assert other.call("Host.ping") is True
+
 
 def start_tls_agent(
     agent_factory: Any, pki: Pki, log_level: str = "debug", **server: Any

@@ -38,6 +38,7 @@ from hostagent.client import RpcError
 from hostagent.db import Database, VolumeRecord
 from hostagent.redact import SCRUBBER
 from hostagent.service import VolumeService, steps
+from hostagent.service.host import Host
 from hostagent.service.reconcile import completion_steps
 from hostagent.udev import Udev
 
@@ -572,10 +573,12 @@ def test_rows_rolled_back_at_start_up_let_go_of_their_secrets(
     seed.close()
 
     service = VolumeService(
-        cfg,
-        Database(cfg.db_path),
-        brick.Brick(cfg.brick, cfg.lock_dir, tmp_path / "mnt"),
-        Udev(),
+        Host(
+            cfg,
+            Database(cfg.db_path),
+            brick.Brick(cfg.brick, cfg.lock_dir, tmp_path / "mnt"),
+            Udev(),
+        )
     )
 
     async def start() -> dict[str, int]:

@@ -9,47 +9,26 @@ import sqlite3
 import stat
 import subprocess
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 from conftest import HOSTAGENTD, Agent
+from dbfiles import (
+    FIXTURES,
+    at_schema,
+    columns,
+    frozen,
+    opened_connections,
+    stored_version,
+    the_two_rows,
+    upgraded,
+)
 from support import INFO
 
 from hostagent import db
 from hostagent.db import Database, DatabaseError, DatabaseNeedsOperator
 
-FIXTURES = Path(__file__).parent / "fixtures"
 ISCSI_MPATH = "36001405aaaa0000000000000000000a"
-
-
-def at_schema(path: Path, version: int) -> sqlite3.Connection:
-    """A database file made by this code's migrations up to ``version``.
-
-    Only for the current version: older ones come from the frozen
-    fixtures (:func:`frozen`), which an edit of an old migration cannot
-    change.
-    """
-    old = Database(path, migrations=version)
-    old.open()
-    assert old.version() == version
-    old.close()
-    return sqlite3.connect(path)
-
-
-def frozen(path: Path, version: int) -> None:
-    """Write the frozen schema-``version`` database to ``path``."""
-    sql = (FIXTURES / f"schema-{version}.sql").read_text()
-    con = sqlite3.connect(path, isolation_level=None)
-    con.executescript(sql)
-    con.close()
-
-
-def columns(path: Path) -> list[tuple[Any, ...]]:
-    """The volume table's columns (name, type, notnull, default, pk)."""
-    con = sqlite3.connect(path)
-    rows = con.execute("PRAGMA table_info(volume)").fetchall()
-    con.close()
-    return [tuple(r[1:]) for r in rows]
 
 
 def damage_index(path: Path, vol_id: str) -> None:
@@ -102,14 +81,6 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-def reopened(path: Path) -> Database:
-    """The database at ``path`` opened (and so migrated) by this code."""
-    d = Database(path)
-    d.open()
-    assert d.version() == db.SCHEMA_VERSION
-    return d
-
-
 def test_new_database_is_current_private_and_durable(tmp_path: Path) -> None:
     d = Database(tmp_path / "state" / "h.db")
     d.open()
@@ -158,90 +129,68 @@ def test_update_of_missing_row_is_an_error(tmp_path: Path) -> None:
 
 def test_upgrade_from_frozen_schema_1(tmp_path: Path) -> None:
     """A database as schema 1 wrote it is migrated, every row kept."""
-    path = tmp_path / "h.db"
-    frozen(path, 1)
-    fresh = tmp_path / "fresh.db"
-    Database(fresh).open()
-    new = reopened(path)
-    a, b = new.get("vol-a"), new.get("vol-b")
-    assert a is not None and b is not None
-    assert a.connection_info["data"]["auth_password"] == "chap-secret-1"
-    assert a.path == f"/dev/mapper/{ISCSI_MPATH}"
-    assert a.attachment == {
-        "multipath_id": ISCSI_MPATH,
-        "path": "/dev/dm-3",
-        "scsi_wwn": ISCSI_MPATH,
-        "type": "block",
-    }
-    assert a.multipath_id == ISCSI_MPATH
-    # Schema 1 had no state: every row was an attached volume.
-    assert (a.state, a.last_error, a.backend) == (db.ATTACHED, None, None)
-    assert a.created == a.updated == 1700000000.25
-    assert b.connection_info["driver_volume_type"] == "rbd"
-    assert (b.path, b.multipath_id, b.state) == ("/dev/rbd0", None, "attached")
-    assert b.created == b.updated == 1700000100.5
-    new.close()
-    # Upgraded and fresh databases are the same: a migration edited in
-    # place would make them differ.
-    assert columns(path) == columns(fresh)
-    con = sqlite3.connect(path)
-    assert con.execute("SELECT version FROM schema_version").fetchall() == [
-        (db.SCHEMA_VERSION,)
-    ]
+    with upgraded(tmp_path, 1) as new:
+        a, b = the_two_rows(new)
+        assert a.connection_info["data"]["auth_password"] == "chap-secret-1"
+        assert a.path == f"/dev/mapper/{ISCSI_MPATH}"
+        assert a.attachment == {
+            "multipath_id": ISCSI_MPATH,
+            "path": "/dev/dm-3",
+            "scsi_wwn": ISCSI_MPATH,
+            "type": "block",
+        }
+        assert a.multipath_id == ISCSI_MPATH
+        # Schema 1 had no state: every row was an attached volume.
+        assert (a.state, a.last_error, a.backend) == (db.ATTACHED, None, None)
+        assert a.created == a.updated == 1700000000.25
+        assert b.connection_info["driver_volume_type"] == "rbd"
+        assert (b.path, b.multipath_id, b.state) == (
+            "/dev/rbd0",
+            None,
+            "attached",
+        )
+        assert b.created == b.updated == 1700000100.5
 
 
 def test_upgrade_from_frozen_schema_2(tmp_path: Path) -> None:
     """Rows of schema 2 keep state and last_error; backend is None."""
-    path = tmp_path / "h.db"
-    frozen(path, 2)
-    fresh = tmp_path / "fresh.db"
-    Database(fresh).open()
-    new = reopened(path)
-    a, b = new.get("vol-a"), new.get("vol-b")
-    assert a is not None and b is not None
-    assert (a.state, a.created, a.updated) == (
-        db.ATTACHED,
-        1700000000.25,
-        1700000200.75,
-    )
-    assert a.multipath_id == ISCSI_MPATH
-    assert b.state == db.DETACHING
-    assert b.last_error == (
-        "detach: disconnect_volume failed: rbd unmap: device busy"
-    )
-    assert (b.created, b.updated) == (1700000100.5, 1700000300.5)
-    assert b.connection_info["data"]["keyring"].startswith("AQBx")
-    assert a.backend is None and b.backend is None
-    new.insert("vol-c", {"driver_volume_type": "rbd", "data": {}}, "gold")
-    assert new.get("vol-c").backend == "gold"  # type: ignore[union-attr]
-    new.close()
-    assert columns(path) == columns(fresh)
+    with upgraded(tmp_path, 2) as new:
+        a, b = the_two_rows(new)
+        assert (a.state, a.created, a.updated) == (
+            db.ATTACHED,
+            1700000000.25,
+            1700000200.75,
+        )
+        assert a.multipath_id == ISCSI_MPATH
+        assert b.state == db.DETACHING
+        assert b.last_error == (
+            "detach: disconnect_volume failed: rbd unmap: device busy"
+        )
+        assert (b.created, b.updated) == (1700000100.5, 1700000300.5)
+        assert b.connection_info["data"]["keyring"].startswith("AQBx")
+        assert a.backend is None and b.backend is None
+        new.insert("vol-c", {"driver_volume_type": "rbd", "data": {}}, "gold")
+        assert new.get("vol-c").backend == "gold"  # type: ignore[union-attr]
 
 
 def test_upgrade_to_attempts_starts_every_row_at_zero(
     tmp_path: Path,
 ) -> None:
     """_v6 gives the rows of a frozen schema-4 database 0 attempts."""
-    path = tmp_path / "h.db"
-    frozen(path, 4)
-    fresh = tmp_path / "fresh.db"
-    Database(fresh).open()
-    new = reopened(path)
-    rows = new.list()
-    assert [r.vol_id for r in rows] == ["vol-a", "vol-b"]
-    assert [r.attempts for r in rows] == [0, 0]
-    # The count goes on from there, and the row is detaching.
-    assert new.note_failure("vol-b", "detach: still busy") == 1
-    assert new.note_failure("vol-b", "detach: still busy") == 2
-    b = new.get("vol-b")
-    assert b is not None
-    assert (b.state, b.last_error, b.attempts) == (
-        db.DETACHING,
-        "detach: still busy",
-        2,
-    )
-    new.close()
-    assert columns(path) == columns(fresh)
+    with upgraded(tmp_path, 4) as new:
+        rows = new.list()
+        assert [r.vol_id for r in rows] == ["vol-a", "vol-b"]
+        assert [r.attempts for r in rows] == [0, 0]
+        # The count goes on from there, and the row is detaching.
+        assert new.note_failure("vol-b", "detach: still busy") == 1
+        assert new.note_failure("vol-b", "detach: still busy") == 2
+        b = new.get("vol-b")
+        assert b is not None
+        assert (b.state, b.last_error, b.attempts) == (
+            db.DETACHING,
+            "detach: still busy",
+            2,
+        )
 
 
 def test_old_migrations_still_make_the_frozen_schemas(tmp_path: Path) -> None:
@@ -293,10 +242,7 @@ def test_daemon_serves_a_frozen_schema_1_database(
     assert "chap-secret-1" not in a.log()
     assert a.stop() == 0
     assert mode(a.db_path) == 0o600
-    con = sqlite3.connect(a.db_path)
-    assert con.execute("SELECT version FROM schema_version").fetchall() == [
-        (db.SCHEMA_VERSION,)
-    ]
+    assert stored_version(a.db_path) == [(db.SCHEMA_VERSION,)]
 
 
 def test_intents_are_synchronous_full_the_rest_normal(tmp_path: Path) -> None:
@@ -308,8 +254,9 @@ def test_intents_are_synchronous_full_the_rest_normal(tmp_path: Path) -> None:
     checkpoint when it closes last.
     """
     d = Database(tmp_path / "h.db")
-    d.open()
-    writer = cast(Any, d._db).connection()
+    with opened_connections() as made:
+        d.open()
+    [writer] = made
     statements: list[str] = []
     writer.set_trace_callback(statements.append)
 
@@ -332,9 +279,9 @@ def test_intents_are_synchronous_full_the_rest_normal(tmp_path: Path) -> None:
     )
     assert synchronous_around(lambda: d.delete("v1")) == []
     writer.set_trace_callback(None)
-    assert d.peek("v1") is None
-    reader = d._reader
-    assert reader is not None
+    with opened_connections() as made:
+        assert d.peek("v1") is None
+    [reader] = made
     assert reader.execute("PRAGMA query_only").fetchone() == (1,)
     assert writer.execute("PRAGMA synchronous").fetchone() == (1,)
     assert reader.execute("PRAGMA synchronous").fetchone() == (2,)

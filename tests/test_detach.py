@@ -17,10 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import HOSTAGENTD, Agent, Loops, local_info, new_vol_id
-from support import ATTACH, DETACH, INFO
-
-from hostagent.client import Client
+from conftest import (
+    HOSTAGENTD,
+    Agent,
+    Loops,
+    attach_loop,
+    new_vol_id,
+    next_notification,
+)
+from support import DETACH, INFO
 
 FAIL_ONCE = "brick.before_disconnect_volume=1*raise"
 
@@ -59,23 +64,11 @@ def holder() -> Iterator[Any]:
         proc.wait()
 
 
-def next_notification(c: Client, timeout: float = 15.0) -> dict[str, Any]:
-    """The next notification on ``c`` (raises on timeout)."""
-    if c.notifications:
-        return c.notifications.pop(0)
-    c.sock.settimeout(timeout)
-    message = c.recv()
-    assert "id" not in message, message
-    return dict(message)
-
-
 def test_held_device_is_refused_with_its_holder(
     agent: Agent, loops: Loops, holder: Any
 ) -> None:
     """932 names the holder's pid; row, link and device stay."""
-    dev = loops.create()
-    vid = new_vol_id()
-    agent.call(ATTACH, [vid, local_info(dev)])
+    dev, vid = attach_loop(agent, loops)
     proc = holder(dev)
     e = agent.error(DETACH, [vid])
     assert e.code == 932
@@ -98,9 +91,7 @@ def test_a_udev_worker_probing_the_device_is_no_holder(
 ) -> None:
     """udev's workers open a device for a moment to probe it (after the
     change event a closed written device raises): a detach goes on."""
-    dev = loops.create()
-    vid = new_vol_id()
-    agent.call(ATTACH, [vid, local_info(dev)])
+    dev, vid = attach_loop(agent, loops)
     proc = holder(dev, "(udev-worker)")
     comm = Path(f"/proc/{proc.pid}/comm").read_text().strip()
     assert comm == "(udev-worker)"
@@ -112,9 +103,7 @@ def test_force_detaches_a_held_device(
     agent: Agent, loops: Loops, holder: Any
 ) -> None:
     """force: true detaches anyway, logged at warning with the holder."""
-    dev = loops.create()
-    vid = new_vol_id()
-    agent.call(ATTACH, [vid, local_info(dev)])
+    dev, vid = attach_loop(agent, loops)
     proc = holder(dev)
     assert agent.call(DETACH, {"vol_id": vid, "force": True}) is True
     assert agent.call(INFO, [[vid]]) == []
@@ -127,9 +116,8 @@ def test_force_is_third_after_sd_id(
     agent: Agent, loops: Loops, holder: Any
 ) -> None:
     """By position: vdsm's (vol_id, sd_id), then force."""
-    dev = loops.create()
-    vid, sd = new_vol_id(), new_vol_id()
-    agent.call(ATTACH, [vid, local_info(dev), sd])
+    sd = new_vol_id()
+    dev, vid = attach_loop(agent, loops, sd)
     holder(dev)
     e = agent.error(DETACH, [vid, sd])
     assert e.code == 932
@@ -142,9 +130,7 @@ def test_force_is_third_after_sd_id(
 
 def test_force_is_a_boolean(agent: Agent, loops: Loops) -> None:
     """A force that is not true/false is -32602, and nothing happens."""
-    dev = loops.create()
-    vid = new_vol_id()
-    agent.call(ATTACH, [vid, local_info(dev)])
+    _, vid = attach_loop(agent, loops)
     e = agent.error(DETACH, {"vol_id": vid, "force": "yes"})
     assert e.code == -32602
     assert agent.call(INFO, [[vid]])[0]["state"] == "attached"
@@ -154,9 +140,7 @@ def test_holder_gone_then_detach_works(
     agent: Agent, loops: Loops, holder: Any
 ) -> None:
     """Once the holder closed the device, a plain detach goes through."""
-    dev = loops.create()
-    vid = new_vol_id()
-    agent.call(ATTACH, [vid, local_info(dev)])
+    dev, vid = attach_loop(agent, loops)
     proc = holder(dev)
     assert agent.error(DETACH, [vid]).code == 932
     proc.kill()
@@ -177,9 +161,7 @@ def attached_with_failing_detach(
         }
     )
     agent.start()
-    dev = loops.create()
-    vid = new_vol_id()
-    agent.call(ATTACH, [vid, local_info(dev)])
+    dev, vid = attach_loop(agent, loops)
     return agent, dev, vid
 
 
@@ -197,7 +179,7 @@ def test_failed_detach_is_retried_in_the_background(
         assert info["state"] == "detaching"
         assert info["attempts"] == 1
         assert "ProcessExecutionError" in info["last_error"]
-        event = next_notification(sub)
+        event = next_notification(sub, timeout=15)
     assert event["method"] == "ManagedVolume.changed"
     assert event["params"] == {
         "vol_id": vid,
@@ -244,9 +226,7 @@ def test_retry_waits_for_a_holder_to_go(
         storage={"detach_retry_initial": 0.3, "detach_retry_max": 0.3}
     )
     agent.start()
-    dev = loops.create()
-    vid = new_vol_id()
-    agent.call(ATTACH, [vid, local_info(dev)])
+    dev, vid = attach_loop(agent, loops)
     assert agent.error(DETACH, [vid]).code == 926
     proc = holder(dev)
     deadline = time.monotonic() + 10

@@ -10,21 +10,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import Loops, need
+from conftest import Loops, mounted, need
 
 from hostagent import devices
-from hostagent.devices import (
-    BadPath,
-    DeviceHeld,
-    DeviceInUse,
-    DeviceMounted,
-    DeviceNotFound,
-    HostDisk,
-    NoMedia,
-    NotAllowed,
-    NotBlockDevice,
-    PseudoFsPath,
-)
 
 
 def refused(path: str, exc: type[devices.DeviceError], **kw: object) -> str:
@@ -36,19 +24,6 @@ def refused(path: str, exc: type[devices.DeviceError], **kw: object) -> str:
     assert err.detail["reason"] == exc.reason
     assert not any(ord(c) < 32 or 127 <= ord(c) < 160 for c in err.message)
     return err.message
-
-
-@contextmanager
-def mounted(dev: str, where: Path) -> Iterator[Path]:
-    """mkfs.ext4 on ``dev`` and mount it on ``where`` for the block."""
-    need("mkfs.ext4")
-    subprocess.run(["mkfs.ext4", "-q", "-F", dev], check=True)
-    where.mkdir()
-    subprocess.run(["mount", dev, str(where)], check=True)
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", str(where)], check=True)
 
 
 @pytest.fixture
@@ -122,33 +97,33 @@ def root_disk() -> tuple[str, str]:
     ],
 )
 def test_not_block_devices_refused(path: str, word: str) -> None:
-    assert word in refused(path, NotBlockDevice)
+    assert word in refused(path, devices.NotBlockDevice)
 
 
 def test_tmp_file_and_dir_refused(tmp_path: Path) -> None:
     f = tmp_path / "disk.img"
     f.write_bytes(b"\0" * 4096)
-    assert "regular file" in refused(str(f), NotBlockDevice)
-    assert "directory" in refused(str(tmp_path), NotBlockDevice)
+    assert "regular file" in refused(str(f), devices.NotBlockDevice)
+    assert "directory" in refused(str(tmp_path), devices.NotBlockDevice)
 
 
 def test_proc_and_sys_refused(tmp_path: Path, loops: Loops) -> None:
     dev = loops.create()
-    refused("/proc/self/mountinfo", PseudoFsPath)
+    refused("/proc/self/mountinfo", devices.PseudoFsPath)
     # Resolves to a fine block device, but names it through /proc.
-    refused(f"/proc/self/root{dev}", PseudoFsPath)
-    refused("/sys/block", PseudoFsPath)
-    refused("/dev/../proc/self/mountinfo", PseudoFsPath)
+    refused(f"/proc/self/root{dev}", devices.PseudoFsPath)
+    refused("/sys/block", devices.PseudoFsPath)
+    refused("/dev/../proc/self/mountinfo", devices.PseudoFsPath)
     link = tmp_path / "innocent"
     link.symlink_to("/proc/self/mounts")
-    assert "resolves to" in refused(str(link), PseudoFsPath)
+    assert "resolves to" in refused(str(link), devices.PseudoFsPath)
 
 
 @pytest.mark.parametrize(
     "path", ["", "dev/loop0", "/dev/loop0\n", "/dev/\x00loop0", "/dev/\x9b"]
 )
 def test_bad_paths_refused(path: str) -> None:
-    refused(path, BadPath)
+    refused(path, devices.BadPath)
 
 
 def test_control_characters_from_the_host_are_escaped(
@@ -156,7 +131,7 @@ def test_control_characters_from_the_host_are_escaped(
 ) -> None:
     dev = loops.create(32)
     with mounted(dev, tmp_path / "a\nCRITICAL forged") as where:
-        message = refused(dev, DeviceMounted)
+        message = refused(dev, devices.DeviceMounted)
         assert "a\\x0aCRITICAL forged" in message
         found = devices.holders(dev)
         assert found.mounts[0].mountpoint == str(where)
@@ -166,23 +141,23 @@ def test_control_characters_from_the_host_are_escaped(
     weird.write_text("")
     link = tmp_path / "link"
     link.symlink_to(weird)
-    with pytest.raises(NotBlockDevice) as info:
+    with pytest.raises(devices.NotBlockDevice) as info:
         devices.check_local_device(str(link))
     assert str(info.value.detail["resolved"]).endswith("x\\x0ay")
 
 
 def test_missing_and_dangling_refused(tmp_path: Path) -> None:
-    refused(str(tmp_path / "nothing"), DeviceNotFound)
+    refused(str(tmp_path / "nothing"), devices.DeviceNotFound)
     link = tmp_path / "dangling"
     link.symlink_to(tmp_path / "gone")
-    refused(str(link), DeviceNotFound)
+    refused(str(link), devices.DeviceNotFound)
 
 
 def test_host_root_disk_refused() -> None:
     node, disk = root_disk()
-    assert "/" in refused(node, DeviceMounted)
+    assert "/" in refused(node, devices.DeviceMounted)
     if disk != node:
-        assert "/" in refused(disk, HostDisk)
+        assert "/" in refused(disk, devices.HostDisk)
 
 
 def test_free_loop_accepted(loops: Loops) -> None:
@@ -200,13 +175,13 @@ def test_free_loop_accepted(loops: Loops) -> None:
 def test_detached_loop_has_no_media(loops: Loops) -> None:
     dev = loops.create()
     loops.detach(dev)
-    assert "no media" in refused(dev, NoMedia)
+    assert "no media" in refused(dev, devices.NoMedia)
 
 
 def test_mounted_loop_refused(tmp_path: Path, loops: Loops) -> None:
     dev = loops.create(32)
     with mounted(dev, tmp_path / "mnt") as where:
-        assert str(where) in refused(dev, DeviceMounted)
+        assert str(where) in refused(dev, devices.DeviceMounted)
         found = devices.holders(dev)
         assert [m.mountpoint for m in found.mounts] == [str(where)]
         assert found.busy
@@ -219,10 +194,10 @@ def test_partitioned_loop_with_mounted_partition(
 ) -> None:
     dev, (p1, p2) = partitioned
     with mounted(p1, tmp_path / "mnt") as where:
-        message = refused(dev, HostDisk)
+        message = refused(dev, devices.HostDisk)
         assert str(where) in message
         assert os.path.basename(p1) in message
-        refused(p1, DeviceMounted)
+        refused(p1, devices.DeviceMounted)
         devices.check_local_device(p2)
         assert [m.mountpoint for m in devices.holders(dev).mounts] == [
             str(where)
@@ -241,7 +216,7 @@ def test_partitioned_loop_with_mounted_partition(
 def test_exclusive_open_refused(loops: Loops) -> None:
     dev = loops.create()
     with holding(dev, os.O_RDONLY | os.O_EXCL) as pid:
-        assert "exclusive open" in refused(dev, DeviceInUse)
+        assert "exclusive open" in refused(dev, devices.DeviceInUse)
         assert [p.pid for p in devices.holders(dev).processes] == [pid]
     devices.check_local_device(dev)
 
@@ -249,7 +224,7 @@ def test_exclusive_open_refused(loops: Loops) -> None:
 def test_local_allowed(tmp_path: Path, loops: Loops) -> None:
     dev = loops.create()
     devices.check_local_device(dev, ["/dev/loop*"])
-    message = refused(dev, NotAllowed, allowed_globs=["/dev/sd*"])
+    message = refused(dev, devices.NotAllowed, allowed_globs=["/dev/sd*"])
     assert "local_allowed" in message
     # LVM style: the name as given matches, the dm-N it resolves to not.
     vg = tmp_path / "vg"
@@ -259,10 +234,12 @@ def test_local_allowed(tmp_path: Path, loops: Loops) -> None:
     # A non-normal given path only counts through what it resolves to.
     odd = f"/dev/../dev/{os.path.basename(dev)}"
     devices.check_local_device(odd, ["/dev/loop*"])
-    refused(f"{vg}/../vg/lv", NotAllowed, allowed_globs=[f"{vg}/*"])
+    refused(f"{vg}/../vg/lv", devices.NotAllowed, allowed_globs=[f"{vg}/*"])
     # Outside the allowed names nothing is said about what a path is.
     for other in ("/etc/passwd", "/etc", "/dev/null"):
-        message = refused(other, NotAllowed, allowed_globs=["/dev/loop*"])
+        message = refused(
+            other, devices.NotAllowed, allowed_globs=["/dev/loop*"]
+        )
         assert "file" not in message
         assert "directory" not in message
 
@@ -290,9 +267,9 @@ def test_identity_whatever_path_names_it(tmp_path: Path, loops: Loops) -> None:
 
 
 def test_identity_refuses_non_devices(tmp_path: Path) -> None:
-    with pytest.raises(NotBlockDevice):
+    with pytest.raises(devices.NotBlockDevice):
         devices.device_id("/dev/null")
-    with pytest.raises(DeviceNotFound):
+    with pytest.raises(devices.DeviceNotFound):
         devices.device_id(str(tmp_path / "none"))
 
 
@@ -430,7 +407,7 @@ def test_partition_maps_are_attributed(mpath_sysfs: tuple[str, Path]) -> None:
 
 def test_held_by_a_map_refused(mpath_sysfs: tuple[str, Path]) -> None:
     dev, root = mpath_sysfs
-    message = refused(dev, DeviceHeld, sysfs=str(root))
+    message = refused(dev, devices.DeviceHeld, sysfs=str(root))
     assert "hostvg-data" in message
     found = devices.holders(dev, sysfs=str(root))
     assert found.busy

@@ -13,28 +13,21 @@ import time
 from typing import Any
 
 import pytest
-from conftest import Agent, Loops, local_info, new_vol_id
+from conftest import (
+    Agent,
+    Loops,
+    attach_loop,
+    local_info,
+    new_vol_id,
+    next_notification,
+)
 from support import ATTACH, DETACH, EXTEND, INFO
-
-from hostagent.client import Client
 
 MiB = 1024 * 1024
 
 
-def next_notification(c: Client, timeout: float = 10.0) -> dict[str, Any]:
-    """The next notification on ``c`` (raises on timeout)."""
-    if c.notifications:
-        return c.notifications.pop(0)
-    c.sock.settimeout(timeout)
-    message = c.recv()
-    assert "id" not in message, message
-    return dict(message)
-
-
 def test_device_gone_and_back_is_notified(agent: Agent, loops: Loops) -> None:
-    dev = loops.create()
-    vid = new_vol_id()
-    agent.call(ATTACH, [vid, local_info(dev)])
+    dev, vid = attach_loop(agent, loops)
     with agent.client() as sub, agent.client() as other:
         assert sub.call("Host.subscribe") is True
         loops.detach(dev)
@@ -72,9 +65,7 @@ def test_device_gone_and_back_is_notified(agent: Agent, loops: Loops) -> None:
 def test_every_subscriber_is_told_and_closed_ones_are_dropped(
     agent: Agent, loops: Loops
 ) -> None:
-    dev = loops.create()
-    vid = new_vol_id()
-    agent.call(ATTACH, [vid, local_info(dev)])
+    dev, vid = attach_loop(agent, loops)
     gone = agent.client()
     assert gone.call("Host.subscribe") is True
     gone.close()
@@ -116,9 +107,7 @@ def test_a_volume_gone_while_the_agent_was_down_is_reported_once_back(
     agent: Agent, loops: Loops
 ) -> None:
     """State is noted at start; a later return is news, the absence not."""
-    dev = loops.create()
-    vid = new_vol_id()
-    agent.call(ATTACH, [vid, local_info(dev)])
+    dev, vid = attach_loop(agent, loops)
     agent.stop()
     loops.detach(dev)
     agent.start()
@@ -150,9 +139,7 @@ def test_extend_errors(agent: Agent, loops: Loops) -> None:
     assert err.code == -32602
     assert "not attached" in err.message
     assert agent.error(EXTEND, ["nope"]).code == -32602
-    dev = loops.create()
-    vid = new_vol_id()
-    agent.call(ATTACH, [vid, local_info(dev)])
+    dev, vid = attach_loop(agent, loops)
     loops.detach(dev)
     err = agent.error(EXTEND, [vid])
     # No media: the connector would say 0 bytes; the agent says why.

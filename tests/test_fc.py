@@ -330,19 +330,24 @@ exit 0
 """
 
 
-def test_enforced_multipath_with_no_map_is_928_and_undone(
-    agent_factory: Any, tmp_path: Path, loops: Loops
-) -> None:
-    """multipathd runs, but no dm map appears for the LUN: 928, undone."""
+def multipath_without_maps(tmp_path: Path) -> tuple[str, Path]:
+    """MULTIPATHD and MULTIPATH as the tools of those names, each call
+    logged; (a PATH that finds them first, the log)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     log = tmp_path / "multipath.log"
     for name, text in (("multipathd", MULTIPATHD), ("multipath", MULTIPATH)):
         (bin_dir / name).write_text(text.replace("{log}", str(log)))
         (bin_dir / name).chmod(0o755)
-    a = start_fc_agent(
-        agent_factory, loops, {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
-    )
+    return f"{bin_dir}:{os.environ['PATH']}", log
+
+
+def test_enforced_multipath_with_no_map_is_928_and_undone(
+    agent_factory: Any, tmp_path: Path, loops: Loops
+) -> None:
+    """multipathd runs, but no dm map appears for the LUN: 928, undone."""
+    path, log = multipath_without_maps(tmp_path)
+    a = start_fc_agent(agent_factory, loops, {"PATH": path})
     vid = new_vol_id()
     err = a.error(
         ATTACH,
@@ -436,17 +441,12 @@ def test_attach_crashed_after_connect_rolls_back_if_multipath_now_enforced(
     default, false): start-up must decide as a live attach would (928,
     no multipath device) and roll the attach back, not complete it.
     """
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    log = tmp_path / "multipath.log"
-    for name, text in (("multipathd", MULTIPATHD), ("multipath", MULTIPATH)):
-        (bin_dir / name).write_text(text.replace("{log}", str(log)))
-        (bin_dir / name).chmod(0o755)
+    path, _ = multipath_without_maps(tmp_path)
     a = start_fc_agent(
         agent_factory,
         loops,
         {
-            "PATH": f"{bin_dir}:{os.environ['PATH']}",
+            "PATH": path,
             "HOSTAGENT_FAILPOINTS": "attach.after_connected=kill",
         },
     )

@@ -72,6 +72,15 @@ def expected_entries() -> set[Entry]:
     }
 
 
+def entry_written(conn: Any, fake: FakeDiscoveryClient) -> str:
+    """A new volume's discovery entry, written by the connector's
+    dsc_connect_volume and seen by the service; the volume's uuid."""
+    vol = str(uuid.uuid4())
+    conn.dsc_connect_volume(data(vol))
+    assert fake.wait_for(("add", f"{vol}.conf"))
+    return vol
+
+
 def test_connect_ends_in_device_not_found(
     lightos: tuple[Brick, Any, FakeDiscoveryClient],
 ) -> None:
@@ -98,9 +107,7 @@ def test_entry_written_as_the_service_reads_it(
     lightos: tuple[Brick, Any, FakeDiscoveryClient],
 ) -> None:
     _, conn, fake = lightos
-    vol = str(uuid.uuid4())
-    conn.dsc_connect_volume(data(vol))
-    assert fake.wait_for(("add", f"{vol}.conf"))
+    vol = entry_written(conn, fake)
     assert set(fake.entries[f"{vol}.conf"]) == expected_entries()
     # A second connect leaves the existing entry alone.
     mtime = (fake.directory / f"{vol}.conf").stat().st_mtime
@@ -114,9 +121,7 @@ def test_disconnect_removes_entry(
     # An entry left behind (an agent killed during connect): the
     # disconnect of reconciliation withdraws it.
     brick, conn, fake = lightos
-    vol = str(uuid.uuid4())
-    conn.dsc_connect_volume(data(vol))
-    assert fake.wait_for(("add", f"{vol}.conf"))
+    vol = entry_written(conn, fake)
     brick.disconnect("lightos", data(vol), None)
     assert fake.wait_for(("remove", f"{vol}.conf"))
     assert fake.entries == {}

@@ -12,8 +12,6 @@ import sqlite3
 import stat
 import subprocess
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +22,7 @@ from conftest import (
     brick_calls,
     load_config,
     local_info,
-    need,
+    mounted,
     new_vol_id,
 )
 from pki import Pki, start_tls_agent
@@ -64,19 +62,6 @@ def root_disk() -> tuple[str, str]:
     block = Path(os.path.realpath(f"/sys/dev/block/{devno}"))
     disk = block.parent if (block / "partition").exists() else block
     return f"/dev/{block.name}", f"/dev/{disk.name}"
-
-
-@contextmanager
-def mounted(dev: str, where: Path) -> Iterator[None]:
-    """An ext4 file system of ``dev`` mounted on ``where``."""
-    need("mkfs.ext4")
-    subprocess.run(["mkfs.ext4", "-q", "-F", dev], check=True)
-    where.mkdir()
-    subprocess.run(["mount", dev, str(where)], check=True)
-    try:
-        yield
-    finally:
-        subprocess.run(["umount", str(where)], check=True)
 
 
 def test_host_files_and_root_disk_refused(

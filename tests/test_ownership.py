@@ -5,13 +5,11 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-import stat
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Loops
+from conftest import ODD_NODE, Loops, node_state
 from udevsyntax import check_line, check_text, udevadm_verify
 
 from hostagent import ownership
@@ -22,43 +20,26 @@ NOBODY = pwd.getpwnam("nobody").pw_uid
 KVM = grp.getgrnam("kvm").gr_gid
 
 
-def state(path: str) -> tuple[int, int, int]:
-    st = os.stat(path)
-    return st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)
-
-
-@pytest.fixture
-def loop(loops: Loops) -> Iterator[str]:
-    """A loop node in a known, unusual state; put back as found after."""
-    dev = loops.create(1)
-    before = state(dev)
-    os.chown(dev, 12, 34)
-    os.chmod(dev, 0o604)
-    yield dev
-    os.chown(dev, before[0], before[1])
-    os.chmod(dev, before[2])
-
-
 @pytest.fixture
 def rules(tmp_path: Path) -> str:
     return str(tmp_path / "rules.d")
 
 
 def test_grant_sets_node_and_writes_rule(
-    loop: str, loops: Loops, rules: str
+    odd_loop: str, loops: Loops, rules: str
 ) -> None:
     vol = str(uuid.uuid4())
     prev = ownership.grant(
-        loop, vol, "nobody", "kvm", 0o640, sd_id=SD, rules_dir=rules
+        odd_loop, vol, "nobody", "kvm", 0o640, sd_id=SD, rules_dir=rules
     )
-    assert (prev.uid, prev.gid, prev.mode) == (12, 34, 0o604)
-    assert prev.path == loop and prev.rdev == os.stat(loop).st_rdev
-    assert state(loop) == (NOBODY, KVM, 0o640)
+    assert (prev.uid, prev.gid, prev.mode) == ODD_NODE
+    assert prev.path == odd_loop and prev.rdev == os.stat(odd_loop).st_rdev
+    assert node_state(odd_loop) == (NOBODY, KVM, 0o640)
     rule = Path(rules) / f"99-hostagent-managed_{SD}_{vol}.rules"
     assert os.listdir(rules) == [rule.name]
     text = rule.read_text()
-    name = os.path.basename(loop)
-    backing = os.path.realpath(loops.backing(loop))
+    name = os.path.basename(odd_loop)
+    backing = os.path.realpath(loops.backing(odd_loop))
     line = text.splitlines()[-1]
     assert line.startswith('ACTION=="add|change", SUBSYSTEM=="block", ')
     assert f'KERNEL=="{name}"' in line
@@ -72,68 +53,76 @@ def test_grant_sets_node_and_writes_rule(
     assert ownership.recorded(vol, SD, rules) == prev
 
 
-def test_release_restores_exact_state(loop: str, rules: str) -> None:
+def test_release_restores_exact_state(odd_loop: str, rules: str) -> None:
     vol = str(uuid.uuid4())
-    prev = ownership.grant(loop, vol, NOBODY, KVM, rules_dir=rules)
-    assert state(loop) == (NOBODY, KVM, 0o660)
+    prev = ownership.grant(odd_loop, vol, NOBODY, KVM, rules_dir=rules)
+    assert node_state(odd_loop) == (NOBODY, KVM, 0o660)
     assert ownership.release(vol, prev, rules_dir=rules) is True
-    assert state(loop) == (12, 34, 0o604)
+    assert node_state(odd_loop) == ODD_NODE
     assert os.listdir(rules) == []
     # Twice: nothing left to do, nothing broken.
     assert ownership.release(vol, prev, rules_dir=rules) is True
     assert ownership.release(vol, None, rules_dir=rules) is False
-    assert state(loop) == (12, 34, 0o604)
+    assert node_state(odd_loop) == ODD_NODE
 
 
-def test_repeated_grant_keeps_first_owner(loop: str, rules: str) -> None:
+def test_repeated_grant_keeps_first_owner(odd_loop: str, rules: str) -> None:
     vol = str(uuid.uuid4())
-    first = ownership.grant(loop, vol, NOBODY, KVM, sd_id=SD, rules_dir=rules)
-    again = ownership.grant(loop, vol, NOBODY, KVM, sd_id=SD, rules_dir=rules)
+    first = ownership.grant(
+        odd_loop, vol, NOBODY, KVM, sd_id=SD, rules_dir=rules
+    )
+    again = ownership.grant(
+        odd_loop, vol, NOBODY, KVM, sd_id=SD, rules_dir=rules
+    )
     assert again == first
-    assert (again.uid, again.gid, again.mode) == (12, 34, 0o604)
+    assert (again.uid, again.gid, again.mode) == ODD_NODE
     assert len(os.listdir(rules)) == 1
     ownership.release(vol, again, sd_id=SD, rules_dir=rules)
-    assert state(loop) == (12, 34, 0o604)
+    assert node_state(odd_loop) == ODD_NODE
 
 
-def test_release_without_db_record_uses_rule(loop: str, rules: str) -> None:
+def test_release_without_db_record_uses_rule(
+    odd_loop: str, rules: str
+) -> None:
     # The agent died between the chown and its database write.
     vol = str(uuid.uuid4())
-    ownership.grant(loop, vol, NOBODY, KVM, 0o600, sd_id=SD, rules_dir=rules)
+    ownership.grant(
+        odd_loop, vol, NOBODY, KVM, 0o600, sd_id=SD, rules_dir=rules
+    )
     assert ownership.release(vol, None, sd_id=SD, rules_dir=rules) is True
-    assert state(loop) == (12, 34, 0o604)
+    assert node_state(odd_loop) == ODD_NODE
     assert os.listdir(rules) == []
 
 
 def test_release_leaves_other_or_gone_device(
-    loop: str, loops: Loops, rules: str
+    odd_loop: str, loops: Loops, rules: str
 ) -> None:
     vol = str(uuid.uuid4())
-    prev = ownership.grant(loop, vol, NOBODY, KVM, rules_dir=rules)
+    prev = ownership.grant(odd_loop, vol, NOBODY, KVM, rules_dir=rules)
     other = loops.create(1)
-    other_before = state(other)
+    other_before = node_state(other)
     # The name now belongs to another device number: not restored.
     moved = NodeState(other, prev.rdev, 1, 2, 0o777)
     assert ownership.release(vol, moved, rules_dir=rules) is False
-    assert state(other) == other_before
+    assert node_state(other) == other_before
     gone = NodeState("/dev/hostagent-no-such-node", prev.rdev, 1, 2, 0o7)
     assert ownership.release(vol, gone, rules_dir=rules) is False
     ownership.release(vol, prev, rules_dir=rules)
-    assert state(loop) == (12, 34, 0o604)
+    assert node_state(odd_loop) == ODD_NODE
 
 
 def test_grant_on_new_device_restores_the_old_one(
-    loop: str, loops: Loops, rules: str
+    odd_loop: str, loops: Loops, rules: str
 ) -> None:
     vol = str(uuid.uuid4())
-    ownership.grant(loop, vol, NOBODY, KVM, rules_dir=rules)
+    ownership.grant(odd_loop, vol, NOBODY, KVM, rules_dir=rules)
     other = loops.create(1)
-    other_before = state(other)
+    other_before = node_state(other)
     prev = ownership.grant(other, vol, NOBODY, KVM, rules_dir=rules)
-    assert state(loop) == (12, 34, 0o604)
+    assert node_state(odd_loop) == ODD_NODE
     assert (prev.uid, prev.gid, prev.mode) == other_before
     assert ownership.release(vol, prev, rules_dir=rules) is True
-    assert state(other) == other_before
+    assert node_state(other) == other_before
 
 
 def test_grant_refuses_non_block(tmp_path: Path, rules: str) -> None:
@@ -158,12 +147,14 @@ def test_grant_refuses_non_block(tmp_path: Path, rules: str) -> None:
         ("", None),
     ],
 )
-def test_names_cannot_escape(vol: str, sd: str | None, loop: str) -> None:
+def test_names_cannot_escape(vol: str, sd: str | None, odd_loop: str) -> None:
     with pytest.raises(ValueError, match="UUID"):
         ownership.rule_name(vol, sd)
     with pytest.raises(ValueError, match="UUID"):
-        ownership.grant(loop, vol, 0, 0, sd_id=sd, rules_dir="/nonexistent")
-    assert state(loop) == (12, 34, 0o604)
+        ownership.grant(
+            odd_loop, vol, 0, 0, sd_id=sd, rules_dir="/nonexistent"
+        )
+    assert node_state(odd_loop) == ODD_NODE
 
 
 def test_parse_config_values() -> None:

@@ -12,40 +12,25 @@ import json
 import os
 import signal
 import sqlite3
-import stat
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Agent, Loops, load_config, local_info, new_vol_id
+from conftest import (
+    ODD_NODE,
+    Agent,
+    attach_local,
+    load_config,
+    local_info,
+    new_vol_id,
+    node_state,
+)
+from support import ATTACH, DETACH, INFO
 
 from hostagent.config import ConfigError
 from hostagent.failpoints import FAILPOINTS_ENV
 
-ATTACH = "ManagedVolume.attach_volume"
-DETACH = "ManagedVolume.detach_volume"
-INFO = "ManagedVolume.volumes_info"
 NOBODY = 65534  # nobody / nogroup on Debian and Fedora alike
-# The loop node's state before each test: unusual, so a restore is seen.
-BEFORE = (12, 34, 0o604)
-
-
-def state(path: str) -> tuple[int, int, int]:
-    st = os.stat(path)
-    return st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)
-
-
-@pytest.fixture
-def dev(loops: Loops) -> Iterator[str]:
-    """A loop node in the BEFORE state; given back its own after."""
-    d = loops.create(1)
-    own = state(d)
-    os.chown(d, BEFORE[0], BEFORE[1])
-    os.chmod(d, BEFORE[2])
-    yield d
-    os.chown(d, own[0], own[1])
-    os.chmod(d, own[2])
 
 
 def owning_agent(agent_factory: Any, **storage: Any) -> Agent:
@@ -75,6 +60,14 @@ def owner_prev(a: Agent, vid: str) -> Any:
     return None if row is None or row[0] is None else json.loads(row[0])
 
 
+def assert_detach_gives_back(a: Agent, node: str, params: list[Any]) -> None:
+    """The detach of ``params`` answers True, ``node`` is back in its
+    ODD_NODE state, and no rule of the agent is left."""
+    assert a.call(DETACH, params) is True
+    assert node_state(node) == ODD_NODE
+    assert rules(a) == []
+
+
 def killed_at(a: Agent, point: str, params: list[Any]) -> None:
     """Start with ``point=kill`` and make the attach it ends."""
     a.env[FAILPOINTS_ENV] = f"{point}=kill"
@@ -86,81 +79,77 @@ def killed_at(a: Agent, point: str, params: list[Any]) -> None:
     a.proc = None
 
 
-def test_attach_sets_and_detach_restores(agent_factory: Any, dev: str) -> None:
+def test_attach_sets_and_detach_restores(
+    agent_factory: Any, odd_loop: str
+) -> None:
     a = owning_agent(agent_factory)
     a.start()
     vid, sd = new_vol_id(), new_vol_id()
-    result = a.call(ATTACH, [vid, local_info(dev), sd])
-    assert state(dev) == (NOBODY, NOBODY, 0o640)
+    result = a.call(ATTACH, [vid, local_info(odd_loop), sd])
+    assert node_state(odd_loop) == (NOBODY, NOBODY, 0o640)
     assert rules(a) == [f"99-hostagent-managed_{sd}_{vid}.rules"]
     text = (a.tmp / "rules" / rules(a)[0]).read_text()
     assert f"chown {NOBODY}:{NOBODY} $env{{DEVNAME}}" in text
     assert "chmod 0640 $env{DEVNAME}" in text
     prev = owner_prev(a, vid)
-    assert (prev["uid"], prev["gid"], prev["mode"]) == BEFORE
-    assert prev["path"] == dev
+    assert (prev["uid"], prev["gid"], prev["mode"]) == ODD_NODE
+    assert prev["path"] == odd_loop
     # A repeated attach changes nothing, and keeps the first owner.
-    assert a.call(ATTACH, [vid, local_info(dev), sd]) == result
+    assert a.call(ATTACH, [vid, local_info(odd_loop), sd]) == result
     assert owner_prev(a, vid) == prev
-    assert a.call(DETACH, [vid, sd]) is True
-    assert state(dev) == BEFORE
-    assert rules(a) == []
+    assert_detach_gives_back(a, odd_loop, [vid, sd])
 
 
 def test_without_sd_id_the_rule_is_named_by_vol_id(
-    agent_factory: Any, dev: str
+    agent_factory: Any, odd_loop: str
 ) -> None:
     a = owning_agent(agent_factory, device_group="", device_mode="600")
     a.start()
-    vid = new_vol_id()
-    a.call(ATTACH, [vid, local_info(dev)])
+    vid = attach_local(a, odd_loop)
     # Only the owner set: the group stays what the node had.
-    assert state(dev) == (NOBODY, BEFORE[1], 0o600)
+    assert node_state(odd_loop) == (NOBODY, ODD_NODE[1], 0o600)
     assert rules(a) == [f"99-hostagent-managed_{vid}.rules"]
-    assert a.call(DETACH, [vid]) is True
-    assert state(dev) == BEFORE
-    assert rules(a) == []
+    assert_detach_gives_back(a, odd_loop, [vid])
 
 
 def test_unset_owner_and_group_change_nothing(
-    agent_factory: Any, dev: str
+    agent_factory: Any, odd_loop: str
 ) -> None:
     a = owning_agent(agent_factory, device_owner="", device_group="")
     a.start()
-    vid = new_vol_id()
-    a.call(ATTACH, [vid, local_info(dev), new_vol_id()])
-    assert state(dev) == BEFORE
+    vid = attach_local(a, odd_loop, new_vol_id())
+    assert node_state(odd_loop) == ODD_NODE
     assert rules(a) == []
     assert owner_prev(a, vid) is None
     assert a.call(DETACH, [vid]) is True
-    assert state(dev) == BEFORE
+    assert node_state(odd_loop) == ODD_NODE
 
 
 def test_failed_attach_gives_the_node_back(
-    agent_factory: Any, dev: str
+    agent_factory: Any, odd_loop: str
 ) -> None:
     a = owning_agent(agent_factory)
     a.env[FAILPOINTS_ENV] = "attach.before_link=raise"
     a.start()
     vid = new_vol_id()
-    e = a.error(ATTACH, [vid, local_info(dev), new_vol_id()])
+    e = a.error(ATTACH, [vid, local_info(odd_loop), new_vol_id()])
     # The fail point's own error: the agent has no number for it.
     assert e.code == 100
-    assert state(dev) == BEFORE
+    assert node_state(odd_loop) == ODD_NODE
     assert rules(a) == []
     assert a.call(INFO) == []
 
 
 def test_kill_between_grant_and_record_is_completed(
-    agent_factory: Any, dev: str
+    agent_factory: Any, odd_loop: str
 ) -> None:
     """Killed after the chown, before owner_prev was written: the
     restart completes the attach with the state the rule recorded, and
     detach gives that back."""
     a = owning_agent(agent_factory)
     vid, sd = new_vol_id(), new_vol_id()
-    killed_at(a, "attach.after_own", [vid, local_info(dev), sd])
-    assert state(dev) == (NOBODY, NOBODY, 0o640)
+    killed_at(a, "attach.after_own", [vid, local_info(odd_loop), sd])
+    assert node_state(odd_loop) == (NOBODY, NOBODY, 0o640)
     assert owner_prev(a, vid) is None
     a.env.pop(FAILPOINTS_ENV)
     a.start()
@@ -168,42 +157,37 @@ def test_kill_between_grant_and_record_is_completed(
     (info,) = a.call(INFO)
     assert (info["state"], info["sd_id"]) == ("attached", sd)
     prev = owner_prev(a, vid)
-    assert (prev["uid"], prev["gid"], prev["mode"]) == BEFORE
-    assert state(dev) == (NOBODY, NOBODY, 0o640)
-    assert a.call(DETACH, [vid, sd]) is True
-    assert state(dev) == BEFORE
-    assert rules(a) == []
+    assert (prev["uid"], prev["gid"], prev["mode"]) == ODD_NODE
+    assert node_state(odd_loop) == (NOBODY, NOBODY, 0o640)
+    assert_detach_gives_back(a, odd_loop, [vid, sd])
 
 
 def test_kill_between_grant_and_record_is_rolled_back(
-    agent_factory: Any, dev: str
+    agent_factory: Any, odd_loop: str
 ) -> None:
     """The same crash, and the restart cannot complete the attach: the
     roll-back gives the node back the state recorded in the rule."""
     a = owning_agent(agent_factory)
     vid, sd = new_vol_id(), new_vol_id()
-    killed_at(a, "attach.after_own", [vid, local_info(dev), sd])
+    killed_at(a, "attach.after_own", [vid, local_info(odd_loop), sd])
     a.env[FAILPOINTS_ENV] = "reconcile.before_own=raise"
     a.start()
     assert "rolled_back 1" in a.log()
     assert a.call(INFO) == []
-    assert state(dev) == BEFORE
+    assert node_state(odd_loop) == ODD_NODE
     assert rules(a) == []
 
 
 def test_detach_after_a_config_change_still_restores(
-    agent_factory: Any, dev: str
+    agent_factory: Any, odd_loop: str
 ) -> None:
     a = owning_agent(agent_factory)
     a.start()
-    vid = new_vol_id()
-    a.call(ATTACH, [vid, local_info(dev)])
+    vid = attach_local(a, odd_loop)
     a.stop()
     a.configure(storage={"udev_rules_dir": str(a.tmp / "rules")})
     a.start()
-    assert a.call(DETACH, [vid]) is True
-    assert state(dev) == BEFORE
-    assert rules(a) == []
+    assert_detach_gives_back(a, odd_loop, [vid])
 
 
 @pytest.mark.parametrize(

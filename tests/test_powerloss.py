@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conftest import Agent, Loops, local_info, new_vol_id
+from conftest import Agent, Loops, attach_loop, local_info, new_vol_id
 
 ATTACH = "ManagedVolume.attach_volume"
 DETACH = "ManagedVolume.detach_volume"
@@ -158,9 +158,7 @@ def test_power_loss_after_a_detach_intent(
     a: Agent = agent_factory()
     a.env[FAILPOINTS] = f"{DETACH_INTENT}=sleep:{HOLD}"
     a.start()
-    dev = loops.create()
-    vid = new_vol_id()
-    a.call(ATTACH, [vid, local_info(dev)])
+    dev, vid = attach_loop(a, loops)
     th = in_background(a, DETACH, [vid])
     wait_hits(a, DETACH_INTENT, 1)
     snapshot(a, tmp_path / "at-detach-intent")

@@ -8,7 +8,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from test_db import columns, frozen, reopened
+from dbfiles import opened_connections, the_two_rows, upgraded
 
 from hostagent import db
 from hostagent.db import Database
@@ -17,31 +17,21 @@ from hostagent.dbfile import disk_failure
 
 def test_upgrade_from_frozen_schema_3(tmp_path: Path) -> None:
     """Rows of schema 3 keep everything; identity and boot are None."""
-    path = tmp_path / "h.db"
-    frozen(path, 3)
-    fresh = tmp_path / "fresh.db"
-    Database(fresh).open()
-    new = reopened(path)
-    a, b = new.get("vol-a"), new.get("vol-b")
-    assert a is not None and b is not None
-    assert (a.backend, a.state, a.created) == (
-        "gold",
-        "attached",
-        1700000000.25,
-    )
-    assert a.connection_info["data"]["auth_password"] == "chap-secret-3"
-    assert (a.device_key, a.boot_id) == (None, None)
-    assert (b.path, b.device_key, b.boot_id) == ("/dev/loop7", None, None)
-    # A row without identity is still compared by its path string.
-    assert new.find_device_owner(None, "/dev/loop7", "x", "devno:7:7") == (
-        "vol-b"
-    )
-    new.close()
-    assert columns(path) == columns(fresh)
-    con = sqlite3.connect(path)
-    assert con.execute("SELECT version FROM schema_version").fetchall() == [
-        (db.SCHEMA_VERSION,)
-    ]
+    with upgraded(tmp_path, 3) as new:
+        a, b = the_two_rows(new)
+        assert (a.backend, a.state, a.created) == (
+            "gold",
+            "attached",
+            1700000000.25,
+        )
+        assert a.connection_info["data"]["auth_password"] == "chap-secret-3"
+        assert (a.device_key, a.boot_id) == (None, None)
+        assert (b.path, b.device_key, b.boot_id) == ("/dev/loop7", None, None)
+        # A row without identity is still compared by its path string.
+        assert new.find_device_owner(None, "/dev/loop7", "x", "devno:7:7") == (
+            "vol-b"
+        )
+    con = sqlite3.connect(tmp_path / "h.db")
     indexes = {r[1] for r in con.execute("PRAGMA index_list(volume)")}
     assert "volume_device_key" in indexes
     con.close()
@@ -49,39 +39,27 @@ def test_upgrade_from_frozen_schema_3(tmp_path: Path) -> None:
 
 def test_upgrade_from_frozen_schema_4(tmp_path: Path) -> None:
     """Rows of schema 4 keep sd_id and owner_prev; identity is None."""
-    path = tmp_path / "h.db"
-    frozen(path, 4)
-    fresh = tmp_path / "fresh.db"
-    Database(fresh).open()
-    new = reopened(path)
-    a, b = new.get("vol-a"), new.get("vol-b")
-    assert a is not None and b is not None
-    assert (a.backend, a.sd_id) == (
-        "gold",
-        "5c1d3f9e-8f1c-4d6e-9a55-0f6f2b1c7d11",
-    )
-    assert a.owner_prev == {
-        "gid": 6,
-        "mode": 0o660,
-        "path": "/dev/dm-3",
-        "rdev": 64771,
-        "uid": 0,
-    }
-    assert a.connection_info["data"]["auth_password"] == "chap-secret-4"
-    assert (a.device_key, a.boot_id) == (None, None)
-    assert (b.sd_id, b.owner_prev, b.device_key, b.boot_id) == (
-        None,
-        None,
-        None,
-        None,
-    )
-    new.close()
-    assert columns(path) == columns(fresh)
-    con = sqlite3.connect(path)
-    assert con.execute("SELECT version FROM schema_version").fetchall() == [
-        (db.SCHEMA_VERSION,)
-    ]
-    con.close()
+    with upgraded(tmp_path, 4) as new:
+        a, b = the_two_rows(new)
+        assert (a.backend, a.sd_id) == (
+            "gold",
+            "5c1d3f9e-8f1c-4d6e-9a55-0f6f2b1c7d11",
+        )
+        assert a.owner_prev == {
+            "gid": 6,
+            "mode": 0o660,
+            "path": "/dev/dm-3",
+            "rdev": 64771,
+            "uid": 0,
+        }
+        assert a.connection_info["data"]["auth_password"] == "chap-secret-4"
+        assert (a.device_key, a.boot_id) == (None, None)
+        assert (b.sd_id, b.owner_prev, b.device_key, b.boot_id) == (
+            None,
+            None,
+            None,
+            None,
+        )
 
 
 def test_owner_is_found_by_identity_not_path(tmp_path: Path) -> None:
@@ -111,9 +89,10 @@ def test_disk_errors_are_told_from_others(tmp_path: Path) -> None:
     test_state_errors.py.
     """
     d = Database(tmp_path / "h.db")
-    d.open()
+    with opened_connections() as made:
+        d.open()
+    [con] = made
     d.insert("v1", {"driver_volume_type": "local", "data": {}})
-    con = d._db.connection()  # type: ignore[attr-defined]
     con.execute("PRAGMA query_only = 1")
     with pytest.raises(Exception) as e:  # peewee's OperationalError
         d.set_state("v1", db.DETACHING)

@@ -13,7 +13,7 @@ import uuid
 from typing import Any
 
 import pytest
-from conftest import Agent, Loops, local_info, new_vol_id
+from conftest import Agent, Loops, attach_loop, local_info, new_vol_id
 
 ATTACH = "ManagedVolume.attach_volume"
 DETACH = "ManagedVolume.detach_volume"
@@ -79,18 +79,16 @@ def test_named_params_and_without_sd_id(agent: Agent, loops: Loops) -> None:
 def test_detach_without_sd_id_finds_the_managed_link(
     agent: Agent, loops: Loops
 ) -> None:
-    dev = loops.create()
-    vid, sd = new_vol_id(), new_vol_id()
-    agent.call(ATTACH, [vid, local_info(dev), sd])
+    sd = new_vol_id()
+    _, vid = attach_loop(agent, loops, sd)
     assert managed(agent) == [f"{sd}_{vid}"]
     assert agent.call(DETACH, [vid]) is True
     assert managed(agent) == []
 
 
 def test_reattach_with_other_sd_id_is_929(agent: Agent, loops: Loops) -> None:
-    dev = loops.create()
-    vid, sd = new_vol_id(), new_vol_id()
-    agent.call(ATTACH, [vid, local_info(dev), sd])
+    sd = new_vol_id()
+    dev, vid = attach_loop(agent, loops, sd)
     e = agent.error(ATTACH, [vid, local_info(dev), new_vol_id()])
     assert e.code == 929
     assert e.data == {"vol_id": vid, "sd_id": sd}
@@ -144,9 +142,8 @@ def test_backend_is_by_name_only(agent: Agent, loops: Loops) -> None:
 def test_managed_links_survive_restart_and_are_repaired(
     agent: Agent, loops: Loops
 ) -> None:
-    dev = loops.create()
-    vid, sd = new_vol_id(), new_vol_id()
-    agent.call(ATTACH, [vid, local_info(dev), sd])
+    sd = new_vol_id()
+    dev, vid = attach_loop(agent, loops, sd)
     link = agent.run_dir / "managedvolumes" / f"{sd}_{vid}"
     stray = agent.run_dir / "managedvolumes" / f"{sd}_{new_vol_id()}"
     os.symlink(dev, stray)

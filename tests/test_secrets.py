@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Agent, Loops, local_info, new_vol_id
+from conftest import Agent, Loops, local_info, new_vol_id, next_notification
 from support import ATTACH, DETACH, INFO
-from test_events import next_notification
 from test_rbd import FakeCeph, rbd_info
 
 from hostagent.client import RpcError

@@ -29,6 +29,7 @@ from hostagent.client import RpcError
 from hostagent.db import Database
 from hostagent.errors import AgentError
 from hostagent.service import VolumeService
+from hostagent.service.host import Host
 from hostagent.udev import Udev
 
 
@@ -375,7 +376,7 @@ def wait_for_device_error(
         f"multipath = true\nenforce_multipath = {str(enforce).lower()}",
     )
     brick = Brick(cfg.brick, cfg.lock_dir, tmp_path / "mnt")
-    service = VolumeService(cfg, Database(cfg.db_path), brick, Udev())
+    service = VolumeService(Host(cfg, Database(cfg.db_path), brick, Udev()))
     service.device_wait = 0.3
 
     async def wait() -> str:

@@ -33,6 +33,12 @@ class DeviceError(Exception):
 
     reason = "device"
 
+    def __init_subclass__(cls, reason: str = "", **kwargs: object) -> None:
+        # A refusal names its reason word in its class line.
+        super().__init_subclass__(**kwargs)
+        if reason:
+            cls.reason = reason
+
     def __init__(self, path: str, message: str, **detail: object) -> None:
         # Resolved names and mount points come from the host's files and
         # may hold control characters as well.
@@ -49,74 +55,52 @@ class DeviceError(Exception):
         super().__init__(self.message)
 
 
-class BadPath(DeviceError):
+class BadPath(DeviceError, reason="bad_path"):
     """Empty, relative, or holding control characters."""
 
-    reason = "bad_path"
 
-
-class DeviceNotFound(DeviceError):
+class DeviceNotFound(DeviceError, reason="not_found"):
     """Nothing at the path (or a symlink loop)."""
 
-    reason = "not_found"
 
-
-class PseudoFsPath(DeviceError):
+class PseudoFsPath(DeviceError, reason="pseudo_fs"):
     """The path (given or resolved) lies under /proc or /sys."""
 
-    reason = "pseudo_fs"
 
-
-class NotBlockDevice(DeviceError):
+class NotBlockDevice(DeviceError, reason="not_block_device"):
     """A regular file, directory, character device, socket, FIFO."""
 
-    reason = "not_block_device"
 
-
-class NotAllowed(DeviceError):
+class NotAllowed(DeviceError, reason="not_allowed"):
     """No ``[brick] local_allowed`` glob matches."""
 
-    reason = "not_allowed"
 
-
-class NoMedia(DeviceError):
+class NoMedia(DeviceError, reason="no_media"):
     """A block device node without media (size 0: a detached loop)."""
 
-    reason = "no_media"
 
-
-class DeviceBusy(DeviceError):
+class DeviceBusy(DeviceError, reason="busy"):
     """Base of the "something on this host uses it" refusals."""
 
-    reason = "busy"
 
-
-class DeviceMounted(DeviceBusy):
+class DeviceMounted(DeviceBusy, reason="mounted"):
     """A file system on the device itself is mounted (or it is swap)."""
 
-    reason = "mounted"
 
-
-class HostDisk(DeviceBusy):
+class HostDisk(DeviceBusy, reason="host_disk"):
     """The device carries host mounts through partitions or dm/md maps."""
 
-    reason = "host_disk"
 
-
-class DeviceHeld(DeviceBusy):
+class DeviceHeld(DeviceBusy, reason="held"):
     """A dm or md device (LVM, multipath, crypt, RAID) sits on it."""
 
-    reason = "held"
 
-
-class DeviceInUse(DeviceBusy):
+class DeviceInUse(DeviceBusy, reason="in_use"):
     """An exclusive open fails (EBUSY): claimed by the kernel elsewhere.
 
     Catches what /proc/self/mountinfo cannot show: a mount in another
     mount namespace, a holder that sysfs does not list, an O_EXCL opener.
     """
-
-    reason = "in_use"
 
 
 # ---------------------------------------------------------------- identity

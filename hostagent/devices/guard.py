@@ -7,17 +7,7 @@ import fnmatch
 import os
 from collections.abc import Sequence
 
-from hostagent.devices.errors import (
-    PROC,
-    SYSFS,
-    DeviceHeld,
-    DeviceInUse,
-    DeviceMounted,
-    DeviceNotFound,
-    HostDisk,
-    NoMedia,
-    NotAllowed,
-)
+from hostagent.devices import errors
 from hostagent.devices.holders import Mount, mounts
 from hostagent.devices.identity import DeviceId, _identify, _read, _resolve
 from hostagent.devices.stack import Stacked, _block_dir, _walk
@@ -70,17 +60,17 @@ def _exclusive_open(path: str, real: str) -> None:
         fd = os.open(real, os.O_RDONLY | os.O_EXCL | os.O_CLOEXEC)
     except OSError as e:
         if e.errno == errno.EBUSY:
-            raise DeviceInUse(
+            raise errors.DeviceInUse(
                 path,
                 f"{path} is in use: the kernel refuses an exclusive open "
                 "(mounted in another namespace, or claimed by a holder)",
                 resolved=real,
             ) from None
         if e.errno in (errno.ENXIO, errno.ENOMEDIUM, errno.ENODEV):
-            raise NoMedia(
+            raise errors.NoMedia(
                 path, f"{path} has no media: {e.strerror}", resolved=real
             ) from None
-        raise DeviceNotFound(
+        raise errors.DeviceNotFound(
             path, f"{path} cannot be opened: {e.strerror}", resolved=real
         ) from None
     os.close(fd)
@@ -90,8 +80,8 @@ def check_local_device(
     path: str,
     allowed_globs: Sequence[str] = (),
     *,
-    sysfs: str = SYSFS,
-    proc: str = PROC,
+    sysfs: str = errors.SYSFS,
+    proc: str = errors.PROC,
 ) -> DeviceId:
     """Refuse ``path`` unless it is a free block device a VM may take.
 
@@ -111,7 +101,7 @@ def check_local_device(
     # Before looking at what the path is: outside the allowed names a
     # client learns nothing about the host's files.
     if not allowed(path, real, allowed_globs):
-        raise NotAllowed(
+        raise errors.NotAllowed(
             path,
             f"{path} (resolved: {real}) matches no [brick] "
             "local_allowed pattern",
@@ -122,7 +112,7 @@ def check_local_device(
     block = _block_dir(dev.devno, sysfs)
     size = _read(block / "size")
     if size == "0":
-        raise NoMedia(
+        raise errors.NoMedia(
             path,
             f"{path} has no media (size 0, e.g. a detached loop device)",
             resolved=dev.path,
@@ -130,7 +120,7 @@ def check_local_device(
     if size is None:
         # A node whose number the kernel has no device for.  Not opened:
         # opening a loop number the kernel has not made would make it.
-        raise NoMedia(
+        raise errors.NoMedia(
             path,
             f"{path} has no media: the kernel has no device {dev.devno}",
             resolved=dev.path,
@@ -139,7 +129,7 @@ def check_local_device(
     own, above = _device_mounts(dev, stack, proc)
     if own:
         where = ", ".join(m.mountpoint for m in own)
-        raise DeviceMounted(
+        raise errors.DeviceMounted(
             path,
             f"{path} is mounted on the host ({where})",
             resolved=dev.path,
@@ -147,7 +137,7 @@ def check_local_device(
         )
     if above:
         where = ", ".join(f"{m.mountpoint} on {name}" for m, name in above)
-        raise HostDisk(
+        raise errors.HostDisk(
             path,
             f"{path} carries the host's mounts ({where})",
             resolved=dev.path,
@@ -156,7 +146,7 @@ def check_local_device(
     maps = [s for s in stack if s.kind != "partition"]
     if maps:
         held = ", ".join(f"{s.describe()} on {s.parent}" for s in maps)
-        raise DeviceHeld(
+        raise errors.DeviceHeld(
             path,
             f"{path} is held by {held}",
             resolved=dev.path,

@@ -34,7 +34,6 @@ from typing import Any
 from hostagent import __version__, db, hostcheck, hosttools
 from hostagent.brick import Brick
 from hostagent.config import BackendConfig, Config, backend_options
-from hostagent.db import Database
 from hostagent.errors import (
     AgentError,
     ConnectorFailed,
@@ -42,7 +41,6 @@ from hostagent.errors import (
     VolumeBusy,
 )
 from hostagent.events import Events
-from hostagent.failpoints import FailPoints
 from hostagent.redact import redact
 from hostagent.service import (
     detaching,
@@ -69,7 +67,6 @@ from hostagent.service.listing import Listing
 from hostagent.service.reconcile import Reconciler
 from hostagent.service.retrier import DetachRetrier
 from hostagent.service.retry import retry_detach
-from hostagent.udev import Udev
 
 log = logging.getLogger(__name__)
 
@@ -77,24 +74,17 @@ log = logging.getLogger(__name__)
 class VolumeService:
     """Attach, detach, extend and describe managed volumes."""
 
-    def __init__(
-        self,
-        config: Config,
-        database: Database,
-        brick: Brick,
-        udev: Udev,
-        failpoints: FailPoints | None = None,
-    ) -> None:
-        self.host = Host(config, database, brick, udev, failpoints)
-        self.config = config
-        self.db = database
-        self.brick = brick
-        self.udev = udev
-        self.listing = Listing(database, udev)
+    def __init__(self, host: Host) -> None:
+        self.host = host
+        self.config = host.config
+        self.db = host.db
+        self.brick = host.brick
+        self.udev = host.udev
+        self.listing = Listing(host.db, host.udev)
         self.events = Events(self.presence)
         self.host.retrier = DetachRetrier(
             functools.partial(retry_detach, self.host, self.events),
-            config.storage,
+            host.config.storage,
         )
 
     @property

@@ -16,7 +16,9 @@ Modules, one job each:
 * :mod:`~hostagent.transport.stomp`: STOMP 1.2 as vdsm speaks it, on the
   TLS port (frames in :mod:`~hostagent.transport.stomp_frames`, their
   meaning in :mod:`~hostagent.transport.stomp_session`);
-* :mod:`~hostagent.transport.output`: batching of outgoing answers.
+* :mod:`~hostagent.transport.output`: batching of outgoing answers;
+* :mod:`~hostagent.transport.inflight`: the requests a connection has
+  running, within ``max_in_flight``.
 
 JSON-RPC error shapes are the API's (:mod:`hostagent.api`); the
 transport only frames them.

@@ -26,8 +26,9 @@ import asyncio
 import contextlib
 import logging
 
-from hostagent.api import Answer, connection_error, dumps
+from hostagent.api import connection_error, dumps
 from hostagent.transport.framing import Session
+from hostagent.transport.inflight import InFlight
 from hostagent.transport.output import Output, send_and_close
 
 log = logging.getLogger("hostagent.transport")
@@ -49,8 +50,7 @@ async def serve(session: Session) -> None:
         # Requests already started run to completion even when the
         # client went away: an attach stopped halfway would need
         # undoing, and finishing it leaves a clean, recorded state.
-        if conn.pending:
-            await asyncio.gather(*conn.pending, return_exceptions=True)
+        await conn.requests.wait()
         session.peer.notify = None
         out.flush()
         session.writer.close()
@@ -67,8 +67,7 @@ class _Connection:
         self.config = session.endpoint.config
         self.peer = session.peer
         self.out = out
-        self.in_flight = asyncio.Semaphore(self.config.max_in_flight)
-        self.pending: set[asyncio.Task[None]] = set()
+        self.requests = InFlight(self.endpoint, out, self.peer)
 
     async def read_lines(self) -> None:
         """Split the stream into lines and start a request for each.
@@ -126,14 +125,14 @@ class _Connection:
                 if started:
                     await self._stalled(len(buf))
                     return
-                if self.pending or self.endpoint.listening(self.peer):
+                if self.requests.tasks or self.endpoint.listening(self.peer):
                     continue  # waiting for answers or events: not idle
                 log.debug("closing idle connection %s", self.peer.describe())
                 return
             if not chunk:
                 if started:  # the last line may lack its newline
                     answer = self.endpoint.answer(bytes(buf), self.peer)
-                    await self._respond(answer, release=False)
+                    await self.requests.answer(answer, self._send)
                 return
             out.cork()
             buf += chunk
@@ -145,35 +144,11 @@ class _Connection:
             if answer is not None:
                 self.out.write(answer)
             return True
-        # Reaching the in-flight cap may wait: what is answered goes
-        # first.
-        if not await self.out.uncork():
-            return False
-        await self.in_flight.acquire()
-        self.out.cork()
-        task = asyncio.create_task(self._respond(answer, release=True))
-        self.pending.add(task)
-        task.add_done_callback(self.pending.discard)
-        self.endpoint.track_request(task)
-        return True
+        return await self.requests.start(answer, self._send)
 
-    async def _respond(self, answer: Answer, release: bool) -> None:
-        try:
-            if answer is None or isinstance(answer, bytes):
-                response = answer
-            else:
-                response = await answer
-            if response is not None:
-                await self.out.send(response)
-        except (ConnectionError, OSError):
-            pass
-        except Exception:
-            log.exception(
-                "unexpected error answering %s", self.peer.describe()
-            )
-        finally:
-            if release:
-                self.in_flight.release()
+    async def _send(self, response: bytes | None) -> None:
+        if response is not None:
+            await self.out.send(response)
 
     async def _too_large(self) -> None:
         limit = self.config.max_message_bytes

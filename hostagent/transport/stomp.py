@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import Awaitable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from hostagent.api import dumps
 from hostagent.transport.framing import Session
+from hostagent.transport.inflight import InFlight
 from hostagent.transport.output import Output
 from hostagent.transport.sniff import register
 from hostagent.transport.stomp_frames import Frame, FrameError, Parser, encode
@@ -74,8 +76,7 @@ class _Connection:
         )
         self.state = SessionState()
         self.parser = Parser(self.config.max_message_bytes)
-        self.in_flight = asyncio.Semaphore(self.config.max_in_flight)
-        self.pending: set[asyncio.Task[None]] = set()
+        self.requests = InFlight(self.endpoint, self.out, self.peer)
         self.loop = asyncio.get_running_loop()
         self.last_sent = self.last_received = self.loop.time()
         self.subscribed = False
@@ -113,14 +114,13 @@ class _Connection:
         # client is gone: an attach stopped halfway would need undoing.
         # A client that just stopped sending still gets its answers;
         # after an ERROR frame they go nowhere.
-        if self.pending and not self.failed:
+        if self.requests.tasks and not self.failed:
             await self.out.uncork()
-            await asyncio.gather(*self.pending, return_exceptions=True)
+            await self.requests.wait()
         self.peer.notify = None
         self.out.flush()
         self.writer.close()
-        if self.pending:
-            await asyncio.gather(*self.pending, return_exceptions=True)
+        await self.requests.wait()
         with contextlib.suppress(ConnectionError, OSError):
             await self.writer.wait_closed()
 
@@ -159,7 +159,7 @@ class _Connection:
                         )
                     )
                     return b""
-                if self.pending or self.endpoint.listening(self.peer):
+                if self.requests.tasks or self.endpoint.listening(self.peer):
                     continue  # waiting for answers or events: not idle
                 log.debug("closing idle connection %s", self.peer.describe())
                 return b""
@@ -181,9 +181,9 @@ class _Connection:
                 return False
             self._sync_events()
             if outcome.disconnect:
-                if self.pending:
+                if self.requests.tasks:
                     await self.out.uncork()
-                    await asyncio.gather(*self.pending, return_exceptions=True)
+                    await self.requests.wait()
                 await self._send(outcome.frames)
                 return False
             if outcome.request is not None and not await self._run(
@@ -204,32 +204,13 @@ class _Connection:
         if answer is None or isinstance(answer, bytes):
             self._reply(answer, request.reply_to)
             return True
-        # Reaching the in-flight cap may wait: what is answered goes
-        # first.
-        if not await self.out.uncork():
-            return False
-        await self.in_flight.acquire()
-        self.out.cork()
-        task = asyncio.create_task(self._later(answer, request.reply_to))
-        self.pending.add(task)
-        task.add_done_callback(self.pending.discard)
-        self.endpoint.track_request(task)
-        return True
+        return await self.requests.start(
+            answer, functools.partial(self._later, request.reply_to)
+        )
 
-    async def _later(
-        self, answer: Awaitable[bytes | None], reply_to: str
-    ) -> None:
-        try:
-            if self._reply(await answer, reply_to):
-                await self.out.drained()
-        except (ConnectionError, OSError):
-            pass
-        except Exception:
-            log.exception(
-                "unexpected error answering %s", self.peer.describe()
-            )
-        finally:
-            self.in_flight.release()
+    async def _later(self, reply_to: str, response: bytes | None) -> None:
+        if self._reply(response, reply_to):
+            await self.out.drained()
 
     def _reply(self, response: bytes | None, reply_to: str) -> bool:
         """Write the answer to its reply destination; whether it went."""

@@ -45,38 +45,26 @@ class Sizes:
     holder_procs: int
 
 
-FULL = Sizes(
-    pings=20000,
-    connections=16,
-    per_connection=3000,
-    volumes=1000,
-    info_calls=50,
-    volumes_large=10000,
-    info_calls_large=20,
-    large_starts=3,
-    anchor_rounds=7,
-    attaches=300,
-    concurrent=100,
-    starts=5,
-    scans=50,
-    holder_procs=300,
-)
-SMOKE = Sizes(
-    pings=20,
-    connections=2,
-    per_connection=10,
-    volumes=5,
-    info_calls=2,
-    volumes_large=20,
-    info_calls_large=2,
-    large_starts=1,
-    anchor_rounds=1,
-    attaches=2,
-    concurrent=3,
-    starts=1,
-    scans=2,
-    holder_procs=2,
-)
+# Each size: the full run's, the smoke test's (``--smoke``: every
+# figure once, quickly, to see that it still runs).
+_SIZES = {
+    "pings": (20000, 20),
+    "connections": (16, 2),
+    "per_connection": (3000, 10),
+    "volumes": (1000, 5),
+    "info_calls": (50, 2),
+    "volumes_large": (10000, 20),
+    "info_calls_large": (20, 2),
+    "large_starts": (3, 1),
+    "anchor_rounds": (7, 1),
+    "attaches": (300, 2),
+    "concurrent": (100, 3),
+    "starts": (5, 1),
+    "scans": (50, 2),
+    "holder_procs": (300, 2),
+}
+FULL = Sizes(**{name: full for name, (full, _) in _SIZES.items()})
+SMOKE = Sizes(**{name: smoke for name, (_, smoke) in _SIZES.items()})
 
 
 GROUPS = (

@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 from lab import GuestRun
+from labresults import NOTHING, assert_multipath_attach, only
 
 # The guest boots in the first test's setup: allow for it.
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(900)]
 
 SECRETS = ("agent-secret-8642", "agent-wrong-9753")
-NOTHING = {"sessions": [], "dm_devices": {}, "sd_devices": []}
 SHA256 = re.compile(r"[0-9a-f]{64}")
 NVME_DISK = re.compile(r"/dev/nvme[0-9]+n[0-9]+")
 
@@ -28,12 +28,6 @@ NVME_DISK = re.compile(r"/dev/nvme[0-9]+n[0-9]+")
 def run(lab_job: Callable[..., GuestRun]) -> GuestRun:
     """One guest run of tests/vm/guest/job_agent.py."""
     return lab_job("job_agent.py")
-
-
-def only(info: list[dict[str, Any]]) -> dict[str, Any]:
-    """The single entry of a one-volume ``volumes_info``."""
-    assert len(info) == 1, info
-    return info[0]
 
 
 def assert_info_matches(data: dict[str, Any]) -> None:
@@ -87,17 +81,7 @@ def test_capabilities(run: GuestRun) -> None:
 def test_iscsi_multipath_attach(run: GuestRun) -> None:
     """path is /dev/mapper/<wwid>; dm uuid mpath-<wwid>; two paths."""
     data = run.case_ok("agent_iscsi_multipath")
-    result = data["result"]
-    wwid = data["wwid"]
-    assert wwid and result["path"] == f"/dev/mapper/{wwid}"
-    assert result["managed_path"] == (
-        f"/run/hostagent/volumes/{data['vol_id']}"
-    )
-    assert data["dm_name"] is not None, "no dm device mpath-<wwid>"
-    # The path and the managed link lead to that dm device.
-    assert data["path_realpath"] == f"/dev/{data['dm_name']}"
-    assert data["managed_realpath"] == data["path_realpath"]
-    assert len(data["dm_slaves"]) == 2
+    assert_multipath_attach(data, paths=2)
     assert len(data["sessions_attached"]) == 2
     assert_info_matches(data)
 
@@ -137,12 +121,8 @@ def test_iscsi_multipath_detach_leaves_nothing(run: GuestRun) -> None:
 def test_iscsi_chap(run: GuestRun) -> None:
     """The right CHAP secret attaches at /dev/mapper/<wwid>, carries I/O."""
     data = run.case_ok("agent_iscsi_chap")
-    wwid = data["wwid"]
     # One portal, but multipath is on in the agent: a one-path dm device.
-    assert wwid and data["result"]["path"] == f"/dev/mapper/{wwid}"
-    assert data["dm_name"] is not None, "no dm device mpath-<wwid>"
-    assert data["path_realpath"] == f"/dev/{data['dm_name']}"
-    assert len(data["dm_slaves"]) == 1
+    assert_multipath_attach(data, paths=1)
     assert_info_matches(data)
     assert len(data["sessions_attached"]) == 1
     assert SHA256.fullmatch(data["io"])

@@ -12,11 +12,11 @@ from collections.abc import Callable
 
 import pytest
 from lab import GuestRun
+from labresults import NOTHING
 
 # The guest boots in the first test's setup: allow for it.
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(900)]
 
-NOTHING = {"sessions": [], "dm_devices": {}, "sd_devices": []}
 # hostagent/service/reconcile.py's summary line, once per start-up.
 SUMMARY = re.compile(r"reconciled (\d+) volume record\(s\) in [0-9.]+ s: (.*)")
 

@@ -11,26 +11,18 @@ flight.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 from lab import GuestRun
+from labresults import NOTHING, only
 
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(900)]
-
-NOTHING = {"sessions": [], "dm_devices": {}, "sd_devices": []}
 
 
 @pytest.fixture(scope="module")
 def run(lab_job: Callable[..., GuestRun]) -> GuestRun:
     """One guest run of tests/vm/guest/job_detach.py."""
     return lab_job("job_detach.py")
-
-
-def only(info: list[dict[str, Any]]) -> dict[str, Any]:
-    """The single entry of a one-volume ``volumes_info``."""
-    assert len(info) == 1, info
-    return info[0]
 
 
 def test_multipath_settings_reported(run: GuestRun) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import pytest
 from lab import GuestRun
+from labresults import NOTHING, assert_multipath_attach
 from support import ATTACH, DETACH
 
 # The guest boots in the first test's setup: allow for it.
@@ -24,7 +25,6 @@ SOCKET = "/run/hostagent/hostagent.sock"
 CAP_SYS_ADMIN = 21
 CAP_SYS_BOOT = 22
 CAP_SYS_PTRACE = 19
-NOTHING = {"sessions": [], "dm_devices": {}, "sd_devices": []}
 
 
 @pytest.fixture(scope="module")
@@ -102,16 +102,7 @@ def test_iscsi_attach_detach(run: GuestRun) -> None:
     """Through the socket-activated agent: /dev/mapper/<wwid> over two
     paths, I/O, then detach leaves no session, dm, sd or link."""
     data = run.case_ok("sd_iscsi")
-    result = data["result"]
-    wwid = data["wwid"]
-    assert wwid and result["path"] == f"/dev/mapper/{wwid}"
-    assert result["managed_path"] == (
-        f"/run/hostagent/volumes/{data['vol_id']}"
-    )
-    assert data["dm_name"] is not None
-    assert data["path_realpath"] == f"/dev/{data['dm_name']}"
-    assert data["managed_realpath"] == data["path_realpath"]
-    assert len(data["dm_slaves"]) == 2
+    assert_multipath_attach(data, paths=2)
     (entry,) = data["info"]
     assert entry["exists"] is True and entry["state"] == "attached"
     assert len(data["io"]) == 64

@@ -9,47 +9,19 @@
 # mounts /run, /sys/fs/cgroup, ... itself and boots lab.target: basic.target
 # plus lab-job.service, which runs this script again with "job" to run the
 # job script and power off.
-export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-export HOME=/root LANG=C.UTF-8
-umask 022
-
-say() { echo "LAB: $(cut -d' ' -f1 /proc/uptime) $*"; }
-
-poweroff_now() {
-    sync
-    # Straight to the kernel: an orderly systemd shutdown would only cost
-    # time, and the job has saved what it wants kept.
-    echo o >/proc/sysrq-trigger
-    sleep 30
-}
+# shellcheck source=tests/vm/guest/common.sh
+source "${0%/*}/common.sh"
 
 if [[ ${1:-} == job ]]; then
     # lab-job.service: the job, under systemd.
-    # shellcheck source=/dev/null
-    source /lab/job.env
+    load_job_env
     # Two loopback portals, as guest/init.sh sets up.
-    ip addr add 127.0.0.2/8 dev lo
-    ip addr add 127.0.0.3/8 dev lo
-    say "running $LAB_SCRIPT"
-    cd /lab || true
-    case "$LAB_SCRIPT" in
-    *.py) cmd=("$LAB_PYTHON" -u "$LAB_SCRIPT") ;;
-    *) cmd=(/bin/bash "$LAB_SCRIPT") ;;
-    esac
-    timeout --kill-after=10 "${LAB_TIMEOUT:-600}" "${cmd[@]}" </dev/null
-    status=$?
-    say "job exited with status $status"
-    echo "$status" >/lab/exit_status
-    poweroff_now
+    add_portals
+    run_job
 fi
 
 say "guest init started"
-if [[ ! -r /lab/job.env ]]; then
-    say "no /lab/job.env"
-    poweroff_now
-fi
-# shellcheck source=/dev/null
-source /lab/job.env
+load_job_env
 
 mkdir -p /lib/modules
 mount --bind "$LAB_KDIR/lib/modules" /lib/modules

@@ -5,19 +5,8 @@
 # write lands in guest memory.  /lab is the per-run read-write share: the
 # harness (tests/vm/lab.py) put job.env there; the job script writes its
 # results there, and this script writes exit_status before powering off.
-export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-export HOME=/root LANG=C.UTF-8
-umask 022
-
-say() { echo "LAB: $(cut -d' ' -f1 /proc/uptime) $*"; }
-
-poweroff_now() {
-    sync
-    # No init system to ask: tell the kernel directly.  ACPI power-off
-    # makes qemu exit.
-    echo o >/proc/sysrq-trigger
-    sleep 30
-}
+# shellcheck source=tests/vm/guest/common.sh
+source "${0%/*}/common.sh"
 
 say "guest init started"
 
@@ -31,12 +20,7 @@ ln -sf /proc/self/fd/0 /dev/stdin
 ln -sf /proc/self/fd/1 /dev/stdout
 ln -sf /proc/self/fd/2 /dev/stderr
 
-if [[ ! -r /lab/job.env ]]; then
-    say "no /lab/job.env"
-    poweroff_now
-fi
-# shellcheck source=/dev/null
-source /lab/job.env
+load_job_env
 
 # The kernel's modules live in the host's (git-ignored) cache.
 mkdir -p /lib/modules
@@ -47,9 +31,7 @@ modprobe configfs && mount -t configfs configfs /sys/kernel/config
 hostname lab-guest
 echo lab-guest >/etc/hostname
 ip link set lo up
-# Two loopback addresses, so targets can listen on two portals.
-ip addr add 127.0.0.2/8 dev lo
-ip addr add 127.0.0.3/8 dev lo
+add_portals
 
 # A machine-id of its own: some tools (nvme hostnqn) derive from it.
 tr -d - </proc/sys/kernel/random/uuid >/etc/machine-id
@@ -66,16 +48,4 @@ else
     say "no systemd-udevd on the host; run tests/vm/setup.sh"
 fi
 
-say "running $LAB_SCRIPT"
-cd /lab || true
-case "$LAB_SCRIPT" in
-*.py) cmd=("$LAB_PYTHON" -u "$LAB_SCRIPT") ;;
-*) cmd=(/bin/bash "$LAB_SCRIPT") ;;
-esac
-# The job gets a timeout of its own so it can still report and power
-# off cleanly before the host's hard limit kills qemu.
-timeout --kill-after=10 "${LAB_TIMEOUT:-600}" "${cmd[@]}" </dev/null
-status=$?
-say "job exited with status $status"
-echo "$status" >/lab/exit_status
-poweroff_now
+run_job

@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import threading
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -25,22 +24,6 @@ OWNER = 65534
 MODE = "0640"
 RULES = "/run/udev/rules.d"
 WRONG = "agent-wrong-9753"
-
-
-def vol() -> str:
-    """A fresh volume id (canonical lower-case UUID)."""
-    return str(uuid.uuid4())
-
-
-def info_of(client: Any, vol_id: str) -> list[dict[str, Any]]:
-    """``volumes_info`` for one volume."""
-    return list(client.call("ManagedVolume.volumes_info", [[vol_id]]))
-
-
-def links(agent: g.Agent) -> list[str]:
-    """Managed symlinks present under the agent's run_dir."""
-    root = Path(agent.socket).parent / "volumes"
-    return sorted(p.name for p in root.iterdir()) if root.exists() else []
 
 
 def node_state(path: str) -> list[int]:
@@ -119,14 +102,9 @@ def case_capabilities(agent: g.Agent) -> None:
 def case_iscsi_multipath(agent: g.Agent) -> None:
     """Attach over two portals, lose one, detach: nothing left."""
     with g.Case("agent_iscsi_multipath") as case:
-        target = g.LioIscsiTarget(
-            "iqn.2003-01.org.lab:agent-mpath",
-            g.backing_file("agent-mpath.img"),
-            ["127.0.0.2:3260", "127.0.0.3:3260"],
-            name="agentmp",
-        )
+        target = g.lab_lun("agent-mpath")
         conn_info = target.connection_info(multipath=True)
-        vol_id = vol()
+        vol_id = g.new_vol_id()
         case.data["vol_id"] = vol_id
         with agent.client() as c:
             with case.step("attach"):
@@ -134,17 +112,7 @@ def case_iscsi_multipath(agent: g.Agent) -> None:
                     "ManagedVolume.attach_volume",
                     {"vol_id": vol_id, "connection_info": conn_info},
                 )
-            case.data["result"] = result
-            wwid = result["attachment"].get("multipath_id")
-            case.data["wwid"] = wwid
-            dm = g.dm_by_uuid(f"mpath-{wwid}")
-            case.data["dm_name"] = dm
-            case.data["dm_slaves"] = g.wait_slaves(dm, 2)
-            case.data["managed_realpath"] = os.path.realpath(
-                result["managed_path"]
-            )
-            case.data["path_realpath"] = os.path.realpath(result["path"])
-            case.data["info"] = info_of(c, vol_id)
+            g.note_multipath_attach(case, c, vol_id, result, paths=2)
             case.data["sessions_attached"] = g.iscsi_sessions()
             case.data["dm_state"] = node_state(result["path"])
             case.data["rules"] = agent_rules()
@@ -175,7 +143,7 @@ def case_iscsi_multipath(agent: g.Agent) -> None:
             case.data["paths_one_lost"] = g.sh(
                 "multipathd", "show", "paths"
             ).stdout
-            case.data["info_one_lost"] = info_of(c, vol_id)
+            case.data["info_one_lost"] = g.volumes_info(c, vol_id)
             with case.step("io_one_lost"):
                 case.data["io_one_lost"] = io_within(result["path"], 60)
 
@@ -183,9 +151,9 @@ def case_iscsi_multipath(agent: g.Agent) -> None:
                 case.data["detach"] = c.call(
                     "ManagedVolume.detach_volume", [vol_id]
                 )
-            case.data["info_after"] = info_of(c, vol_id)
+            case.data["info_after"] = g.volumes_info(c, vol_id)
         case.data["after"] = g.iscsi_leftovers()
-        case.data["links_after"] = links(agent)
+        case.data["links_after"] = g.managed_links(agent)
         case.data["node_records_after"] = node_records()
         case.data["rules_after"] = agent_rules()
 
@@ -209,33 +177,26 @@ def case_iscsi_chap(agent: g.Agent, initiator: str) -> None:
         )
 
     with g.Case("agent_iscsi_chap") as case, agent.client() as c:
-        vol_id = vol()
+        vol_id = g.new_vol_id()
         with case.step("attach"):
             result = c.call(
                 "ManagedVolume.attach_volume", [vol_id, conn_info(CHAP[1])]
             )
-        case.data["result"] = result
         # One portal, but the agent runs os-brick with multipath on, so
         # the path is still a dm multipath device (with one path).
-        wwid = result["attachment"].get("multipath_id")
-        case.data["wwid"] = wwid
-        dm = g.dm_by_uuid(f"mpath-{wwid}")
-        case.data["dm_name"] = dm
-        case.data["dm_slaves"] = g.wait_slaves(dm, 1)
-        case.data["path_realpath"] = os.path.realpath(result["path"])
-        case.data["info"] = info_of(c, vol_id)
+        g.note_multipath_attach(case, c, vol_id, result, paths=1)
         case.data["sessions_attached"] = g.iscsi_sessions()
         with case.step("io"):
             case.data["io"] = io_within(result["path"], 60)
         with case.step("detach"):
             c.call("ManagedVolume.detach_volume", [vol_id])
-        case.data["info_after"] = info_of(c, vol_id)
+        case.data["info_after"] = g.volumes_info(c, vol_id)
         case.data["after"] = g.iscsi_leftovers()
-        case.data["links_after"] = links(agent)
+        case.data["links_after"] = g.managed_links(agent)
         case.data["node_records_after"] = node_records()
 
     with g.Case("agent_iscsi_chap_wrong") as case, agent.client() as c:
-        vol_id = vol()
+        vol_id = g.new_vol_id()
         with case.step("attach"):
             try:
                 case.data["result"] = c.call(
@@ -247,11 +208,11 @@ def case_iscsi_chap(agent: g.Agent, initiator: str) -> None:
                     "message": exc.message,
                     "data": exc.data,
                 }
-        case.data["info_after"] = info_of(c, vol_id)
+        case.data["info_after"] = g.volumes_info(c, vol_id)
         case.data["all_volumes"] = c.call("ManagedVolume.volumes_info")
         case.data["after"] = g.iscsi_leftovers()
         case.data["node_records_after"] = node_records()
-        case.data["links_after"] = links(agent)
+        case.data["links_after"] = g.managed_links(agent)
 
 
 def case_iscsi_reattach(agent: g.Agent) -> None:
@@ -268,7 +229,7 @@ def case_iscsi_reattach(agent: g.Agent) -> None:
     )
     conn_info = target.connection_info(multipath=False)
     with g.Case("agent_iscsi_reattach") as case:
-        vol_id = vol()
+        vol_id = g.new_vol_id()
         with agent.client() as c, case.step("attach"):
             result = c.call("ManagedVolume.attach_volume", [vol_id, conn_info])
         case.data["result"] = result
@@ -283,8 +244,8 @@ def case_iscsi_reattach(agent: g.Agent) -> None:
             case.data["sessions_gone"] = g.iscsi_sessions()
             agent.start()
         with agent.client() as c:
-            case.data["info_gone"] = info_of(c, vol_id)
-            case.data["links_gone"] = links(agent)
+            case.data["info_gone"] = g.volumes_info(c, vol_id)
+            case.data["links_gone"] = g.managed_links(agent)
             with case.step("reattach"):
                 again = c.call(
                     "ManagedVolume.attach_volume", [vol_id, conn_info]
@@ -298,7 +259,7 @@ def case_iscsi_reattach(agent: g.Agent) -> None:
                 again["managed_path"]
             )
             case.data["sessions_after"] = g.iscsi_sessions()
-            case.data["info_after"] = info_of(c, vol_id)
+            case.data["info_after"] = g.volumes_info(c, vol_id)
             with case.step("detach"):
                 c.call("ManagedVolume.detach_volume", [vol_id])
         case.data["again_logged"] = (
@@ -306,7 +267,7 @@ def case_iscsi_reattach(agent: g.Agent) -> None:
             in agent.log_path.read_text(errors="replace")
         )
         case.data["after"] = g.iscsi_leftovers()
-        case.data["links_after"] = links(agent)
+        case.data["links_after"] = g.managed_links(agent)
 
 
 def case_nvme(agent: g.Agent) -> None:
@@ -315,12 +276,12 @@ def case_nvme(agent: g.Agent) -> None:
         backing = g.backing_file("agent-nvme.img")
         target = g.NvmetTcpTarget("nqn.2014-08.org.lab:agent-nvme", backing)
         case.data["ns_uuid"] = target.ns_uuid
-        vol_id = vol()
+        vol_id = g.new_vol_id()
         conn_info = target.connection_info()
         with case.step("attach"):
             result = c.call("ManagedVolume.attach_volume", [vol_id, conn_info])
         case.data["result"] = result
-        case.data["info"] = info_of(c, vol_id)
+        case.data["info"] = g.volumes_info(c, vol_id)
         case.data["controllers"] = g.nvme_controllers()
         # The namespace's uuid as the kernel reports it: the path is the
         # target's namespace, not some other NVMe disk.
@@ -333,10 +294,10 @@ def case_nvme(agent: g.Agent) -> None:
         case.data["backing_sha"] = file_sha(backing)
         with case.step("detach"):
             c.call("ManagedVolume.detach_volume", [vol_id])
-        case.data["info_after"] = info_of(c, vol_id)
+        case.data["info_after"] = g.volumes_info(c, vol_id)
         case.data["controllers_after"] = g.nvme_controllers()
         case.data["path_exists_after"] = os.path.exists(result["path"])
-        case.data["links_after"] = links(agent)
+        case.data["links_after"] = g.managed_links(agent)
 
 
 def case_nfs(agent: g.Agent, share: str) -> None:
@@ -364,14 +325,14 @@ def case_nfs(agent: g.Agent, share: str) -> None:
                 },
             }
 
-        vol_id, other = vol(), vol()
+        vol_id, other = g.new_vol_id(), g.new_vol_id()
         with case.step("attach"):
             result = c.call(
                 "ManagedVolume.attach_volume",
                 [vol_id, conn_info("volume-agent.img")],
             )
         case.data["result"] = result
-        case.data["info"] = info_of(c, vol_id)
+        case.data["info"] = g.volumes_info(c, vol_id)
         # Where the agent mounted the share (field 2 of /proc/mounts).
         case.data["mount_points"] = [m.split()[1] for m in mounts()]
         with case.step("io"):
@@ -386,12 +347,15 @@ def case_nfs(agent: g.Agent, share: str) -> None:
             c.call("ManagedVolume.detach_volume", [vol_id])
         # The share still carries the other volume: it must stay mounted.
         case.data["nfs_mounts_while_other"] = mounts()
-        case.data["other_info"] = info_of(c, other)
+        case.data["other_info"] = g.volumes_info(c, other)
         with case.step("detach_second"):
             c.call("ManagedVolume.detach_volume", [other])
-        case.data["info_after"] = info_of(c, vol_id) + info_of(c, other)
+        case.data["info_after"] = [
+            *g.volumes_info(c, vol_id),
+            *g.volumes_info(c, other),
+        ]
         case.data["nfs_mounts_after"] = mounts()
-        case.data["links_after"] = links(agent)
+        case.data["links_after"] = g.managed_links(agent)
 
 
 def case_aoe(agent: g.Agent) -> None:
@@ -403,7 +367,7 @@ def case_aoe(agent: g.Agent) -> None:
         backing = g.backing_file("agent-aoe.img")
         vblade = g.start_vblade(backing, shelf=2, slot=3)
         try:
-            vol_id = vol()
+            vol_id = g.new_vol_id()
             conn_info = {
                 "driver_volume_type": "aoe",
                 "data": {"target_shelf": 2, "target_lun": 3},
@@ -413,7 +377,7 @@ def case_aoe(agent: g.Agent) -> None:
                     "ManagedVolume.attach_volume", [vol_id, conn_info]
                 )
             case.data["result"] = result
-            case.data["info"] = info_of(c, vol_id)
+            case.data["info"] = g.volumes_info(c, vol_id)
             with case.step("io"):
                 case.data["io"] = io_within(result["path"], 60)
             case.data["backing_sha"] = file_sha(backing)
@@ -425,8 +389,8 @@ def case_aoe(agent: g.Agent) -> None:
             case.data["path_exists_after"] = os.path.exists(result["path"])
             case.data["sysfs_after"] = os.path.exists("/sys/block/etherd!e2.3")
             case.data["aoe_stat_after"] = g.sh("aoe-stat", check=False).stdout
-            case.data["info_after"] = info_of(c, vol_id)
-            case.data["links_after"] = links(agent)
+            case.data["info_after"] = g.volumes_info(c, vol_id)
+            case.data["links_after"] = g.managed_links(agent)
         finally:
             vblade.terminate()
             vblade.wait(timeout=10)

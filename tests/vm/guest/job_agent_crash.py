@@ -9,7 +9,6 @@ detach of the same volume work.  Case: agent_kill_mid_attach.
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 
 import labguest as g
@@ -27,17 +26,10 @@ def main() -> None:
 
     with g.Case("agent_kill_mid_attach") as case:
         with case.step("services"):
-            g.start_iscsid()
-            g.set_iscsi_timeouts()
-            g.start_multipathd()
-            target = g.LioIscsiTarget(
-                "iqn.2003-01.org.lab:crash",
-                g.backing_file("crash.img"),
-                ["127.0.0.2:3260", "127.0.0.3:3260"],
-                name="crash",
-            )
+            g.start_initiator()
+            target = g.lab_lun("crash")
         conn_info = target.connection_info(multipath=True)
-        vol_id = str(uuid.uuid4())
+        vol_id = g.new_vol_id()
         case.data["vol_id"] = vol_id
 
         first = g.Agent("hostagentd-crash1", state_dir=STATE, run_dir=RUN)

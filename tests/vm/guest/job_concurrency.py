@@ -23,7 +23,6 @@ import labguest as g
 
 LUNS = 8
 IQN = "iqn.2003-01.org.lab:eight"
-PORTALS = ["127.0.0.2:3260", "127.0.0.3:3260"]
 ATTACH = "ManagedVolume.attach_volume"
 DETACH = "ManagedVolume.detach_volume"
 
@@ -234,14 +233,12 @@ def main() -> None:
     """Services, the target, one agent; then both modes."""
     with g.Case("concurrency_setup") as case:
         with case.step("services"):
-            g.start_iscsid()
-            g.set_iscsi_timeouts()
-            g.start_multipathd()
+            g.start_initiator()
         with case.step("target"):
             target = g.LioIscsiTarget(
                 IQN,
                 g.backing_file("eight0.img", size_mb=16),
-                PORTALS,
+                g.PORTALS,
                 name="eight0",
             )
             add_luns(target, 4 * LUNS)

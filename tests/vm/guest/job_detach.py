@@ -31,7 +31,6 @@ import shutil
 import subprocess
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -47,22 +46,6 @@ ONCE = "brick.before_disconnect_volume=1*raise"
 # One LIO LUN per case: cases cannot leave each other anything.
 
 
-def vol() -> str:
-    """A fresh volume id."""
-    return str(uuid.uuid4())
-
-
-def info_of(client: Any, vol_id: str) -> list[dict[str, Any]]:
-    """``volumes_info`` for one volume."""
-    return list(client.call("ManagedVolume.volumes_info", [[vol_id]]))
-
-
-def links(agent: g.Agent) -> list[str]:
-    """Managed symlinks present under the agent's run_dir."""
-    root = Path(agent.socket).parent / "volumes"
-    return sorted(p.name for p in root.iterdir()) if root.exists() else []
-
-
 def rpc_error(fn: Any) -> dict[str, Any] | None:
     """Run ``fn``; the RpcError it raised as a dict, None if none."""
     from hostagent.client import RpcError
@@ -74,26 +57,21 @@ def rpc_error(fn: Any) -> dict[str, Any] | None:
     return None
 
 
-def target(name: str) -> g.LioIscsiTarget:
-    """A LIO LUN on the lab's two portals."""
-    return g.LioIscsiTarget(
-        f"iqn.2003-01.org.lab:{name}",
-        g.backing_file(f"{name}.img"),
-        ["127.0.0.2:3260", "127.0.0.3:3260"],
-        name=name,
-    )
-
-
-def attach(c: Any, t: g.LioIscsiTarget, vol_id: str) -> dict[str, Any]:
-    """Attach over both portals; wait for both paths under the map."""
-    result: dict[str, Any] = c.call(
-        "ManagedVolume.attach_volume",
-        {"vol_id": vol_id, "connection_info": t.connection_info()},
-    )
-    wwid = result["attachment"]["multipath_id"]
-    g.wait_slaves(g.dm_by_uuid(f"mpath-{wwid}"), 2)
-    g.sh("udevadm", "settle", "--timeout=30", check=False)
-    return result
+def attach(
+    case: g.Case, c: Any, t: g.LioIscsiTarget
+) -> tuple[str, dict[str, Any]]:
+    """A new volume of ``t`` attached over both portals (the case's
+    "attach" step), both paths under its map; its id and the answer."""
+    vol_id = g.new_vol_id()
+    with case.step("attach"):
+        result: dict[str, Any] = c.call(
+            "ManagedVolume.attach_volume",
+            {"vol_id": vol_id, "connection_info": t.connection_info()},
+        )
+        wwid = result["attachment"]["multipath_id"]
+        g.wait_slaves(g.dm_by_uuid(f"mpath-{wwid}"), 2)
+        g.sh("udevadm", "settle", "--timeout=30", check=False)
+    return vol_id, result
 
 
 def no_dm_device() -> bool:
@@ -150,7 +128,7 @@ def case_start(agent: g.Agent) -> None:
 def agent_check_config(agent: g.Agent) -> dict[str, Any]:
     """``hostagentd --check-config`` on the agent's config file."""
     proc = g.sh(
-        *g._entry_point("hostagentd", "hostagent.daemon"),
+        *g.entry_point("hostagentd", "hostagent.daemon"),
         "--config",
         str(agent.config_path),
         "--check-config",
@@ -183,10 +161,8 @@ def wait_detached(watcher: Any, vol_id: str, timeout: float) -> Any:
 def case_held(agent: g.Agent) -> None:
     """A holder makes detach refuse (932); force detaches anyway."""
     with g.Case("detach_held") as case, agent.client() as c:
-        t = target("held")
-        vol_id = vol()
-        with case.step("attach"):
-            result = attach(c, t, vol_id)
+        t = g.lab_lun("held")
+        vol_id, result = attach(case, c, t)
         proc = holder(result["path"])
         case.data["holder_pid"] = proc.pid
         try:
@@ -194,15 +170,15 @@ def case_held(agent: g.Agent) -> None:
                 case.data["error"] = rpc_error(
                     lambda: c.call("ManagedVolume.detach_volume", [vol_id])
                 )
-            case.data["info_refused"] = info_of(c, vol_id)
-            case.data["links_refused"] = links(agent)
+            case.data["info_refused"] = g.volumes_info(c, vol_id)
+            case.data["links_refused"] = g.managed_links(agent)
             case.data["sessions_refused"] = g.iscsi_sessions()
             with case.step("detach_force"):
                 c.call(
                     "ManagedVolume.detach_volume",
                     {"vol_id": vol_id, "force": True},
                 )
-            case.data["info_forced"] = info_of(c, vol_id)
+            case.data["info_forced"] = g.volumes_info(c, vol_id)
             case.data["sessions_forced"] = g.iscsi_sessions()
         finally:
             proc.kill()
@@ -211,19 +187,17 @@ def case_held(agent: g.Agent) -> None:
         with case.step("map_gone"), contextlib.suppress(TimeoutError):
             g.wait_for(no_dm_device, timeout=20, what="no dm map")
         case.data["after"] = g.iscsi_leftovers()
-        case.data["links_after"] = links(agent)
+        case.data["links_after"] = g.managed_links(agent)
 
 
 def case_partitions(agent: g.Agent) -> None:
     """Host partition maps on the LUN's map go first; the disconnect
     fails once (fail point) and the background retry finishes."""
     with g.Case("detach_partitions") as case:
-        t = target("parts")
-        vol_id = vol()
+        t = g.lab_lun("parts")
         with agent.client() as c, agent.client() as watcher:
             watcher.call("Host.subscribe")
-            with case.step("attach"):
-                result = attach(c, t, vol_id)
+            vol_id, result = attach(case, c, t)
             with case.step("partition"):
                 g.sh(
                     "sfdisk",
@@ -243,21 +217,19 @@ def case_partitions(agent: g.Agent) -> None:
                 case.data["error"] = rpc_error(
                     lambda: c.call("ManagedVolume.detach_volume", [vol_id])
                 )
-            case.data["info_failed"] = info_of(c, vol_id)
+            case.data["info_failed"] = g.volumes_info(c, vol_id)
             with case.step("retried"):
                 case.data["event"] = wait_detached(watcher, vol_id, 90)
-            case.data["info_after"] = info_of(c, vol_id)
+            case.data["info_after"] = g.volumes_info(c, vol_id)
         case.data["after"] = g.iscsi_leftovers()
-        case.data["links_after"] = links(agent)
+        case.data["links_after"] = g.managed_links(agent)
 
 
 def case_lost(agent: g.Agent) -> None:
     """Target gone with I/O in flight: refused, then forced, bounded."""
     with g.Case("detach_lost") as case, agent.client() as c:
-        t = target("lost")
-        vol_id = vol()
-        with case.step("attach"):
-            result = attach(c, t, vol_id)
+        t = g.lab_lun("lost")
+        vol_id, result = attach(case, c, t)
         mapper = result["path"]
         case.data["table"] = g.sh("dmsetup", "table", mapper).stdout
         writer = subprocess.Popen(
@@ -320,11 +292,11 @@ def case_lost(agent: g.Agent) -> None:
         except subprocess.TimeoutExpired:
             writer.kill()
         case.data["writer_status"] = writer.returncode
-        case.data["info_after"] = info_of(c, vol_id)
+        case.data["info_after"] = g.volumes_info(c, vol_id)
         with case.step("map_gone"), contextlib.suppress(TimeoutError):
             g.wait_for(no_dm_device, timeout=20, what="no dm map")
         case.data["after"] = g.iscsi_leftovers()
-        case.data["links_after"] = links(agent)
+        case.data["links_after"] = g.managed_links(agent)
         case.data["bound"] = LOST_BOUND
 
 

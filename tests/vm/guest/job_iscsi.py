@@ -28,11 +28,7 @@ def case_multipath(initiator: str) -> None:
     """Two portals, multipath: /dev/mapper/<wwid> with two paths."""
     with g.Case("iscsi_multipath") as case:
         with case.step("target"):
-            target = g.LioIscsiTarget(
-                "iqn.2003-01.org.lab:mpath",
-                g.backing_file("mpath.img"),
-                ["127.0.0.2:3260", "127.0.0.3:3260"],
-            )
+            target = g.lab_lun("mpath")
         props = target.connection_data(multipath=True)
         conn = connector(multipath=True)
         with case.step("connect"):

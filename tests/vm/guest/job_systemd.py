@@ -21,7 +21,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -252,16 +251,11 @@ def case_socket_activation() -> None:
 def case_iscsi() -> str:
     """Attach and detach an iSCSI LUN (two portals, multipath) through
     the socket-activated agent; returns the vol_id."""
-    vol_id = str(uuid.uuid4())
+    vol_id = g.new_vol_id()
     with g.Case("sd_iscsi") as case:
         from hostagent.client import Client
 
-        target = g.LioIscsiTarget(
-            "iqn.2003-01.org.lab:systemd",
-            g.backing_file("systemd.img"),
-            ["127.0.0.2:3260", "127.0.0.3:3260"],
-            name="sysd",
-        )
+        target = g.lab_lun("systemd")
         case.data["vol_id"] = vol_id
         with Client(SOCKET, timeout=300) as c:
             with case.step("attach"):
@@ -272,19 +266,7 @@ def case_iscsi() -> str:
                         "connection_info": target.connection_info(),
                     },
                 )
-            case.data["result"] = result
-            wwid = result["attachment"].get("multipath_id")
-            case.data["wwid"] = wwid
-            dm = g.dm_by_uuid(f"mpath-{wwid}")
-            case.data["dm_name"] = dm
-            case.data["dm_slaves"] = g.wait_slaves(dm, 2)
-            case.data["managed_realpath"] = os.path.realpath(
-                result["managed_path"]
-            )
-            case.data["path_realpath"] = os.path.realpath(result["path"])
-            case.data["info"] = c.call(
-                "ManagedVolume.volumes_info", [[vol_id]]
-            )
+            g.note_multipath_attach(case, c, vol_id, result, paths=2)
             with case.step("io"):
                 case.data["io"] = g.io_check(result["path"])
             with case.step("detach"):

@@ -327,6 +327,15 @@ def start_multipathd() -> None:
     )
 
 
+def start_initiator() -> str:
+    """iscsid (a lost path failing in seconds) and multipathd: the
+    initiator side the agent expects; returns the initiator name."""
+    iname = start_iscsid()
+    set_iscsi_timeouts()
+    start_multipathd()
+    return iname
+
+
 def mount_configfs() -> None:
     """Make sure configfs is mounted (targets are configured through it)."""
     modprobe("configfs")
@@ -459,6 +468,21 @@ class LioIscsiTarget:
             "driver_volume_type": "iscsi",
             "data": self.connection_data(**kwargs),
         }
+
+
+# The two loopback addresses the guest's init adds, as iSCSI portals.
+PORTALS = ["127.0.0.2:3260", "127.0.0.3:3260"]
+
+
+def lab_lun(name: str) -> LioIscsiTarget:
+    """A LIO LUN on the lab's two portals, named by ``name``: the IQN
+    iqn.2003-01.org.lab:<name>, backed by <name>.img."""
+    return LioIscsiTarget(
+        f"iqn.2003-01.org.lab:{name}",
+        backing_file(f"{name}.img"),
+        PORTALS,
+        name=name,
+    )
 
 
 # --- NVMe/TCP target ---------------------------------------------------------
@@ -643,7 +667,7 @@ def save_artifacts(*paths: str) -> None:
 # --- hostagentd ----------------------------------------------------------
 
 
-def _entry_point(name: str, module: str) -> list[str]:
+def entry_point(name: str, module: str) -> list[str]:
     """The venv's console script ``name``, else ``python -m module``."""
     script = Path(sys.executable).parent / name
     if script.exists():
@@ -698,7 +722,7 @@ class Agent:
 
         start = time.monotonic()
         cmd = [
-            *_entry_point("hostagentd", "hostagent.daemon"),
+            *entry_point("hostagentd", "hostagent.daemon"),
             "--config",
             str(self.config_path),
         ]
@@ -736,7 +760,7 @@ class Agent:
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Run ``hostagent-client --socket ... ARGS`` (no check)."""
         return sh(
-            *_entry_point("hostagent-client", "hostagent.cli"),
+            *entry_point("hostagent-client", "hostagent.cli"),
             "--socket",
             self.socket,
             *args,
@@ -760,3 +784,40 @@ class Agent:
         """Wait for the daemon to exit by itself; its exit status."""
         assert self.proc is not None
         return self.proc.wait(timeout=timeout)
+
+
+def new_vol_id() -> str:
+    """A fresh volume id (canonical lower-case UUID)."""
+    return str(uuid.uuid4())
+
+
+def volumes_info(client: Any, vol_id: str) -> list[dict[str, Any]]:
+    """``volumes_info`` for one volume."""
+    return list(client.call("ManagedVolume.volumes_info", [[vol_id]]))
+
+
+def managed_links(agent: Agent) -> list[str]:
+    """Managed symlinks present under the agent's run_dir."""
+    root = Path(agent.socket).parent / "volumes"
+    return sorted(p.name for p in root.iterdir()) if root.exists() else []
+
+
+def note_multipath_attach(
+    case: Case, client: Any, vol_id: str, result: dict[str, Any], paths: int
+) -> None:
+    """Record where the agent's attach over multipath put ``vol_id``.
+
+    The volume, the answer, the map's wwid and dm name, its paths once
+    ``paths`` of them joined, where the path and the managed link lead,
+    and what volumes_info says.
+    """
+    case.data["vol_id"] = vol_id
+    case.data["result"] = result
+    wwid = result["attachment"].get("multipath_id")
+    case.data["wwid"] = wwid
+    dm = dm_by_uuid(f"mpath-{wwid}")
+    case.data["dm_name"] = dm
+    case.data["dm_slaves"] = wait_slaves(dm, paths)
+    case.data["managed_realpath"] = os.path.realpath(result["managed_path"])
+    case.data["path_realpath"] = os.path.realpath(result["path"])
+    case.data["info"] = volumes_info(client, vol_id)
