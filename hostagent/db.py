@@ -27,7 +27,6 @@ import functools
 import json
 import logging
 import os
-import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -36,8 +35,10 @@ from typing import Any, NamedTuple, cast
 import peewee as pw
 
 # The errors are re-exported: callers know them as the database's.
+from hostagent import dbmigrations
+from hostagent.dbfile import DatabaseBusy as DatabaseBusy
 from hostagent.dbfile import DatabaseError as DatabaseError
-from hostagent.dbfile import DatabaseFile, create_private, open_reader
+from hostagent.dbfile import DatabaseFile, Reader, create_private
 from hostagent.dbfile import DatabaseNeedsOperator as DatabaseNeedsOperator
 from hostagent.dbrecord import VolumeRecord as VolumeRecord
 from hostagent.dbrecord import VolumeSummary as VolumeSummary
@@ -57,10 +58,6 @@ STATES = (ATTACHING, ATTACHED, DETACHING)
 # peewee logs every query with its parameters at DEBUG; those parameters
 # include connection info, secrets and all.
 logging.getLogger("peewee").setLevel(logging.INFO)
-
-
-class DatabaseBusy(Exception):
-    """:meth:`Database.peek` would have to wait; ask the database thread."""
 
 
 class StoredVolume(NamedTuple):
@@ -159,77 +156,10 @@ _STORED = [_Volume._meta.fields[name] for name in StoredVolume._fields]
 _SUMMARY = [_Volume._meta.fields[name] for name in VolumeSummary._fields]
 
 
-# Ordered migrations: MIGRATIONS[i] brings a database from version i to
-# i + 1.  Version 1 is the table vdsm's managed-volume DB had; version 2
-# adds the flow state, so an interrupted attach or detach is visible;
-# version 3 records the backend a volume was attached with; version 4
-# its storage domain (sd_id) and the device node's previous ownership;
-# version 5 the device's identity and the boot id; version 6 counts
-# failed detach attempts (shown by volumes_info; the detach is retried
-# in the background with backoff).  Their DDL is SQL:
-# each writes the table as it was at its version, which the
-# model (today's table) cannot describe.
-def _v1(db: pw.SqliteDatabase) -> None:
-    _sql(
-        db,
-        "CREATE TABLE volume ("
-        " vol_id TEXT PRIMARY KEY,"
-        " connection_info TEXT NOT NULL,"
-        " path TEXT,"
-        " attachment TEXT,"
-        " multipath_id TEXT UNIQUE,"
-        " updated REAL NOT NULL)",
-    )
-
-
-def _v2(db: pw.SqliteDatabase) -> None:
-    _sql(
-        db,
-        "ALTER TABLE volume ADD COLUMN state TEXT NOT NULL"
-        f" DEFAULT '{ATTACHED}'",
-    )
-    _sql(db, "ALTER TABLE volume ADD COLUMN last_error TEXT")
-    _sql(db, "ALTER TABLE volume ADD COLUMN created REAL")
-    _Volume.update(created=_Volume.updated).execute()
-
-
-def _v3(db: pw.SqliteDatabase) -> None:
-    # Rows from before backends were attached with the [brick] defaults.
-    _sql(db, "ALTER TABLE volume ADD COLUMN backend TEXT")
-
-
-def _v4(db: pw.SqliteDatabase) -> None:
-    # vdsm's storage domain id, and what device ownership replaced.
-    _sql(db, "ALTER TABLE volume ADD COLUMN sd_id TEXT")
-    _sql(db, "ALTER TABLE volume ADD COLUMN owner_prev TEXT")
-
-
-def _v5(db: pw.SqliteDatabase) -> None:
-    # One device is one volume, whatever path named it: its identity,
-    # and the boot it was attached in (a device number of an earlier
-    # boot may name another device now).  Older rows have neither.
-    _sql(db, "ALTER TABLE volume ADD COLUMN device_key TEXT")
-    _sql(db, "ALTER TABLE volume ADD COLUMN boot_id TEXT")
-    _sql(db, "CREATE INDEX volume_device_key ON volume (device_key)")
-
-
-def _v6(db: pw.SqliteDatabase) -> None:
-    # Failed detach attempts, for the background retries' backoff.
-    _sql(
-        db,
-        "ALTER TABLE volume ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0",
-    )
-
-
-MIGRATIONS: tuple[Callable[[pw.SqliteDatabase], None], ...] = (
-    _v1,
-    _v2,
-    _v3,
-    _v4,
-    _v5,
-    _v6,
-)
-SCHEMA_VERSION = len(MIGRATIONS)
+# The migrations (their DDL is SQL: each writes the table as it was at
+# its version, which the model, today's table, cannot describe).
+MIGRATIONS = dbmigrations.MIGRATIONS
+SCHEMA_VERSION = dbmigrations.SCHEMA_VERSION
 
 PRAGMAS = (
     ("journal_mode", "wal"),
@@ -249,7 +179,7 @@ class Database:
         self._target = SCHEMA_VERSION if migrations is None else migrations
         self._db = pw.SqliteDatabase(None)
         # peek()'s connection, opened by its first call.
-        self._reader: sqlite3.Connection | None = None
+        self._reader = Reader(self.path)
         # The whole table as stored() last read it, and what the database
         # had seen of changes then (see _changes).
         self._table: tuple[tuple[int, int], list[tuple[Any, ...]]] | None = (
@@ -293,20 +223,10 @@ class Database:
                 os.chmod(extra, 0o600)
         _migrate(self, self.version(), self._target)
 
-    def quarantined(self) -> list[Path]:
-        """The damaged databases (and their WAL files) moved aside."""
-        return self.file.quarantined()
-
-    def quarantine(self) -> Path:
-        """Move the DB file (and WAL files) aside; return the new name."""
-        return self.file.quarantine()
-
     def close(self) -> None:
         """Close the connection (checkpointing the WAL)."""
         self._table = None
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
+        self._reader.close()
         if not self._db.is_closed():
             self._db.close()
 
@@ -373,23 +293,12 @@ class Database:
     def peek(self, vol_id: str) -> VolumeRecord | None:
         """:meth:`get`, for the event loop's thread, which must not wait.
 
-        On a connection of its own that never writes and never waits for
-        a lock: in WAL mode readers are not held up by the writer, and in
-        the rare moments when SQLite makes a reader wait (WAL recovery)
-        this raises :class:`DatabaseBusy` at once, for the caller to ask
-        the database thread instead.  It sees every write that the
+        On a query-only connection of its own (:class:`~.dbfile.Reader`):
+        raises :class:`DatabaseBusy` rather than wait, for the caller to
+        ask the database thread instead.  It sees every write that the
         database thread committed before it was called.
         """
-        reader = self._reader
-        try:
-            if reader is None:
-                reader = self._reader = open_reader(self.path)
-            # fetchall() steps the statement to its end, which ends the
-            # read transaction at once (an open one would hold back WAL
-            # checkpoints).
-            rows = reader.execute(_GET, (vol_id,)).fetchall()
-        except sqlite3.OperationalError as e:
-            raise DatabaseBusy(str(e)) from e
+        rows = self._reader.rows(_GET, (vol_id,))
         return _decode(_Row._make(rows[0])) if rows else None
 
     def list(self, vol_ids: Sequence[str] | None = None) -> list[VolumeRecord]:
@@ -541,15 +450,6 @@ class Database:
         """Forget ``vol_id`` (a no-op when it is unknown)."""
         self._sql(_DELETE, (vol_id,))
 
-    def insert_many(self, records: Iterable[VolumeRecord]) -> None:
-        """Write whole records in one transaction (benchmarks, imports)."""
-        rows = [_columns(r) for r in records]
-        with self._db.atomic():
-            for i in range(0, len(rows), 100):
-                _Volume.insert_many(rows[i : i + 100]).execute()
-        # Bulk imports are rare: a checkpoint makes them durable.
-        _sql(self._db, "PRAGMA wal_checkpoint(FULL)")
-
     def integrity_ok(self) -> bool:
         """Run ``PRAGMA integrity_check`` on the open database."""
         # The first line is "ok" only when it is the only one.
@@ -566,6 +466,17 @@ class Database:
     def _sql(self, sql: str, params: Sequence[Any]) -> Any:
         """One statement on the database thread's connection: a cursor."""
         return cast(Any, self._db).execute_sql(sql, params)
+
+
+def insert_many(d: Database, records: Iterable[VolumeRecord]) -> None:
+    """Write whole records into ``d`` in one transaction (benchmarks,
+    imports)."""
+    rows = [_columns(r) for r in records]
+    with d._db.atomic():
+        for i in range(0, len(rows), 100):
+            _Volume.insert_many(rows[i : i + 100]).execute()
+    # Bulk imports are rare: a checkpoint makes them durable.
+    _sql(d._db, "PRAGMA wal_checkpoint(FULL)")
 
 
 def _migrate(d: Database, current: int, target: int) -> None:

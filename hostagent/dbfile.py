@@ -11,6 +11,7 @@ import os
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 
 class DatabaseError(Exception):
@@ -206,3 +207,39 @@ def open_reader(path: Path) -> sqlite3.Connection:
         reader.close()
         raise
     return reader
+
+
+class DatabaseBusy(Exception):
+    """:class:`Reader` would have to wait; ask the database thread."""
+
+
+class Reader:
+    """A query-only connection for the event loop's thread, opened lazily.
+
+    It never writes and never waits for a lock: in WAL mode readers are
+    not held up by the writer, and in the rare moments when SQLite makes
+    a reader wait (WAL recovery) a read raises :class:`DatabaseBusy` at
+    once, for the caller to ask the database thread instead.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._con: sqlite3.Connection | None = None
+
+    def rows(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        """Every row of ``sql``; raises :class:`DatabaseBusy`."""
+        try:
+            if self._con is None:
+                self._con = open_reader(self.path)
+            # fetchall() steps the statement to its end, which ends the
+            # read transaction at once (an open one would hold back WAL
+            # checkpoints).
+            return self._con.execute(sql, params).fetchall()
+        except sqlite3.OperationalError as e:
+            raise DatabaseBusy(str(e)) from e
+
+    def close(self) -> None:
+        """Close the connection, if it was opened."""
+        if self._con is not None:
+            self._con.close()
+            self._con = None

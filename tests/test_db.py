@@ -372,13 +372,13 @@ def test_quarantine_never_overwrites(
     names = []
     for i in range(3):
         path.write_bytes(b"damaged %d" % i)
-        names.append(d.quarantine())
+        names.append(d.file.quarantine())
     # The clock's microsecond is the same for the next two: a counter.
     monkeypatch.setattr(db.time, "time_ns", lambda: 1700000000123456789)
     for i in range(3, 5):
         path.write_bytes(b"damaged %d" % i)
         Path(f"{path}-wal").write_bytes(b"wal %d" % i)
-        names.append(d.quarantine())
+        names.append(d.file.quarantine())
     assert names[3].name == "h.db.corrupt-20231114T221320.123456Z"
     assert names[4].name == "h.db.corrupt-20231114T221320.123456Z-1"
     assert len(set(names)) == 5

@@ -20,11 +20,12 @@ from typing import Any
 
 import pytest
 from conftest import Agent, Loops, local_info, new_vol_id
+from dbfiles import opened_connections
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from support import ATTACH, DETACH, INFO
 
-from hostagent import api, jsoncodec
+from hostagent import api, db, jsoncodec
 from hostagent.client import Client, decode
 from hostagent.db import ATTACHED, Database, DatabaseBusy, VolumeRecord
 from hostagent.service.lane import Lane
@@ -403,16 +404,17 @@ def test_peek_never_waits(database: Database, tmp_path: Path) -> None:
 
 
 def test_peek_is_query_only(database: Database) -> None:
-    database.peek("v1")
-    assert database._reader is not None
+    with opened_connections() as made:
+        database.peek("v1")
+    (reader,) = made
     with pytest.raises(sqlite3.OperationalError):
-        database._reader.execute("DELETE FROM volume")
+        reader.execute("DELETE FROM volume")
 
 
 def test_stored_table_is_read_again_only_after_a_change(
     database: Database, tmp_path: Path
 ) -> None:
-    database.insert_many([record("v1", "/dev/a"), record("v2", "/dev/b")])
+    db.insert_many(database, [record("v1", "/dev/a"), record("v2", "/dev/b")])
     first = database.stored()
     assert [r[0] for r in first] == ["v1", "v2"]
     assert database.stored() is first
@@ -433,7 +435,7 @@ def test_stored_table_is_read_again_only_after_a_change(
 def test_set_attached_refuses_another_volumes_device(
     database: Database,
 ) -> None:
-    database.insert_many([record("v1", "/dev/a", "mp1")])
+    db.insert_many(database, [record("v1", "/dev/a", "mp1")])
     database.insert("v2", local_info("/dev/a"))
     assert database.set_attached("v2", "/dev/a", {}, None) == "v1"
     assert database.set_attached("v2", "/dev/z", {}, "mp1") == "v1"

@@ -181,7 +181,7 @@ def _run(
     database = Database(a.db_path)
     database.open()
     try:
-        database.insert_many(records(nodes))
+        db.insert_many(database, records(nodes))
     finally:
         database.close()
     agent_t: list[float] = []
@@ -259,7 +259,7 @@ def _run(
             passed=p50 <= targets.info_ms and p50 <= 3 * ref,
             note="request sent to the answer's last byte received, on "
             "a Unix socket; "
-            f"rows written with Database.insert_many; {count} mknod "
+            f"rows written with db.insert_many; {count} mknod "
             f"block nodes over {loops} real loop devices (see "
             "procs.Workdir.device_nodes); the reference selects all rows "
             "on an open connection and stats each path; the agent stats "
