@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -72,6 +73,27 @@ def run_dir(work: procs.Workdir, name: str) -> Iterator[tuple[Path, str]]:
         yield path, f"a tmpfs ({base})"
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@dataclasses.dataclass
+class LinkedAgent:
+    """A started agent whose ``run_dir`` is on a tmpfs (:func:`run_dir`)."""
+
+    agent: procs.AgentProcess
+    links: Path  # its run_dir
+    where: str  # what file system that is, for the notes
+
+
+@contextlib.contextmanager
+def linked_agent(work: procs.Workdir, name: str) -> Iterator[LinkedAgent]:
+    """An agent ``<name>-agent`` with its run_dir from :func:`run_dir`."""
+    with (
+        run_dir(work, name) as (links, where),
+        procs.agent(
+            work.path, f"{name}-agent", storage={"run_dir": str(links)}
+        ) as a,
+    ):
+        yield LinkedAgent(a, links, where)
 
 
 # The writes of one attach + detach, each its own transaction: the row
@@ -170,14 +192,9 @@ def run_pair(work: procs.Workdir, device: str, count: int) -> list[Row]:
     probe = CommitProbe(work.path)
     fsync: FsyncProbe | None = None
     try:
-        with (
-            run_dir(work, "attach") as (links, where),
-            procs.agent(
-                work.path, "attach-agent", storage={"run_dir": str(links)}
-            ) as a,
-            a.client() as c,
-        ):
-            fsync = FsyncProbe(a.state_dir)
+        with linked_agent(work, "attach") as la, la.agent.client() as c:
+            where = la.where
+            fsync = FsyncProbe(la.agent.state_dir)
             for i in range(count + 5):
                 vol_id = str(uuid.uuid4())
                 t = clock()
@@ -287,12 +304,8 @@ def run_concurrent(
     """
     nodes = devices[:count]
     nodes += [work.loop_device(1) for _ in range(count - len(nodes))]
-    with (
-        run_dir(work, "concurrent") as (links_dir, _),
-        procs.agent(
-            work.path, "concurrent-agent", storage={"run_dir": str(links_dir)}
-        ) as a,
-    ):
+    with linked_agent(work, "concurrent") as la:
+        a, links_dir = la.agent, la.links
         with a.client() as c:
             warm = str(uuid.uuid4())
             c.call(
@@ -420,13 +433,7 @@ def run_anchor(work: procs.Workdir, device: str, rounds: int) -> list[Row]:
     vdsm_a: list[float] = []
     vdsm_d: list[float] = []
     clock = time.perf_counter
-    with (
-        run_dir(work, "anchor") as (links, _),
-        procs.agent(
-            work.path, "anchor-agent", storage={"run_dir": str(links)}
-        ) as a,
-        a.client() as c,
-    ):
+    with linked_agent(work, "anchor") as la, la.agent.client() as c:
         for i in range(rounds + 1):
             vol_id = str(uuid.uuid4())
             t = clock()
