@@ -287,7 +287,7 @@ class Database:
 
     def get(self, vol_id: str) -> VolumeRecord | None:
         """The record of ``vol_id``, or ``None``."""
-        rows = self._sql(_GET, (vol_id,)).fetchall()
+        rows = _sql(self._db, _GET, (vol_id,)).fetchall()
         return _decode(_Row._make(rows[0])) if rows else None
 
     def peek(self, vol_id: str) -> VolumeRecord | None:
@@ -333,7 +333,7 @@ class Database:
         self, condition: str, params: Sequence[Any], exclude: str
     ) -> str | None:
         """The first vol_id (other than ``exclude``) meeting ``condition``."""
-        row = self._sql(_OWNER.format(condition), (*params, exclude))
+        row = _sql(self._db, _OWNER.format(condition), (*params, exclude))
         found = row.fetchone()
         return None if found is None else str(found[0])
 
@@ -355,7 +355,7 @@ class Database:
             backend,
             sd_id,
         )
-        _durably(self._db, lambda: self._sql(_INSERT, values))
+        _durably(self._db, lambda: _sql(self._db, _INSERT, values))
 
     def set_owner_prev(
         self, vol_id: str, previous: dict[str, Any] | None
@@ -448,7 +448,7 @@ class Database:
 
     def delete(self, vol_id: str) -> None:
         """Forget ``vol_id`` (a no-op when it is unknown)."""
-        self._sql(_DELETE, (vol_id,))
+        _sql(self._db, _DELETE, (vol_id,))
 
     def integrity_ok(self) -> bool:
         """Run ``PRAGMA integrity_check`` on the open database."""
@@ -457,20 +457,15 @@ class Database:
 
     def _update(self, vol_id: str, **fields: Any) -> None:
         fields["updated"] = time.time()
-        cursor = self._sql(
-            _update_sql(tuple(fields)), (*fields.values(), vol_id)
+        cursor = _sql(
+            self._db, _update_sql(tuple(fields)), (*fields.values(), vol_id)
         )
         if cursor.rowcount != 1:
             raise DatabaseError(f"volume {vol_id} has no record to update")
 
-    def _sql(self, sql: str, params: Sequence[Any]) -> Any:
-        """One statement on the database thread's connection: a cursor."""
-        return cast(Any, self._db).execute_sql(sql, params)
-
 
 def insert_many(d: Database, records: Iterable[VolumeRecord]) -> None:
-    """Write whole records into ``d`` in one transaction (benchmarks,
-    imports)."""
+    """Write whole records into ``d`` in one transaction (bench, imports)."""
     rows = [_columns(r) for r in records]
     with d._db.atomic():
         for i in range(0, len(rows), 100):
@@ -550,9 +545,14 @@ def _durably(database: pw.SqliteDatabase, write: Callable[[], Any]) -> None:
         _sql(database, "PRAGMA synchronous = NORMAL")
 
 
-def _sql(database: pw.SqliteDatabase, query: str) -> Any:
-    """``execute_sql`` (untyped in peewee's stubs): migrations' DDL."""
-    return cast(Any, database).execute_sql(query)
+def _sql(
+    database: pw.SqliteDatabase, query: str, params: Sequence[Any] = ()
+) -> Any:
+    """One statement on ``database``'s connection; its cursor.
+
+    ``execute_sql`` is untyped in peewee's stubs.
+    """
+    return cast(Any, database).execute_sql(query, params)
 
 
 def _stored_query() -> Any:
