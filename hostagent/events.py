@@ -47,8 +47,8 @@ class Events:
     """Subscribers, the device watch and the last seen state per volume."""
 
     def __init__(self, lister: Lister) -> None:
-        # ``lister`` is VolumeService.info: the records with ``exists``
-        # checked now.
+        # ``lister`` is VolumeService.presence: every volume's vol_id,
+        # state, path and ``exists`` checked now.
         self._list = lister
         self._subscribers: dict[int, Subscriber] = {}
         self._known: dict[str, tuple[bool, str | None]] = {}

@@ -6,7 +6,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import sqlite3
 import time
 import uuid
@@ -19,24 +18,12 @@ from hostagent.db import Database, VolumeRecord
 from tests.bench import procs
 from tests.bench.attach import run_dir
 from tests.bench.stats import Row, percentile
+from tests.support import recv_lines
 
 IQN = "iqn.2010-10.org.openstack"
 INFO_REQUEST = (
     b'{"jsonrpc":"2.0","id":1,"method":"ManagedVolume.volumes_info"}\n'
 )
-
-
-def exchange(sock: socket.socket, request: bytes) -> bytes:
-    """Send ``request``; the answer line, read to its newline."""
-    sock.sendall(request)
-    buf = bytearray()
-    while True:
-        chunk = sock.recv(1 << 20)
-        if not chunk:
-            raise ConnectionError("the agent closed the connection")
-        buf += chunk
-        if chunk.endswith(b"\n"):
-            return bytes(buf)
 
 
 @dataclass(frozen=True)
@@ -222,7 +209,8 @@ def _run(
                 # parsing is the client's (its parser, its language),
                 # timed apart and reported beside.
                 t = clock()
-                line = exchange(raw, INFO_REQUEST)
+                raw.sendall(INFO_REQUEST)
+                (line,) = recv_lines(raw, 1)
                 agent_t.append(clock() - t)
                 t = clock()
                 answer = decode(line)
