@@ -35,9 +35,14 @@ DMSETUP_TIMEOUT = 20.0
 # Processes that hold a multipath map's paths open by design.
 PATH_KEEPERS = frozenset({"multipathd"})
 # udev's workers open a device for a moment to probe it (blkid after the
-# change event that closing a written device raises): they never keep
-# it, and a detach that waited for them would be refused at random.
-PROBERS = frozenset({"(udev-worker)", "systemd-udevd", "udevd"})
+# change event that closing a written device raises), and so do the
+# tools its rules run on a path or map event (multipath's "multipath -u"
+# on a path, kpartx on a map; the lab saw a multipath detach refused
+# with "pid 479 (multipath) on sda"): they never keep it, and a detach
+# that waited for them would be refused at random.
+PROBERS = frozenset(
+    {"(udev-worker)", "systemd-udevd", "udevd", "multipath", "kpartx"}
+)
 _PATH_STATE = re.compile(r"(\d+:\d+) ([AF]) ")
 
 

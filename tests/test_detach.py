@@ -86,15 +86,17 @@ def test_held_device_is_refused_with_its_holder(
     assert agent.links() == [vid]
 
 
+@pytest.mark.parametrize("prober", ["(udev-worker)", "multipath", "kpartx"])
 def test_a_udev_worker_probing_the_device_is_no_holder(
-    agent: Agent, loops: Loops, holder: Any
+    agent: Agent, loops: Loops, holder: Any, prober: str
 ) -> None:
     """udev's workers open a device for a moment to probe it (after the
-    change event a closed written device raises): a detach goes on."""
+    change event a closed written device raises), and so do the tools
+    its rules run (multipath -u, kpartx): a detach goes on."""
     dev, vid = attach_loop(agent, loops)
-    proc = holder(dev, "(udev-worker)")
+    proc = holder(dev, prober)
     comm = Path(f"/proc/{proc.pid}/comm").read_text().strip()
-    assert comm == "(udev-worker)"
+    assert comm == prober
     assert agent.call(DETACH, [vid]) is True
     assert agent.call(INFO, [[vid]]) == []
 
