@@ -71,8 +71,15 @@ async def refuse_owned(
         return
     owner = await h.in_db(h.db.find_device_owner, None, None, vol_id, key)
     if owner is not None:
-        raise VolumeBusy(
-            f"device {devices.printable(path or key)} is already attached "
-            f"as volume {owner}",
-            {"vol_id": vol_id, "attached_as": owner, "device_key": key},
-        )
+        raise owned_error(vol_id, key, path, owner)
+
+
+def owned_error(
+    vol_id: str, key: str, path: str | None, owner: str
+) -> VolumeBusy:
+    """927: the device ``key`` (named ``path``) is volume ``owner``'s."""
+    return VolumeBusy(
+        f"device {devices.printable(path or key)} is already attached "
+        f"as volume {owner}",
+        {"vol_id": vol_id, "attached_as": owner, "device_key": key},
+    )

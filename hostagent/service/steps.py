@@ -64,6 +64,9 @@ class Attempt:
     # The row of an earlier attach whose device is gone: this attach
     # runs again over it (a re-attach after a reboot or a fence).
     previous: VolumeRecord | None = None
+    # The device's identity as the driver's check found it: the first
+    # step refuses it (927) when it is another volume's.
+    key: str | None = None
 
     def record(self) -> VolumeRecord:
         """The row as it stands while the attach runs."""
@@ -110,9 +113,16 @@ def attach_steps(h: Host, a: Attempt) -> list[Step]:
 
 
 async def record(h: Host, a: Attempt) -> None:
-    """Write the row in state ``attaching``."""
+    """Write the row in state ``attaching``, unless the device is owned.
+
+    The identity check (927) and the write share one trip to the
+    database thread: nothing else writes in between.
+    """
     backend = a.backend.name if a.backend else None
-    await h.in_db(h.db.insert, a.vol_id, a.connection_info, backend, a.sd_id)
+    write = functools.partial(
+        h.db.insert, a.vol_id, a.connection_info, backend, a.sd_id
+    )
+    await _claim(h, a, write)
 
 
 async def reattaching(h: Host, a: Attempt) -> None:
@@ -120,9 +130,30 @@ async def reattaching(h: Host, a: Attempt) -> None:
 
     Its connection info and backend are the ones asked again (checked
     equal); a crash from here on is rolled back or completed at start-up
-    like any interrupted attach.
+    like any interrupted attach.  Refused like :func:`record`.
     """
-    await h.in_db(h.db.set_state, a.vol_id, db.ATTACHING)
+    await _claim(
+        h, a, functools.partial(h.db.set_state, a.vol_id, db.ATTACHING)
+    )
+
+
+async def _claim(h: Host, a: Attempt, write: Callable[[], None]) -> None:
+    """``write``, on the database thread, if the device is no one else's."""
+    key = a.key
+
+    def claimed() -> str | None:
+        if key is not None:
+            owner = h.db.find_device_owner(None, None, a.vol_id, key)
+            if owner is not None:
+                return owner
+        write()
+        return None
+
+    owner = await h.in_db(claimed)
+    if owner is not None:
+        assert key is not None
+        path = a.connection_info["data"].get("device_path")
+        raise guard.owned_error(a.vol_id, key, path, owner)
 
 
 async def restore(h: Host, a: Attempt) -> None:
@@ -199,14 +230,16 @@ async def wait(h: Host, a: Attempt) -> None:
 
 
 async def admit(h: Host, a: Attempt) -> None:
-    """The driver's device check and the identity check (927).
+    """The driver's device check, before anything is recorded or connected.
 
-    Before anything is recorded or connected; a device not there yet
-    is checked again by :func:`admit_found` once the connector ran.
+    The identity check (927) of the device it found is made by the
+    flow's first step, in the same trip to the database as its write;
+    a device not there yet is checked again by :func:`admit_found` once
+    the connector ran.
     """
-    data = a.connection_info["data"]
-    key, a.admitted = await guard.admit(h, a.driver, data)
-    await guard.refuse_owned(h, a.vol_id, key, data.get("device_path"))
+    a.key, a.admitted = await guard.admit(
+        h, a.driver, a.connection_info["data"]
+    )
 
 
 async def admit_found(h: Host, a: Attempt) -> None:
