@@ -29,7 +29,9 @@ def _sql(db: Executes, query: str) -> None:
 # its storage domain (sd_id) and the device node's previous ownership;
 # version 5 the device's identity and the boot id; version 6 counts
 # failed detach attempts (shown by volumes_info; the detach is retried
-# in the background with backoff).  Their DDL is SQL:
+# in the background with backoff); version 7 indexes what the "another
+# volume has this device or connection" checks look up.  Their DDL is
+# SQL:
 # each writes the table as it was at its version, which the
 # model (today's table) cannot describe.
 def _v1(db: Executes) -> None:
@@ -85,6 +87,15 @@ def _v6(db: Executes) -> None:
     )
 
 
+def _v7(db: Executes) -> None:
+    # Every attach and detach asks whether another volume has the same
+    # path or the same connection info: without an index each question
+    # read every row (3.9 ms a detach at 10,000 volumes, on the one
+    # database thread every call waits for).
+    _sql(db, "CREATE INDEX volume_path ON volume (path)")
+    _sql(db, "CREATE INDEX volume_connection ON volume (connection_info)")
+
+
 MIGRATIONS: tuple[Callable[[Executes], None], ...] = (
     _v1,
     _v2,
@@ -92,5 +103,6 @@ MIGRATIONS: tuple[Callable[[Executes], None], ...] = (
     _v4,
     _v5,
     _v6,
+    _v7,
 )
 SCHEMA_VERSION = len(MIGRATIONS)

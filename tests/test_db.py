@@ -290,6 +290,45 @@ def test_intents_are_synchronous_full_the_rest_normal(tmp_path: Path) -> None:
     d.close()
 
 
+def test_another_volumes_device_and_connection_are_found_by_index(
+    tmp_path: Path,
+) -> None:
+    """Every attach and detach asks who else has the device or the
+    connection: the questions must not read every row (schema 7).
+
+    The statements the database runs are caught and their plans read
+    by SQLite itself; a table scan of ``volume`` fails the test.
+    """
+    d = Database(tmp_path / "h.db")
+    with opened_connections() as made:
+        d.open()
+    [writer] = made
+
+    def local(i: int) -> dict[str, Any]:
+        return {"driver_volume_type": "local", "data": {"n": i}}
+
+    for i in range(20):
+        d.insert(f"v{i}", local(i))
+        d.set_attached(f"v{i}", f"/dev/x{i}", {}, f"mp{i}", f"7:{i}")
+    statements: list[str] = []
+    writer.set_trace_callback(statements.append)
+    assert d.find_device_owner("mp3", "/dev/x3", "v0", "7:3") == "v3"
+    assert d.find_device_owner(None, "/dev/x4", "v0") == "v4"
+    assert d.find_connection_owner(local(5), "v0") == "v5"
+    writer.set_trace_callback(None)
+    queries = [s for s in statements if s.startswith("SELECT")]
+    assert len(queries) == 3, statements
+    for query in queries:
+        plan = writer.execute("EXPLAIN QUERY PLAN " + query).fetchall()
+        details = [row[-1] for row in plan]
+        assert not any(x.startswith("SCAN volume") for x in details), (
+            query,
+            details,
+        )
+        assert any("USING INDEX" in x for x in details), (query, details)
+    d.close()
+
+
 def test_damaged_page_fails_the_integrity_check(tmp_path: Path) -> None:
     """A file that opens but fails integrity_check is refused, moved."""
     path = tmp_path / "h.db"

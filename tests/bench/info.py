@@ -16,7 +16,7 @@ from hostagent import db
 from hostagent.client import decode
 from hostagent.db import Database, VolumeRecord
 from tests.bench import procs
-from tests.bench.attach import run_dir
+from tests.bench.attach import ATTACH, DETACH, local_info, run_dir
 from tests.bench.stats import Row, percentile
 from tests.support import recv_lines
 
@@ -136,6 +136,8 @@ def run(
     a smoke run's rows carry the same names.
     """
     nodes = work.device_nodes(f"info-nodes-{scale}", count, devices)
+    # A device of its own for the attaches made beside the rows.
+    spare = work.loop_device()
     with run_dir(work, f"info-{scale}") as (links, where):
         return _run(
             work,
@@ -147,6 +149,7 @@ def run(
             scale,
             targets,
             starts,
+            spare,
         )
 
 
@@ -160,6 +163,7 @@ def _run(
     scale: str,
     targets: Targets,
     starts: int,
+    spare: str,
 ) -> list[Row]:
     count = len(nodes)
     a = procs.AgentProcess(
@@ -177,6 +181,7 @@ def _run(
     parse_t: list[float] = []
     client_t: list[float] = []
     start_t: list[float] = []
+    pair_t: list[float] = []
     clock = time.perf_counter
     con = sqlite3.connect(a.db_path)
     try:
@@ -228,6 +233,17 @@ def _run(
                 t = clock()
                 size = with_json(con)
                 json_t.append(clock() - t)
+            # Each asks whether another row has the device or the
+            # connection: the lookups must not read every row.
+            for _ in range(calls + 2):
+                vol_id = str(uuid.uuid4())
+                t = clock()
+                c.call(
+                    ATTACH,
+                    {"vol_id": vol_id, "connection_info": local_info(spare)},
+                )
+                c.call(DETACH, {"vol_id": vol_id})
+                pair_t.append(clock() - t)
         assert a.proc is not None
         rss, peak = procs.rss_mb(a.proc.pid)
     finally:
@@ -283,6 +299,17 @@ def _run(
             "secrets stay the same; the first call reads and builds all",
         ),
     ]
+    rows_out.append(
+        Row(
+            f"attach+detach [{scale}], p50, beside {count} volumes",
+            percentile(pair_t[2:], 50) * ms,
+            "ms",
+            note="the local connector on a loop device of its own, "
+            f"through the agent that has the {count} rows (compare "
+            "'attach+detach p50' with none); what another volume has "
+            "(device, path, connection) is looked up by index",
+        )
+    )
     if targets.start_s is not None:
         rows_out.append(
             Row(
