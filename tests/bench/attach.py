@@ -102,6 +102,15 @@ def linked_agent(work: procs.Workdir, name: str) -> Iterator[LinkedAgent]:
         yield LinkedAgent(a, links, where)
 
 
+def attach_detach(c: Client, device: str) -> float:
+    """Seconds for one attach + detach of ``device`` (a new vol_id)."""
+    vol_id = str(uuid.uuid4())
+    start = time.perf_counter()
+    c.call(ATTACH, {"vol_id": vol_id, "connection_info": local_info(device)})
+    c.call(DETACH, {"vol_id": vol_id})
+    return time.perf_counter() - start
+
+
 def run_pair(work: procs.Workdir, device: str, count: int) -> list[Row]:
     """p50 of attach+detach, agent vs direct, and the overhead.
 
@@ -127,14 +136,7 @@ def run_pair(work: procs.Workdir, device: str, count: int) -> list[Row]:
             fsync = FsyncProbe(la.agent.state_dir)
             floor = FloorProbe(la.agent.state_dir)
             for i in range(count + 5):
-                vol_id = str(uuid.uuid4())
-                t = clock()
-                c.call(
-                    ATTACH,
-                    {"vol_id": vol_id, "connection_info": local_info(device)},
-                )
-                c.call(DETACH, {"vol_id": vol_id})
-                agent = clock() - t
+                agent = attach_detach(c, device)
                 t = clock()
                 info = conn.connect_volume(data)
                 conn.disconnect_volume(data, info)

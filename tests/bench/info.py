@@ -16,7 +16,7 @@ from hostagent import db
 from hostagent.client import decode
 from hostagent.db import Database, VolumeRecord
 from tests.bench import procs
-from tests.bench.attach import ATTACH, DETACH, local_info, run_dir
+from tests.bench.attach import attach_detach, run_dir
 from tests.bench.stats import Row, percentile
 from tests.support import recv_lines
 
@@ -235,15 +235,7 @@ def _run(
                 json_t.append(clock() - t)
             # Each asks whether another row has the device or the
             # connection: the lookups must not read every row.
-            for _ in range(calls + 2):
-                vol_id = str(uuid.uuid4())
-                t = clock()
-                c.call(
-                    ATTACH,
-                    {"vol_id": vol_id, "connection_info": local_info(spare)},
-                )
-                c.call(DETACH, {"vol_id": vol_id})
-                pair_t.append(clock() - t)
+            pair_t += [attach_detach(c, spare) for _ in range(calls + 2)]
         assert a.proc is not None
         rss, peak = procs.rss_mb(a.proc.pid)
     finally:
