@@ -75,11 +75,11 @@ async def refuse_owned(
 
 
 def owned_error(
-    vol_id: str, key: str, path: str | None, owner: str
+    vol_id: str, key: str | None, path: str | None, owner: str
 ) -> VolumeBusy:
     """927: the device ``key`` (named ``path``) is volume ``owner``'s."""
     return VolumeBusy(
-        f"device {devices.printable(path or key)} is already attached "
+        f"device {devices.printable(path or key or '?')} is already attached "
         f"as volume {owner}",
         {"vol_id": vol_id, "attached_as": owner, "device_key": key},
     )

@@ -27,7 +27,7 @@ from typing import Any
 from hostagent import db
 from hostagent.config import BackendConfig
 from hostagent.db import VolumeRecord
-from hostagent.errors import AgentError, ConnectorFailed, VolumeBusy
+from hostagent.errors import AgentError, ConnectorFailed
 from hostagent.redact import SCRUBBER
 from hostagent.release import Survey
 from hostagent.service import connection, detaching, guard, identity, owning
@@ -151,7 +151,6 @@ async def _claim(h: Host, a: Attempt, write: Callable[[], None]) -> None:
 
     owner = await h.in_db(claimed)
     if owner is not None:
-        assert key is not None
         path = a.connection_info["data"].get("device_path")
         raise guard.owned_error(a.vol_id, key, path, owner)
 
@@ -321,10 +320,7 @@ async def attached(h: Host, vol_id: str, device: Device) -> None:
         identity.boot_id(),
     )
     if owner is not None:
-        raise VolumeBusy(
-            f"device {path} is already attached as volume {owner}",
-            {"vol_id": vol_id, "attached_as": owner, "device_key": key},
-        )
+        raise guard.owned_error(vol_id, key, path, owner)
 
 
 async def unattached(h: Host, vol_id: str) -> None:

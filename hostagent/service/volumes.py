@@ -204,12 +204,13 @@ class VolumeService:
                     )
                 attempt.previous = existing
                 return await self._attach_again(attempt)
-            await check_multipath(h, driver, options)
-            await steps.admit(h, attempt)
             return await self._run_attach(attempt)
 
     async def _run_attach(self, a: steps.Attempt) -> dict[str, Any]:
+        """Check enforced multipath and the device, then run the flow."""
         h = self.host
+        await check_multipath(h, a.driver, a.backend)
+        await steps.admit(h, a)
         started = time.monotonic()
         try:
             await Flow("attach", h.failpoints, f"volume {a.vol_id}").run(
@@ -235,8 +236,6 @@ class VolumeService:
         assert a.previous is not None
         reattach.again(self.host, a.previous)
         try:
-            await check_multipath(self.host, a.driver, a.backend)
-            await steps.admit(self.host, a)
             return await self._run_attach(a)
         except Exception as e:
             await reattach.note_failure(self.host, a.vol_id, e)
