@@ -419,18 +419,20 @@ class Database:
     ) -> None:
         """Move ``vol_id`` to ``state``, recording (or clearing) an error.
 
-        Only a move to ``detaching`` (a detach's intent, or a failed
-        clean-up kept for a retry) is durable before it returns.
+        A move to ``attaching`` (a re-attach's intent, before it
+        connects; an attach's undo, before it disconnects) or to
+        ``detaching`` (a detach's intent, or a failed clean-up kept for
+        a retry) is durable before it returns, as the insert is.
         """
         if state not in STATES:
             raise ValueError(f"unknown state {state!r}")
         write = functools.partial(
             self._update, vol_id, state=state, last_error=last_error
         )
-        if state == DETACHING:
-            _durably(self._db, write)
+        if state == ATTACHED:
+            write()  # the outcome: reconcile re-derives it from the device
         else:
-            write()  # an attach's undo: "attaching" either way
+            _durably(self._db, write)
 
     def note_failure(self, vol_id: str, last_error: str) -> int:
         """A detach failed: ``detaching``, the error, one attempt more.

@@ -274,6 +274,11 @@ def test_intents_are_synchronous_full_the_rest_normal(tmp_path: Path) -> None:
         synchronous_around(lambda: d.set_attached("v1", "/dev/x", {}, None))
         == []
     )
+    # A re-attach's intent (and an attach's undo) is durable too.
+    assert (
+        synchronous_around(lambda: d.set_state("v1", db.ATTACHING)) == durable
+    )
+    assert synchronous_around(lambda: d.set_state("v1", db.ATTACHED)) == []
     assert (
         synchronous_around(lambda: d.set_state("v1", db.DETACHING)) == durable
     )
