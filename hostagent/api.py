@@ -127,13 +127,11 @@ class Api:
 
     def __init__(self, service: VolumeService, max_batch: int = 100):
         self.service = service
-        self.max_batch = max_batch
-        # What clients can call: the name and the function behind it.
-        self.methods: dict[str, Callable[..., Any]] = {}
         self._published: dict[str, Method] = {}
-        # What jsonrpcserver dispatches to: the same, wrapped to return
-        # its Result, plus REJECT; its async dispatcher awaits every
-        # method, so it gets the plain ones wrapped in a coroutine.
+        # What jsonrpcserver dispatches to: the published methods,
+        # wrapped to return its Result, plus REJECT; its async
+        # dispatcher awaits every method, so it gets the plain ones
+        # wrapped in a coroutine.
         self.table: dict[str, Callable[..., Any]] = {REJECT: self._reject}
         self.async_table: dict[str, Callable[..., Any]] = {
             REJECT: awaitable_method(self._reject)
@@ -155,7 +153,6 @@ class Api:
         published = Method(name, schema.BY_NAME[name], fn)
         sig = inspect.signature(fn)
         self.decoder.add(name, sig)
-        self.methods[name] = fn
         self._published[name] = published
         method: Callable[..., Any]
 

@@ -29,10 +29,11 @@ class DatabaseNeedsOperator(DatabaseError):
 
 # SQLite's primary result codes that mean "the disk", not the query.
 _DISK_FAILURES = {
-    13: "full",  # SQLITE_FULL (ENOSPC, or the file size limit)
-    8: "read_only",  # SQLITE_READONLY
-    14: "read_only",  # SQLITE_CANTOPEN (the -wal/-shm on a read-only fs)
-    10: "io_error",  # SQLITE_IOERR (EIO, EROFS on a write)
+    sqlite3.SQLITE_FULL: "full",  # ENOSPC, or the file size limit
+    sqlite3.SQLITE_READONLY: "read_only",
+    # The -wal/-shm on a read-only file system.
+    sqlite3.SQLITE_CANTOPEN: "read_only",
+    sqlite3.SQLITE_IOERR: "io_error",  # EIO, EROFS on a write
 }
 
 

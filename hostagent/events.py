@@ -117,7 +117,7 @@ class Events:
         No client is waiting on that detach; the notification is how
         the engine learns the volume is finally off this host.
         """
-        self._known.pop(vol_id, None)
+        self.forget(vol_id)
         self.publish(
             {"vol_id": vol_id, "exists": False, "path": path, "detached": True}
         )

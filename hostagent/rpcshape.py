@@ -103,7 +103,7 @@ RID = "rpc_request_id"
 
 # The internal method every refused request is turned into (its params
 # carry the error); no client can name it: a method name from a client
-# must be in Api.methods, which does not hold it.
+# must have a signature in the Decoder, which has none for it.
 REJECT = " reject"
 
 

@@ -101,6 +101,3 @@ class DeviceInUse(DeviceBusy, reason="in_use"):
     Catches what /proc/self/mountinfo cannot show: a mount in another
     mount namespace, a holder that sysfs does not list, an O_EXCL opener.
     """
-
-
-# ---------------------------------------------------------------- identity

@@ -262,6 +262,3 @@ def holders(
         tuple(stack),
         tuple(m for m in mounts(proc) if m.devno in names),
     )
-
-
-# ---------------------------------------------------------------- local guard

@@ -133,6 +133,3 @@ def _identify(path: str, real: str, sysfs: str) -> DeviceId:
 def same_device(a: str, b: str) -> bool:
     """True when the paths ``a`` and ``b`` name one block device."""
     return device_id(a) == device_id(b)
-
-
-# ---------------------------------------------------------------- sysfs stack

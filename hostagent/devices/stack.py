@@ -151,6 +151,3 @@ def partition_maps(path: str, *, sysfs: str = SYSFS) -> list[Stacked]:
         found += _walk(child, seen)
         found.append(entry)
     return found
-
-
-# ---------------------------------------------------------------- mounts

@@ -94,9 +94,9 @@ class Lane:
                 _send(loop, _fail, future, e)
             else:
                 _send(loop, _succeed, future, result)
-                # Start-up's list of every record (10,000 decoded rows,
-                # some 25 MB) would otherwise live on here until the
-                # next call, which may be long after.
+                # A large result (a presence list or a volumes_info
+                # answer of 10,000 volumes) would otherwise live on here
+                # until the next call, which may be long after.
                 del result
             del item, future, fn, args  # no reference kept while idle
 

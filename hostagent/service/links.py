@@ -174,7 +174,7 @@ class ManagedLinks:
                 # reboot with 10,000 volumes pays 10,000 times.
                 try:
                     os.symlink(rec.path, self.path(rec.vol_id, rec.sd_id))
-                except FileExistsError:  # not a symlink, left alone above
+                except FileExistsError:  # made since the scan: re-point it
                     self.make(rec.vol_id, rec.path, rec.sd_id)
                 count("link_created")
                 # Debug: after a reboot this is every attached volume,
