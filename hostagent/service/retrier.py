@@ -50,11 +50,6 @@ class DetachRetrier:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._closed = False
 
-    @property
-    def pending(self) -> list[str]:
-        """The volumes with a retry scheduled or running."""
-        return sorted(v for v, t in self._tasks.items() if not t.done())
-
     def schedule(self, vol_id: str) -> None:
         """Retry ``vol_id``'s detach in the background (once per volume)."""
         if self._closed:
