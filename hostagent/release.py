@@ -24,7 +24,6 @@ import os
 import re
 import subprocess
 from dataclasses import dataclass
-from pathlib import Path
 
 from hostagent import devices
 from hostagent.devices import Mount, ProcessHolder, Stacked
@@ -74,25 +73,6 @@ class Survey:
         return devices.users_data(self.processes, self.maps, self.mounts)
 
 
-def _path_devnos(dm: str, sysfs: str) -> dict[int, str]:
-    """``st_rdev`` -> name of the devices under dm map ``dm`` (its paths)."""
-    found: dict[int, str] = {}
-    root = Path(sysfs, "block", dm, "slaves")
-    try:
-        names = sorted(os.listdir(root))
-    except OSError:
-        return found
-    for name in names:
-        try:
-            major, minor = (
-                int(x) for x in (root / name / "dev").read_text().split(":")
-            )
-        except (OSError, ValueError):
-            continue
-        found[os.makedev(major, minor)] = name
-    return found
-
-
 def survey(
     path: str | None,
     *,
@@ -115,20 +95,12 @@ def survey(
         return None  # gone already (or never there): nothing holds it
     names = {s.name for s in own}
     processes = [p for p in held.processes if p.comm not in PROBERS]
-    dm = os.path.basename(held.device.path)
-    if dm.startswith("dm-"):
-        # A process may hold one of the multipath map's paths directly.
-        lower = _path_devnos(dm, sysfs)
-        if lower:
-            processes += [
-                p
-                for p in devices.open_by(
-                    lower, ignore_pids={os.getpid()}, proc=proc
-                )
-                # Its path checkers keep every path open; it lets go of
-                # a path when the path is removed.
-                if p.comm not in PATH_KEEPERS | PROBERS
-            ]
+    # A process may hold one of the multipath map's paths directly;
+    # multipathd's path checkers keep every path open, and let go of a
+    # path when the path is removed.
+    processes += [
+        p for p in held.path_processes if p.comm not in PATH_KEEPERS | PROBERS
+    ]
     return Survey(
         path,
         tuple(processes),

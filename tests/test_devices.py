@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import Loops, mounted, need
 
-from hostagent import devices
+from hostagent import devices, release
 
 
 def refused(path: str, exc: type[devices.DeviceError], **kw: object) -> str:
@@ -403,6 +403,61 @@ def test_partition_maps_are_attributed(mpath_sysfs: tuple[str, Path]) -> None:
         ("dm-6", "dm-2"),
     ]
     assert maps[1].describe() == f"dm-3 ({WWID}p1)"
+
+
+def test_a_maps_paths_are_scanned_with_it(
+    mpath_sysfs: tuple[str, Path], loops: Loops
+) -> None:
+    """A process holding one of a multipath map's paths is a holder of
+    the map, unless it is multipathd (its path checkers keep every path
+    open); the map and its paths are found in one scan of /proc."""
+    dev, root = mpath_sysfs
+    path = loops.create()
+    st = os.stat(path)
+    name = os.path.basename(path)
+    slave = root / "devices/virtual/block/dm-2/slaves" / name
+    slave.mkdir(parents=True)
+    (slave / "dev").write_text(
+        f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}\n"
+    )
+    keeper = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import ctypes, os, sys, time\n"
+            "ctypes.CDLL(None).prctl(15, b'multipathd', 0, 0, 0)\n"
+            f"os.dup2(os.open({path!r}, os.O_RDONLY), 3)\n"
+            "print('ready', flush=True)\n"
+            "time.sleep(120)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert keeper.stdout is not None
+        assert keeper.stdout.readline().strip() == "ready"
+        with holding(path) as pid, holding(dev) as map_pid:
+            found = devices.holders(dev, sysfs=str(root))
+            assert [(p.pid, p.device) for p in found.processes] == [
+                (map_pid, os.path.basename(dev))
+            ]
+            assert sorted(
+                (p.pid, p.comm, p.device) for p in found.path_processes
+            ) == sorted(
+                [
+                    (pid, found.processes[0].comm, name),
+                    (keeper.pid, "multipathd", name),
+                ]
+            )
+            survey = release.survey(dev, sysfs=str(root))
+            assert survey is not None
+            assert [(p.pid, p.device) for p in survey.processes] == [
+                (map_pid, os.path.basename(dev)),
+                (pid, name),
+            ]
+    finally:
+        keeper.kill()
+        keeper.wait()
 
 
 def test_held_by_a_map_refused(mpath_sysfs: tuple[str, Path]) -> None:

@@ -94,11 +94,24 @@ def open_by(
 ) -> list[ProcessHolder]:
     """Processes holding an fd on any ``st_rdev`` in ``devnos``.
 
-    ``devnos`` maps an ``st_rdev`` to the name to report.  Only fds whose
-    link names something under /dev are stat'ed: stat on a file of a
-    dead NFS server could hang a detach.
+    ``devnos`` maps an ``st_rdev`` to the name to report (the first
+    one open, in fd order).  Only fds whose link names something under
+    /dev are stat'ed: stat on a file of a dead NFS server could hang a
+    detach.
     """
-    found: list[ProcessHolder] = []
+    return list(_first_of(_scan(devnos, ignore_pids, proc), devnos))
+
+
+# A process with one of the wanted devices open: pid, comm, and the
+# ``st_rdev`` of each such fd, in fd order.
+_Scanned = tuple[int, str, list[int]]
+
+
+def _scan(
+    devnos: Collection[int], ignore_pids: Collection[int], proc: str
+) -> list[_Scanned]:
+    """Every process with one of ``devnos`` open (one pass over /proc)."""
+    found: list[_Scanned] = []
     try:
         pids = [e.name for e in os.scandir(proc) if e.name.isdigit()]
     except OSError:
@@ -113,12 +126,12 @@ def open_by(
         except OSError:  # gone, or not ours to read
             continue
         try:
-            hit = _fd_hit(dir_fd, devnos)
+            hits = _fd_hits(dir_fd, devnos)
         finally:
             os.close(dir_fd)
-        if hit is not None:
+        if hits:
             comm = _read(f"{proc}/{pid}/comm") or "?"
-            found.append(ProcessHolder(int(pid), printable(comm), hit))
+            found.append((int(pid), printable(comm), hits))
     return found
 
 
@@ -140,12 +153,13 @@ _NOT_BLOCK_NAMES = frozenset(
 )
 
 
-def _fd_hit(dir_fd: int, devnos: dict[int, str]) -> str | None:
-    """The name of the first of ``devnos`` open in this fd directory."""
+def _fd_hits(dir_fd: int, devnos: Collection[int]) -> list[int]:
+    """The ``devnos`` open in this fd directory, in fd order."""
+    hits: list[int] = []
     try:
         fds = os.listdir(dir_fd)
     except OSError:
-        return None
+        return hits
     for fd in fds:
         try:
             target = os.readlink(fd, dir_fd=dir_fd)
@@ -159,8 +173,8 @@ def _fd_hit(dir_fd: int, devnos: dict[int, str]) -> str | None:
         except OSError:
             continue
         if rdev in devnos:
-            return devnos[rdev]
-    return None
+            hits.append(rdev)
+    return hits
 
 
 # ---------------------------------------------------------------- holders
@@ -174,6 +188,10 @@ class Holders:
     processes: tuple[ProcessHolder, ...]
     stacked: tuple[Stacked, ...]  # removal order, see stacked_devices
     mounts: tuple[Mount, ...]
+    # Of a dm device: processes holding one of the devices under it (a
+    # multipath map's paths) directly, found in the same scan.  Not in
+    # ``busy``: whether they count is the caller's (see release).
+    path_processes: tuple[ProcessHolder, ...] = ()
 
     @property
     def maps(self) -> tuple[Stacked, ...]:
@@ -243,22 +261,59 @@ def holders(
     """Who uses the block device ``path`` or anything stacked on it.
 
     Processes are found by scanning /proc/*/fd for the device numbers of
-    the device, its partitions and every dm/md map above it; maps from
+    the device, its partitions and every dm/md map above it (and, of a
+    dm device, the devices under it: ``path_processes``); maps from
     sysfs ``holders/``; mounts from mountinfo and /proc/swaps.  Raises
     the :func:`device_id` errors.
     """
     dev = device_id(path, sysfs=sysfs)
-    stack = list(_walk(_block_dir(dev.devno, sysfs), set()))
+    block = _block_dir(dev.devno, sysfs)
+    stack = list(_walk(block, set()))
     names = {dev.devno: os.path.basename(dev.path)}
     names.update({s.devno: s.name for s in stack})
-    devnos = {
+    devnos = _devnos(names)
+    paths = _devnos(_slaves(block)) if block.name.startswith("dm-") else {}
+    # One scan of /proc for both: it is most of what a detach costs.
+    scanned = _scan(devnos | paths, ignore_pids, proc)
+    return Holders(
+        dev,
+        _first_of(scanned, devnos),
+        tuple(stack),
+        tuple(m for m in mounts(proc) if m.devno in names),
+        _first_of(scanned, paths),
+    )
+
+
+def _devnos(names: dict[str, str]) -> dict[int, str]:
+    """``MAJ:MIN`` -> name, as ``st_rdev`` -> name."""
+    return {
         n: name
         for devno, name in names.items()
         if (n := _devno_int(devno)) is not None
     }
-    return Holders(
-        dev,
-        tuple(open_by(devnos, ignore_pids=ignore_pids, proc=proc)),
-        tuple(stack),
-        tuple(m for m in mounts(proc) if m.devno in names),
+
+
+def _slaves(block: Path) -> dict[str, str]:
+    """``MAJ:MIN`` -> name of the devices under ``block`` (sysfs)."""
+    found: dict[str, str] = {}
+    try:
+        names = sorted(os.listdir(block / "slaves"))
+    except OSError:
+        return found
+    for name in names:
+        devno = _read(block / "slaves" / name / "dev")
+        if devno:
+            found[devno] = name
+    return found
+
+
+def _first_of(
+    scanned: list[_Scanned], devnos: dict[int, str]
+) -> tuple[ProcessHolder, ...]:
+    """The processes with one of ``devnos`` open, each named by the
+    first it has open."""
+    return tuple(
+        ProcessHolder(pid, comm, devnos[hit[0]])
+        for pid, comm, hits in scanned
+        if (hit := [h for h in hits if h in devnos])
     )
