@@ -41,7 +41,6 @@ from hostagent.dbfile import DatabaseError as DatabaseError
 from hostagent.dbfile import DatabaseFile, Reader, create_private
 from hostagent.dbfile import DatabaseNeedsOperator as DatabaseNeedsOperator
 from hostagent.dbrecord import VolumeRecord as VolumeRecord
-from hostagent.dbrecord import VolumeSummary as VolumeSummary
 from hostagent.dbrecord import columns as _columns
 from hostagent.dbrecord import decode as _decode
 from hostagent.dbrecord import dump as _dump
@@ -153,7 +152,6 @@ _DELETE = 'DELETE FROM "volume" WHERE "vol_id" = ?'
 _OWNER = 'SELECT "vol_id" FROM "volume" WHERE ({}) AND "vol_id" != ? LIMIT 1'
 # The columns volumes_info shows, in StoredVolume's order.
 _STORED = [_Volume._meta.fields[name] for name in StoredVolume._fields]
-_SUMMARY = [_Volume._meta.fields[name] for name in VolumeSummary._fields]
 
 
 # The migrations (their DDL is SQL: each writes the table as it was at
@@ -270,20 +268,22 @@ class Database:
         """
         return list(cast(Any, self._db).execute(query))
 
-    def summaries(self) -> list[VolumeSummary]:
-        """Every row's :class:`VolumeSummary`, by vol_id (start-up)."""
-        query = _Volume.select(*_SUMMARY).order_by(_Volume.vol_id)
-        return [VolumeSummary._make(r) for r in self._rows(query)]
+    def summaries(self) -> list[StoredVolume]:
+        """Every row, by vol_id, no JSON column decoded (start-up).
+
+        From the table :meth:`stored` keeps: start-up's secrets, its
+        reconciliation and the events' first look read it once.
+        """
+        return [StoredVolume._make(r) for r in self.stored()]
 
     def connection_infos(self) -> Iterator[tuple[str, dict[str, Any]]]:
         """``(vol_id, connection_info)`` of every row, decoded one by one.
 
-        A generator over the cursor: start-up takes the secrets out of
-        each and keeps none of the decoded rows.
+        A generator: start-up takes the secrets out of each and keeps
+        none of the decoded rows (10,000 of them held some 30 MB).
         """
-        query = _Volume.select(_Volume.vol_id, _Volume.connection_info)
-        for vol_id, info in cast(Any, self._db).execute(query):
-            yield str(vol_id), json.loads(info)
+        for row in self.summaries():
+            yield row.vol_id, json.loads(row.connection_info)
 
     def get(self, vol_id: str) -> VolumeRecord | None:
         """The record of ``vol_id``, or ``None``."""

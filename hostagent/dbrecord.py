@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -39,20 +39,6 @@ class VolumeRecord:
     # Failed detach attempts of a ``detaching`` row (client calls,
     # start-up and background retries).
     attempts: int = 0
-
-
-class VolumeSummary(NamedTuple):
-    """What start-up needs of every row: no JSON column decoded.
-
-    10,000 decoded records hold some 30 MB, and the memory they leave
-    behind stays with the process (tests/bench: the RSS figure).
-    """
-
-    vol_id: str
-    state: str
-    path: str | None
-    multipath_id: str | None
-    sd_id: str | None
 
 
 def columns(r: VolumeRecord) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 
 from hostagent import db
-from hostagent.db import VolumeSummary
+from hostagent.db import StoredVolume
 from hostagent.errors import NotALink
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ class ManagedLinks:
 
     def repair(
         self,
-        records: Iterable[VolumeSummary],
+        records: Iterable[StoredVolume],
         count: Callable[[str], None],
         missing: Collection[str] = (),
     ) -> None:
@@ -119,7 +119,7 @@ class ManagedLinks:
     def _repair(
         self,
         directory: Path,
-        rows: dict[str, VolumeSummary],
+        rows: dict[str, StoredVolume],
         count: Callable[[str], None],
         missing: Collection[str],
     ) -> None:
@@ -189,7 +189,7 @@ class ManagedLinks:
     def _check(
         self,
         path: str,
-        rec: VolumeSummary | None,
+        rec: StoredVolume | None,
         count: Callable[[str], None],
     ) -> None:
         target = os.readlink(path)

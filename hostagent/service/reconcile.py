@@ -61,7 +61,7 @@ class Reconciler:
         """
         h = self.h
         started = time.monotonic()
-        # Only the unfinished rows are read whole: 10,000 decoded rows
+        # Only the unfinished rows are decoded: 10,000 decoded rows
         # would cost some 30 MB that the process then keeps.
         records = await h.in_db(h.db.summaries)
         attached = [r for r in records if r.state == db.ATTACHED]
