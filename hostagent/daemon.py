@@ -151,7 +151,6 @@ class Daemon:
         self._opened = False
         self._bound_socket: str | None = None
         self._status_sent: str | None = None
-        self._host_check: asyncio.Task[object] | None = None
 
     # -- systemd -----------------------------------------------------------
 
@@ -262,11 +261,9 @@ class Daemon:
         raise_nofile_limit(self.cfg.server.max_connections)
         self.status("listening")
         await self._listen()
-        # Off the start-up path: lvmconfig takes tens of milliseconds.
-        self.service.check_lvm()
-        self._host_check = asyncio.create_task(
-            hostcheck.warn_multipath(self.cfg)
-        )
+        # Off the start-up path: lvmconfig and multipathd take tens of
+        # milliseconds.
+        self.service.check_host()
 
     async def shutdown(self) -> None:
         """Stop accepting, let requests in flight finish, close the DB."""

@@ -8,7 +8,6 @@ a detach with the target gone needs.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from hostagent import mpathconf
@@ -53,15 +52,15 @@ def multipath_lines(settings: MultipathSettings) -> list[str]:
     return lines
 
 
-async def warn_multipath(cfg: Config) -> MultipathSettings | None:
-    """Log a warning per multipath problem; the settings read.
+def warn_multipath(cfg: Config) -> None:
+    """Log a warning per multipath problem (blocks: on a worker).
 
     Run at start-up off the path to READY: ``multipathd show config``
     is a command, and the agent serves without multipath anyway.
     """
     if not multipath_used(cfg):
-        return None
-    settings = await asyncio.to_thread(mpathconf.read_settings)
+        return
+    settings = mpathconf.read_settings()
     for problem in settings.problems:
         log.warning(
             "multipath settings (%s): %s; a detach with the storage gone "
@@ -72,4 +71,3 @@ async def warn_multipath(cfg: Config) -> MultipathSettings | None:
         )
     if settings.ok:
         log.info("multipath settings OK (%s)", settings.source)
-    return settings

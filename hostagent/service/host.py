@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from hostagent.brick import Brick
@@ -31,6 +32,8 @@ from hostagent.service.retrier import DetachRetrier
 from hostagent.udev import Udev
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 # How long to wait for a connected volume's device (and, for multipath,
 # its dm device) to show up after os-brick returned.  os-brick already
@@ -107,6 +110,19 @@ class Host:
         # own log lines are tagged with the request that caused them.
         ctx = contextvars.copy_context()
         return await loop.run_in_executor(self.workers, ctx.run, fn, *args)
+
+    def in_background(self, fn: Callable[[], object], what: str) -> None:
+        """Run blocking ``fn()`` on a worker, waited for by nobody.
+
+        For start-up's checks of the host, off the path to READY; a
+        failure is logged as ``what`` failed, and start-up goes on.
+        """
+
+        def done(future: Future[object]) -> None:
+            if not future.cancelled() and future.exception() is not None:
+                log.warning("%s failed: %s", what, future.exception())
+
+        self.workers.submit(fn).add_done_callback(done)
 
     async def record(self, vol_id: str) -> VolumeRecord | None:
         """The row of ``vol_id``, read on the event loop if it can be.

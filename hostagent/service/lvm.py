@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-from concurrent.futures import Future
 from typing import Any
 
 from hostagent import lvmcheck
@@ -60,14 +59,7 @@ async def status(h: Host) -> dict[str, Any]:
 
 def warn_later(h: Host) -> None:
     """:func:`warn_at_start` on a worker: start-up does not wait for it."""
-    future = h.workers.submit(warn_at_start)
-    future.add_done_callback(_log_failure)
-
-
-def _log_failure(future: Future[Any]) -> None:
-    """A failed start-up LVM check is logged; start-up goes on."""
-    if not future.cancelled() and future.exception() is not None:
-        log.warning("LVM check failed: %s", future.exception())
+    h.in_background(warn_at_start, "LVM check")
 
 
 def warn_at_start() -> dict[str, Any]:

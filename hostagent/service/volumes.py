@@ -119,9 +119,15 @@ class VolumeService:
         """Close the database; called after all operations finished."""
         await self.host.close()
 
-    def check_lvm(self) -> None:
-        """Warn (in the background) when the host's LVM may scan volumes."""
+    def check_host(self) -> None:
+        """Warn (in the background) about host settings that put volumes
+        at risk: an LVM that may scan them, multipath settings that may
+        keep a detach from finishing."""
         lvm.warn_later(self.host)
+        self.host.in_background(
+            functools.partial(hostcheck.warn_multipath, self.config),
+            "multipath settings check",
+        )
 
     async def reconcile(self) -> dict[str, int]:
         """Finish or roll back what a crash left; run before serving.
